@@ -1,0 +1,281 @@
+"""Cortex settings, read from the environment.
+
+Every value has a default that gives a working embedded setup (SQLite, in-memory channel
+layer, jobs run inside the web process). Bad values fail loudly at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
+
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false, not {raw!r}")
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, not {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
+def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, not {raw!r}") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_model(name: str, default: str) -> str:
+    value = env_str(name, default).strip()
+    provider, sep, model = value.partition(":")
+    if not sep or not provider or not model:
+        raise ImproperlyConfigured(f"{name} must look like provider:model (e.g. openai:gpt-4o-mini), not {value!r}")
+    return value
+
+
+def database_from_url(url: str) -> dict:
+    """A Django DATABASES entry from `sqlite:///path` or `postgres://user:pass@host:port/name`."""
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        path = unquote(parsed.path)
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            path = path.lstrip("/")
+        if not path:
+            raise ImproperlyConfigured("CORTEX_DATABASE_URL: a sqlite URL needs a file path, e.g. sqlite:///var/cortex.sqlite3")
+        return sqlite_database(Path(path) if os.path.isabs(path) else BASE_DIR / path)
+    if parsed.scheme in ("postgres", "postgresql", "pgsql"):
+        options = {key: values[-1] for key, values in parse_qs(parsed.query).items()}
+        name = unquote(parsed.path.lstrip("/"))
+        if not name:
+            raise ImproperlyConfigured("CORTEX_DATABASE_URL: a postgres URL needs a database name")
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": name,
+            "USER": unquote(parsed.username or ""),
+            "PASSWORD": unquote(parsed.password or ""),
+            "HOST": parsed.hostname or "",
+            "PORT": str(parsed.port or ""),
+            "OPTIONS": options,
+            "CONN_MAX_AGE": 0,
+            "TEST": {"NAME": options.pop("test_name", None) or f"test_{name}"},
+        }
+    raise ImproperlyConfigured(f"CORTEX_DATABASE_URL: unsupported scheme {parsed.scheme!r} (use sqlite or postgres)")
+
+
+def sqlite_database(path: Path) -> dict:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": path,
+        "OPTIONS": {
+            # WAL lets readers go on while a job writes; IMMEDIATE takes the write lock at BEGIN so
+            # two writers queue on the busy timeout instead of failing on lock upgrade.
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 30,
+        },
+        "TEST": {"NAME": str(path.with_name(path.stem + "-test.sqlite3"))},
+    }
+
+
+VAR_DIR = Path(env_str("CORTEX_VAR_DIR", str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def load_secret_key() -> str:
+    given = env_str("CORTEX_SECRET_KEY")
+    if given:
+        if len(given) < 32:
+            raise ImproperlyConfigured("CORTEX_SECRET_KEY must be at least 32 characters long")
+        return given
+    key_file = VAR_DIR / "secret_key"
+    if not key_file.exists():
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(50))
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = load_secret_key()
+DEBUG = env_bool("CORTEX_DEBUG", False)
+ALLOWED_HOSTS = env_list("CORTEX_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CORTEX_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "channels",
+    "ninja",
+    "orchestrator",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+    "orchestrator.middleware.JsonApiErrors",
+]
+
+ROOT_URLCONF = "cortex_site.urls"
+ASGI_APPLICATION = "cortex_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "django.template.context_processors.csp",
+                "orchestrator.context_processors.navigation",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": database_from_url(env_str("CORTEX_DATABASE_URL"))
+    if env_str("CORTEX_DATABASE_URL")
+    else sqlite_database(VAR_DIR / "cortex.sqlite3")
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env_str("CORTEX_REDIS_URL")
+if REDIS_URL:
+    if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+        raise ImproperlyConfigured(f"CORTEX_REDIS_URL must be a redis:// URL, not {REDIS_URL!r}")
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CORTEX_REDIS_PREFIX", "cortex")},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("CORTEX_TIME_ZONE", "UTC")
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "jobs"
+LOGOUT_REDIRECT_URL = "login"
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = env_bool("CORTEX_SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+
+from django.utils.csp import CSP  # noqa: E402  (settings module: keep the import next to its use)
+
+SECURE_CSP = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF, CSP.NONCE],
+    "style-src": [CSP.SELF],
+    "img-src": [CSP.SELF, "data:"],
+    "connect-src": [CSP.SELF],
+    "frame-ancestors": [CSP.NONE],
+    "form-action": [CSP.SELF],
+}
+
+# Requests: the API refuses bodies above this size with 413 before parsing them.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("CORTEX_MAX_REQUEST_BYTES", 1_000_000, minimum=1024)
+
+# --- Cortex ---------------------------------------------------------------------------------
+CORTEX_MAX_TASK_CHARS = env_int("CORTEX_MAX_TASK_CHARS", 20000, minimum=1)
+CORTEX_ORCHESTRATOR_MODEL = env_model("CORTEX_ORCHESTRATOR_MODEL", "demo:demo")
+CORTEX_CHAT_MODEL = env_model("CORTEX_CHAT_MODEL", "demo:demo")
+OPENAI_BASE_URL = env_str("OPENAI_BASE_URL", "https://api.openai.com/v1")
+OPENAI_API_KEY = env_str("OPENAI_API_KEY")
+
+CORTEX_RUN_JOBS_IN_WEB = env_bool("CORTEX_RUN_JOBS_IN_WEB", True)
+CORTEX_EXECUTOR_CONCURRENCY = env_int("CORTEX_EXECUTOR_CONCURRENCY", 500, minimum=1)
+CORTEX_LEASE_SECONDS = env_float("CORTEX_LEASE_SECONDS", 30.0, minimum=0.5)
+CORTEX_POLL_SECONDS = env_float("CORTEX_POLL_SECONDS", 1.0, minimum=0.01)
+CORTEX_MAX_ROUNDS = env_int("CORTEX_MAX_ROUNDS", 12, minimum=1)
+CORTEX_MODEL_TIMEOUT = env_float("CORTEX_MODEL_TIMEOUT", 120.0, minimum=0.1)
+CORTEX_MODEL_ATTEMPTS = env_int("CORTEX_MODEL_ATTEMPTS", 4, minimum=1)
+CORTEX_RETRY_BASE_SECONDS = env_float("CORTEX_RETRY_BASE_SECONDS", 1.0, minimum=0.0)
+CORTEX_RETRY_MAX_SECONDS = env_float("CORTEX_RETRY_MAX_SECONDS", 60.0, minimum=0.0)
+CORTEX_HISTORY_CHARS = env_int("CORTEX_HISTORY_CHARS", 24000, minimum=0)
+CORTEX_WORKSPACE_ROOT = Path(env_str("CORTEX_WORKSPACE_ROOT", str(VAR_DIR / "workspaces")))
+CORTEX_HTTP_ALLOW_PRIVATE = env_bool("CORTEX_HTTP_ALLOW_PRIVATE", False)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("CORTEX_LOG_LEVEL", "INFO")},
+    "loggers": {"django.channels.server": {"level": "WARNING"}},
+}

@@ -1,0 +1,10 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from orchestrator.api import api
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("", api.urls),
+    path("", include("orchestrator.urls")),
+]

@@ -1,0 +1,243 @@
+"""The JSON API under /orchestrate, compatible with the original router's paths and fields.
+
+Authenticated by `Authorization: Bearer <token>`; errors are `{"detail": ...}`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404, HttpRequest, HttpResponse
+from ninja import Body, NinjaAPI, Query, Schema
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.security import HttpBearer
+from pydantic import ConfigDict, Field
+
+from . import selectors, services
+from .models import Job, JobStatus, ToolCallStatus
+
+
+class BearerToken(HttpBearer):
+    def authenticate(self, request: HttpRequest, token: str) -> AbstractBaseUser | None:
+        user = services.token_authenticate(raw=token)
+        if user is not None:
+            request.user = user
+        return user
+
+
+api = NinjaAPI(
+    title="Cortex",
+    version="1.0",
+    description="Submit tasks to the orchestrator, follow them, and decide on the tool calls that "
+                "wait for a person. Authenticate with `Authorization: Bearer <token>` "
+                "(create one with `python manage.py create_api_token USERNAME` or under Settings → API tokens).",
+    auth=BearerToken(),
+    docs_url="/api/docs",
+    openapi_url="/api/openapi.json",
+    urls_namespace="api",
+)
+
+
+# --- Errors: always {"detail": ...} with the right status --------------------------------------
+
+@api.exception_handler(services.ServiceError)
+def service_error(request: HttpRequest, error: services.ServiceError) -> HttpResponse:
+    return api.create_response(request, {"detail": error.message}, status=error.status)
+
+
+@api.exception_handler(ValidationError)
+def validation_error(request: HttpRequest, error: ValidationError) -> HttpResponse:
+    return api.create_response(request, {"detail": _describe(error.errors)}, status=400)
+
+
+@api.exception_handler(RequestDataTooBig)
+def too_big(request: HttpRequest, error: RequestDataTooBig) -> HttpResponse:
+    return api.create_response(request, {"detail": "request body too large"}, status=413)
+
+
+@api.exception_handler(AuthenticationError)
+def unauthorized(request: HttpRequest, error: AuthenticationError) -> HttpResponse:
+    response = api.create_response(request, {"detail": "a valid API token is required"}, status=401)
+    response["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+@api.exception_handler(Http404)
+def not_found(request: HttpRequest, error: Http404) -> HttpResponse:
+    return api.create_response(request, {"detail": str(error) or "not found"}, status=404)
+
+
+def _describe(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for error in errors:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "payload", "query"))
+        parts.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
+    return "; ".join(parts) or "malformed request"
+
+
+# --- Schemas -----------------------------------------------------------------------------------
+
+class OrchestrateIn(Schema):
+    model_config = ConfigDict(extra="ignore")
+
+    task: str = Field(description="What to do, in plain words.")
+    session_id: str | None = Field(None, description="Continue this session's conversation.")
+    tier: int | None = Field(None, ge=1, le=3, description="Context tier (1–3).")
+    respond_with_claude: bool | None = Field(
+        None, description="Have the chat-role model write the final answer (default true).")
+    respond_with_final: bool | None = Field(None, description="Alias of respond_with_claude.")
+    include_long: bool = True
+    include_mid: bool = True
+    include_short: bool = True
+    user: str | None = Field(None, description="If given, must be the token's own user.")
+    persona: str | None = None
+    chat_role: str = Field("chat", max_length=64)
+    off_record: bool = False
+
+
+class OrchestrateOut(Schema):
+    job_id: uuid.UUID
+    status: str
+
+
+class PendingTool(Schema):
+    id: str
+    name: str
+    args: Any = None
+    risk: str
+    interrupted: bool = False
+
+
+class PendingConfirmation(Schema):
+    tools: list[PendingTool]
+    message: str
+
+
+class JobOut(Schema):
+    job_id: uuid.UUID
+    status: str
+    task: str
+    created_at: str
+    completed_at: str | None = None
+    session_id: str | None = None
+    response: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    backend: str | None = None
+    backend_label: str | None = None
+    host: str | None = None
+    gemini_summary: str | None = None
+    error: str | None = None
+    pending_confirmation: PendingConfirmation | None = None
+
+
+class ConfirmIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    tool_call_id: str | None = None
+    args: dict[str, Any] | None = Field(None, description="Edited arguments, checked against the tool's schema.")
+    remember: Literal["job"] | None = Field(None, description='"job": approve this tool for the rest of the job.')
+
+
+class DenyIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    tool_call_id: str | None = None
+    reason: str = Field("", max_length=2000)
+
+
+class Detail(Schema):
+    detail: str
+
+
+ERRORS = {400: Detail, 401: Detail, 404: Detail, 409: Detail}
+
+
+def job_payload(job: Job) -> dict[str, Any]:
+    calls = list(job.tool_calls.all())
+    pending = None
+    if job.status == JobStatus.AWAITING_CONFIRMATION:
+        awaiting = [call.as_pending() for call in calls if call.status == ToolCallStatus.AWAITING]
+        last_text = next((m.get("content") for m in reversed(job.transcript) if m.get("role") == "assistant"), "")
+        pending = {"tools": awaiting, "message": last_text or
+                   f"{len(awaiting)} tool call(s) wait for your confirmation."}
+    return {
+        "job_id": job.id,
+        "status": job.status,
+        "task": job.task,
+        "created_at": job.created_at.isoformat(),
+        "completed_at": job.completed_at.isoformat() if job.completed_at else None,
+        "session_id": str(job.session_id) if job.session_id else None,
+        "response": job.response,
+        "tool_calls": [call.as_summary() for call in calls] or None,
+        "backend": job.backend or None,
+        "backend_label": job.backend_label or None,
+        "host": job.host or None,
+        "gemini_summary": job.gemini_summary,
+        "error": job.error,
+        "pending_confirmation": pending,
+    }
+
+
+# --- Endpoints ---------------------------------------------------------------------------------
+
+@api.post("/orchestrate", response={202: OrchestrateOut, 403: Detail, 413: Detail, **ERRORS},
+          summary="Submit a task", tags=["orchestrate"])
+def orchestrate(request: HttpRequest, payload: OrchestrateIn):
+    if payload.user is not None and payload.user != request.user.get_username():
+        raise HttpError(403, "user must be the token's own user")
+    respond = payload.respond_with_final
+    if respond is None:
+        respond = payload.respond_with_claude if payload.respond_with_claude is not None else True
+    job = services.job_submit(
+        user=request.user,
+        task=payload.task,
+        session_id=payload.session_id,
+        persona=payload.persona,
+        options=services.JobOptions(
+            tier=payload.tier, respond_with_final=respond, include_long=payload.include_long,
+            include_mid=payload.include_mid, include_short=payload.include_short,
+            chat_role=payload.chat_role, off_record=payload.off_record),
+    )
+    return 202, {"job_id": job.id, "status": job.status}
+
+
+@api.get("/orchestrate", response={200: list[JobOut], **ERRORS}, summary="List your jobs, newest first",
+         tags=["orchestrate"])
+def list_jobs(request: HttpRequest, limit: int = Query(20, ge=1, le=200), offset: int = Query(0, ge=0),
+              status: JobStatus | None = None):
+    jobs = selectors.jobs_for_user(request.user, status=status).prefetch_related("tool_calls")
+    return [job_payload(job) for job in jobs[offset:offset + limit]]
+
+
+@api.get("/orchestrate/{job_id}", response={200: JobOut, **ERRORS}, summary="A job's status and answer",
+         tags=["orchestrate"])
+def job_status(request: HttpRequest, job_id: str):
+    return job_payload(selectors.job_for_user(request.user, job_id))
+
+
+@api.post("/orchestrate/{job_id}/confirm", response={200: OrchestrateOut, **ERRORS},
+          summary="Approve pending tool calls (all of them, or one by tool_call_id)", tags=["orchestrate"])
+def confirm(request: HttpRequest, job_id: str, payload: ConfirmIn | None = Body(None)):
+    payload = payload or ConfirmIn()
+    job = services.job_confirm(user=request.user, job_id=job_id, tool_call_id=payload.tool_call_id,
+                               args=payload.args, remember=payload.remember)
+    return {"job_id": job.id, "status": job.status}
+
+
+@api.post("/orchestrate/{job_id}/deny", response={200: OrchestrateOut, **ERRORS},
+          summary="Deny pending tool calls (all of them, or one by tool_call_id)", tags=["orchestrate"])
+def deny(request: HttpRequest, job_id: str, payload: DenyIn | None = Body(None)):
+    payload = payload or DenyIn()
+    job = services.job_deny(user=request.user, job_id=job_id, tool_call_id=payload.tool_call_id,
+                            reason=payload.reason)
+    return {"job_id": job.id, "status": job.status}
+
+
+@api.post("/orchestrate/{job_id}/cancel", response={200: OrchestrateOut, **ERRORS}, summary="Cancel a job",
+          tags=["orchestrate"])
+def cancel(request: HttpRequest, job_id: str):
+    job = services.job_cancel(user=request.user, job_id=job_id)
+    return {"job_id": job.id, "status": job.status}

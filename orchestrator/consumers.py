@@ -1,0 +1,70 @@
+"""WebSocket streams. The event log is the stream; the channel layer only rings a doorbell."""
+
+from __future__ import annotations
+
+import asyncio
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.http import Http404
+
+from . import events, selectors
+from .models import Job
+
+
+class JobEventsConsumer(AsyncJsonWebsocketConsumer):
+    """`/ws/jobs/<id>/?after=<seq>`: every event after `seq`, then live ones, none skipped or repeated."""
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=4401)
+            return
+        try:
+            self.job = await database_sync_to_async(selectors.job_for_user)(user, self.scope["url_route"]["kwargs"]["job_id"])
+        except Http404:
+            await self.close(code=4404)
+            return
+        self.last_seq = _after(self.scope)
+        self.lock = asyncio.Lock()
+        self.group = events.job_group(self.job.id)
+        # Join before reading the log, so an event committed in between still rings.
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self.send_new_events()
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def doorbell(self, message: dict) -> None:
+        await self.send_new_events()
+
+    async def receive_json(self, content, **kwargs) -> None:
+        # Clients may ask to catch up explicitly (e.g. after a doorbell was dropped).
+        if isinstance(content, dict) and content.get("type") == "catch_up":
+            await self.send_new_events()
+
+    async def send_new_events(self) -> None:
+        async with self.lock:
+            while True:
+                batch = await database_sync_to_async(_events_after)(self.job, self.last_seq)
+                for event in batch:
+                    await self.send_json(event)
+                    self.last_seq = event["seq"]
+                if len(batch) < 500:
+                    return
+
+
+def _events_after(job: Job, after: int) -> list[dict]:
+    return [event.as_dict() for event in selectors.job_events_after(job, after)]
+
+
+def _after(scope: dict) -> int:
+    from urllib.parse import parse_qs
+
+    values = parse_qs(scope.get("query_string", b"").decode()).get("after", ["0"])
+    try:
+        return max(0, int(values[-1]))
+    except ValueError:
+        return 0

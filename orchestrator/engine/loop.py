@@ -1,0 +1,132 @@
+"""Driving one job: step after step until it finishes, waits for a person, or is taken away.
+
+Each step reads the persisted state, acts once (one model call or one tool run) and persists the
+outcome, so a job can stop after any step and any executor can pick it up from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from django.conf import settings
+from django.db import close_old_connections
+
+from .. import providers
+from ..providers import ModelRequest, ModelResponse, ProviderError
+from ..services import tool_result_text
+from ..tools.registry import ToolContext, ToolError, registry
+from . import state
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Database:
+    """Runs the engine's short synchronous transactions on dedicated threads.
+
+    One thread suits SQLite (it has one writer anyway) and keeps its connection open between
+    steps; a server database can take a few more.
+    """
+
+    def __init__(self, threads: int = 1) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cortex-db")
+
+    async def run(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, lambda: _call(fn, kwargs))
+
+    def close(self) -> None:
+        self._pool.submit(close_old_connections).result()
+        self._pool.shutdown(wait=True)
+
+
+def _call(fn: Callable[..., T], kwargs: dict[str, Any]) -> T:
+    try:
+        return fn(**kwargs)
+    except Exception:
+        # A broken connection must not poison the thread's next step.
+        close_old_connections()
+        raise
+
+
+async def drive(job_id: str, *, owner: str, db: Database) -> None:
+    while True:
+        action = await db.run(state.next_action, owner=owner, job_id=job_id)
+        if isinstance(action, state.Stop):
+            return
+        if isinstance(action, state.RunTool):
+            result, is_error = await run_tool(action, job_id)
+            await db.run(state.finish_call, owner=owner, job_id=job_id, call_pk=action.call_pk,
+                         result=result, is_error=is_error)
+            continue
+        try:
+            response, backend, label = await call_model(action, job_id=job_id, owner=owner, db=db)
+        except ProviderError as error:
+            await db.run(state.job_fail, owner=owner, job_id=job_id, error=f"model call failed: {error.message}")
+            return
+        await db.run(state.record_turn, owner=owner, job_id=job_id, action=action, response=response,
+                     backend=backend, backend_label=label)
+
+
+async def call_model(action: state.CallModel, *, job_id: str, owner: str,
+                     db: Database) -> tuple[ModelResponse, str, str]:
+    """One model turn, retried with backoff (honouring the provider's hint) on transient errors."""
+    provider, model = providers.resolve(action.model)
+    request = ModelRequest(model=model, system=action.system, messages=action.messages, tools=action.tools,
+                           timeout=settings.CORTEX_MODEL_TIMEOUT)
+    attempts = settings.CORTEX_MODEL_ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        try:
+            async with asyncio.timeout(settings.CORTEX_MODEL_TIMEOUT + 5):
+                response = await provider.complete(request)
+            return response, action.model, provider.label(model)
+        except TimeoutError:
+            error = ProviderError(f"the model did not answer within {settings.CORTEX_MODEL_TIMEOUT:g} s",
+                                  retryable=True)
+        except ProviderError as caught:
+            error = caught
+        if not error.retryable or attempt == attempts:
+            if attempt > 1:
+                error.message = f"{error.message} (after {attempt} attempts)"
+            raise error
+        wait = backoff(attempt, error.retry_after)
+        await db.run(state.record_retry, owner=owner, job_id=job_id, attempt=attempt, wait=wait,
+                     error=error.message)
+        await asyncio.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def backoff(attempt: int, hint: float | None) -> float:
+    if hint is not None:
+        return min(hint, settings.CORTEX_RETRY_MAX_SECONDS)
+    base = settings.CORTEX_RETRY_BASE_SECONDS * (2 ** (attempt - 1))
+    return min(base * (0.5 + random.random() / 2), settings.CORTEX_RETRY_MAX_SECONDS)
+
+
+async def run_tool(action: state.RunTool, job_id: str) -> tuple[str, bool]:
+    tool = registry.get(action.name)
+    if tool is None:  # the registry changed since the call was recorded
+        return f"Error: there is no tool named {action.name!r}", True
+    context = ToolContext(user_id=action.user_id, username=action.username, job_id=job_id,
+                          workspace=workspace_for(action.user_id), settings=settings)
+    try:
+        async with asyncio.timeout(tool.timeout):
+            value = await tool.handler(context, **action.args)
+        return tool_result_text(value), False
+    except TimeoutError:
+        return f"Error: {tool.name} did not finish within {tool.timeout:g} s", True
+    except ToolError as error:
+        return f"Error: {error}", True
+    except Exception as error:  # a broken tool must not take the executor down
+        logger.exception("tool %s failed in job %s", tool.name, job_id)
+        return f"Error: {tool.name} failed: {type(error).__name__}: {error}", True
+
+
+def workspace_for(user_id: int) -> Path:
+    return Path(settings.CORTEX_WORKSPACE_ROOT) / str(user_id)
+

@@ -1,0 +1,84 @@
+"""The per-job event log and the doorbells that announce it.
+
+Events are appended in the same transaction as the change they describe; only after the commit
+is a doorbell rung on the channel layer. A doorbell carries no data: a listener re-reads the log,
+so a lost doorbell delays an event but never loses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+from .models import Job, JobEvent
+
+logger = logging.getLogger(__name__)
+
+EXECUTORS_GROUP = "cortex.executors"
+
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def bind_loop(loop: asyncio.AbstractEventLoop | None) -> None:
+    """Send doorbells through this running loop (the server's or executor's) without waiting."""
+    global _loop
+    _loop = loop
+
+
+def job_group(job_id: Any) -> str:
+    return f"job.{job_id}"
+
+
+def user_group(user_id: int) -> str:
+    return f"user.{user_id}"
+
+
+def append(job: Job, *events: tuple[str, dict[str, Any]]) -> list[JobEvent]:
+    """Append events to a job locked by the caller's transaction; the caller saves `last_seq`.
+
+    Rings the job's and its owner's doorbells once the transaction commits.
+    """
+    rows = []
+    for event_type, data in events:
+        job.last_seq += 1
+        rows.append(JobEvent(job=job, seq=job.last_seq, type=event_type, data=data))
+    JobEvent.objects.bulk_create(rows)
+    job_id, user_id = job.id, job.user_id
+    transaction.on_commit(lambda: ring(job_group(job_id), user_group(user_id)))
+    return rows
+
+
+def ring(*groups: str, message: dict[str, Any] | None = None) -> None:
+    message = message or {"type": "doorbell"}
+    layer = get_channel_layer()
+    if layer is None:
+        return
+
+    async def send_all() -> None:
+        for group in groups:
+            await layer.group_send(group, message)
+
+    loop = _loop
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is not None:
+        running.create_task(send_all())
+    elif loop is not None and loop.is_running() and not loop.is_closed():
+        asyncio.run_coroutine_threadsafe(send_all(), loop)
+    else:
+        try:
+            async_to_sync(send_all)()
+        except Exception:  # a doorbell is best effort: listeners also poll the log
+            logger.warning("could not ring %s", groups, exc_info=True)
+
+
+def wake_executors(**data: Any) -> None:
+    """Tell executors there is work (or a cancellation) without waiting for their next poll."""
+    transaction.on_commit(lambda: ring(EXECUTORS_GROUP, message={"type": "executor.wake", **data}))

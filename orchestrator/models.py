@@ -1,0 +1,276 @@
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    AWAITING_CONFIRMATION = "awaiting_confirmation"
+    COMPLETE = "complete"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.AWAITING_CONFIRMATION)
+FINISHED_STATUSES = (JobStatus.COMPLETE, JobStatus.ERROR, JobStatus.CANCELLED)
+
+
+class Persona(models.Model):
+    """A system prompt to speak with; site-wide when `owner` is empty, else a user's own."""
+
+    name = models.SlugField(max_length=64)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
+                              related_name="personas")
+    prompt = models.TextField(blank=True)
+    is_default = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="persona_unique_name_per_owner"),
+            models.UniqueConstraint(fields=["name"], condition=Q(owner=None), name="persona_unique_sitewide_name"),
+        ]
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name if self.owner_id is None else f"{self.name} ({self.owner})"
+
+
+class Session(models.Model):
+    """A conversation: each job in it appends the task and the answer."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="sessions")
+    title = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at"]
+
+    def __str__(self) -> str:
+        return self.title or str(self.id)
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="messages")
+    job = models.ForeignKey("Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="messages")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    content = models.TextField()
+    backend = models.CharField(max_length=200, blank=True)
+    backend_label = models.CharField(max_length=200, blank=True)
+    host = models.CharField(max_length=200, blank=True)
+    off_record = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+
+class Job(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    status = models.CharField(max_length=32, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
+    task = models.TextField()
+    session = models.ForeignKey(Session, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    persona = models.ForeignKey(Persona, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    # The request as submitted (tier, include_*, chat_role, respond_with_final, off_record, ...).
+    options = models.JSONField(default=dict, blank=True)
+    orchestrator_model = models.CharField(max_length=200)
+    chat_model = models.CharField(max_length=200, blank=True)
+    system_prompt = models.TextField(blank=True)
+    # Provider-neutral transcript (see providers/base.py); the durable state of the tool loop.
+    transcript = models.JSONField(default=list, blank=True)
+    rounds = models.PositiveIntegerField(default=0)
+    # Tools a person approved "for the rest of this job".
+    approved_tools = models.JSONField(default=list, blank=True)
+
+    response = models.TextField(null=True, blank=True)
+    gemini_summary = models.TextField(null=True, blank=True)
+    backend = models.CharField(max_length=200, blank=True)
+    backend_label = models.CharField(max_length=200, blank=True)
+    host = models.CharField(max_length=200, blank=True)
+    error = models.TextField(null=True, blank=True)
+    usage = models.JSONField(default=dict, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    # Executor lease: who holds the running job and until when.
+    lease_owner = models.CharField(max_length=100, blank=True, db_index=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    not_before = models.DateTimeField(null=True, blank=True)
+    claims = models.PositiveIntegerField(default=0)
+    last_seq = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["user", "-created_at"], name="job_user_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+
+class JobEvent(models.Model):
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    type = models.CharField(max_length=64)
+    data = models.JSONField(default=dict, blank=True)
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job", "seq"]
+        constraints = [models.UniqueConstraint(fields=["job", "seq"], name="job_event_unique_seq")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id}#{self.seq} {self.type}"
+
+    def as_dict(self) -> dict:
+        return {"seq": self.seq, "type": self.type, "at": self.at.isoformat(), "data": self.data}
+
+
+class ToolCallStatus(models.TextChoices):
+    AWAITING = "awaiting", "awaiting confirmation"
+    READY = "ready", "ready to run"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DENIED = "denied"
+    REFUSED = "refused"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+
+OPEN_CALL_STATUSES = (ToolCallStatus.AWAITING, ToolCallStatus.READY, ToolCallStatus.RUNNING)
+
+
+class ToolCall(models.Model):
+    class Verdict(models.TextChoices):
+        RUN = "run"
+        ASK = "ask"
+        REFUSE = "refuse"
+
+    class Decision(models.TextChoices):
+        APPROVED = "approved"
+        EDITED = "edited"
+        DENIED = "denied"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="tool_calls")
+    call_id = models.CharField(max_length=200)  # the id the model gave the call
+    round = models.PositiveIntegerField()
+    position = models.PositiveIntegerField()
+    name = models.CharField(max_length=200)
+    raw_arguments = models.TextField(blank=True)
+    args = models.JSONField(null=True, blank=True)
+    original_args = models.JSONField(null=True, blank=True)
+    risk = models.CharField(max_length=16, blank=True)
+    verdict = models.CharField(max_length=16, choices=Verdict.choices)
+    status = models.CharField(max_length=16, choices=ToolCallStatus.choices, db_index=True)
+    interrupted = models.BooleanField(default=False)
+    result = models.TextField(null=True, blank=True)
+    is_error = models.BooleanField(default=False)
+
+    decision = models.CharField(max_length=16, choices=Decision.choices, blank=True)
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="tool_decisions")
+    decided_at = models.DateTimeField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+    remember = models.BooleanField(default=False)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["job", "round", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "round", "position"], name="tool_call_unique_position"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.status})"
+
+    @property
+    def duration_ms(self) -> int | None:
+        if self.started_at and self.finished_at:
+            return int((self.finished_at - self.started_at).total_seconds() * 1000)
+        return None
+
+    def as_pending(self) -> dict:
+        return {"id": self.call_id, "name": self.name, "args": self.args, "risk": self.risk,
+                "interrupted": self.interrupted}
+
+    def as_summary(self) -> dict:
+        return {"id": self.call_id, "name": self.name, "args": self.args, "risk": self.risk,
+                "status": self.status, "decision": self.decision or None, "result": self.result,
+                "is_error": self.is_error, "duration_ms": self.duration_ms}
+
+
+class Memory(models.Model):
+    class Tier(models.TextChoices):
+        LONG = "long", "long term"
+        MID = "mid", "mid term"
+        SHORT = "short", "short term"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memories")
+    tier = models.CharField(max_length=8, choices=Tier.choices, default=Tier.MID)
+    content = models.TextField()
+    source_job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at"]
+        verbose_name_plural = "memories"
+
+    def __str__(self) -> str:
+        return f"[{self.tier}] {self.content[:60]}"
+
+
+class ApiToken(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=16, db_index=True)  # shown in lists, to tell tokens apart
+    digest = models.CharField(max_length=64, unique=True)  # sha256 of the whole token
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.name or 'unnamed'})"
+
+
+class ToolPolicy(models.Model):
+    """A user's risk and confirmation policy. Absent rows mean the defaults."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tool_policy")
+    max_risk = models.CharField(max_length=16, default="high")
+    # {tool_name: "include" | "exclude"}
+    overrides = models.JSONField(default=dict, blank=True)
+    # {tool_name: "run" | "ask" | "never"}
+    confirmations = models.JSONField(default=dict, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "tool policies"
+
+    def __str__(self) -> str:
+        return f"policy of {self.user}"

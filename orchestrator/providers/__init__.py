@@ -1,0 +1,60 @@
+"""Model backends behind one interface (see base.py), resolved from `provider:model` strings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from django.conf import settings
+
+from .base import ModelRequest, ModelResponse, ModelToolCall, Provider, ProviderError, Usage
+
+__all__ = ["ModelRequest", "ModelResponse", "ModelToolCall", "Provider", "ProviderError", "Usage",
+           "ProviderUnknown", "parse_model", "resolve", "PROVIDERS"]
+
+PROVIDERS = ("demo", "openai")
+
+
+class ProviderUnknown(ProviderError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    provider: str
+    model: str
+
+    def __str__(self) -> str:
+        return f"{self.provider}:{self.model}"
+
+
+def parse_model(value: str) -> ModelChoice:
+    provider, sep, model = (value or "").partition(":")
+    if not sep or not provider or not model:
+        raise ProviderUnknown(f"a model must look like provider:model, not {value!r}")
+    if provider not in PROVIDERS:
+        raise ProviderUnknown(f"unknown provider {provider!r} (known: {', '.join(PROVIDERS)})")
+    return ModelChoice(provider, model)
+
+
+def resolve(value: str, *, base_url: str | None = None, api_key: str | None = None) -> tuple[Provider, str]:
+    """The provider instance and model name for `provider:model`. Clients are shared per endpoint
+    so connections are reused across jobs."""
+    choice = parse_model(value)
+    if choice.provider == "openai":
+        return _openai(base_url or settings.OPENAI_BASE_URL, api_key or settings.OPENAI_API_KEY), choice.model
+    return _demo(), choice.model
+
+
+@lru_cache(maxsize=1)
+def _demo() -> Provider:
+    from .demo import DemoProvider
+
+    return DemoProvider()
+
+
+@lru_cache(maxsize=32)
+def _openai(base_url: str, api_key: str) -> Provider:
+    from .openai_compat import OpenAIProvider
+
+    return OpenAIProvider(base_url=base_url, api_key=api_key)

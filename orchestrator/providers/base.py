@@ -1,0 +1,93 @@
+"""One interface for every model backend.
+
+The transcript a provider receives is provider-neutral JSON, the same that is stored on the job:
+
+    {"role": "user", "content": "text"}
+    {"role": "assistant", "content": "text or empty",
+     "tool_calls": [{"id": "call_1", "name": "calculator", "arguments": "{\"expression\": \"1+1\"}",
+                     "extra": {...}}],
+     "extra": {...}}
+    {"role": "tool", "tool_call_id": "call_1", "name": "calculator", "content": "text", "is_error": false}
+
+`arguments` is kept as the raw string the model produced (it may not even be JSON); `extra` holds
+whatever a provider hands back opaquely and requires again unchanged (a Gemini thought signature,
+Claude's signed thinking blocks). A provider must replay `extra` it recognises and ignore the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+Message = dict[str, Any]
+DeltaCallback = Callable[[str], Awaitable[None]]
+
+
+@dataclass
+class ModelRequest:
+    model: str
+    system: str
+    messages: list[Message]
+    tools: list[dict[str, Any]] = field(default_factory=list)  # {"name","description","parameters"}
+    temperature: float | None = None
+    timeout: float = 60.0
+    max_tokens: int | None = None
+
+
+@dataclass
+class ModelToolCall:
+    id: str
+    name: str
+    arguments: str  # raw, as the model wrote it
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass
+class ModelResponse:
+    text: str
+    tool_calls: list[ModelToolCall] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
+    finish_reason: str = ""
+
+    def as_message(self) -> Message:
+        message: Message = {"role": "assistant", "content": self.text}
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {"id": c.id, "name": c.name, "arguments": c.arguments, **({"extra": c.extra} if c.extra else {})}
+                for c in self.tool_calls
+            ]
+        if self.extra:
+            message["extra"] = self.extra
+        return message
+
+
+class ProviderError(Exception):
+    """A model call that failed; `retryable` errors are retried with backoff by the engine."""
+
+    def __init__(self, message: str, *, retryable: bool = False, retry_after: float | None = None,
+                 status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.status = status
+
+
+class Provider(Protocol):
+    name: str  # "openai", "demo", ...
+
+    def label(self, model: str) -> str:
+        """A human label for answers and pages, e.g. "OpenAI-compatible · llama3.1"."""
+        ...
+
+    async def complete(self, request: ModelRequest, *, on_delta: DeltaCallback | None = None) -> ModelResponse:
+        """One model turn. With `on_delta`, stream text as it arrives (where the backend can)."""
+        ...

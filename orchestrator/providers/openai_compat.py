@@ -1,0 +1,156 @@
+"""Any OpenAI-compatible Chat Completions endpoint (OpenAI, Ollama, vLLM, LM Studio) via `openai`."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import Any
+
+import openai
+
+from .base import DeltaCallback, Message, ModelRequest, ModelResponse, ModelToolCall, ProviderError, Usage
+
+
+class OpenAIProvider:
+    name = "openai"
+
+    def __init__(self, *, base_url: str, api_key: str) -> None:
+        self.base_url = base_url
+        # The engine retries durably with backoff; the SDK's own retries would hide Retry-After.
+        self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0)
+
+    def label(self, model: str) -> str:
+        return f"OpenAI-compatible · {model}"
+
+    async def complete(self, request: ModelRequest, *, on_delta: DeltaCallback | None = None) -> ModelResponse:
+        kwargs: dict[str, Any] = {"model": request.model, "messages": to_openai_messages(request),
+                                  "timeout": request.timeout}
+        if request.tools:
+            kwargs["tools"] = [{"type": "function", "function": spec} for spec in request.tools]
+        if request.temperature is not None:
+            kwargs["temperature"] = request.temperature
+        if request.max_tokens:
+            kwargs["max_tokens"] = request.max_tokens
+        try:
+            if on_delta is not None:
+                return await self._stream(kwargs, on_delta)
+            return from_openai_completion(await self.client.chat.completions.create(**kwargs))
+        except openai.APIError as error:
+            raise provider_error(error, self.base_url) from error
+
+    async def _stream(self, kwargs: dict[str, Any], on_delta: DeltaCallback) -> ModelResponse:
+        stream = await self.client.chat.completions.create(
+            **kwargs, stream=True, stream_options={"include_usage": True})
+        text: list[str] = []
+        calls: dict[int, dict[str, str]] = {}
+        usage = Usage()
+        finish = ""
+        async for chunk in stream:
+            if chunk.usage:
+                usage = Usage(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0)
+            for choice in chunk.choices:
+                finish = choice.finish_reason or finish
+                delta = choice.delta
+                if delta.content:
+                    text.append(delta.content)
+                    await on_delta(delta.content)
+                for part in delta.tool_calls or []:
+                    call = calls.setdefault(part.index, {"id": "", "name": "", "arguments": ""})
+                    call["id"] = part.id or call["id"]
+                    if part.function:
+                        call["name"] += part.function.name or ""
+                        call["arguments"] += part.function.arguments or ""
+        return ModelResponse(
+            text="".join(text),
+            tool_calls=[ModelToolCall(c["id"], c["name"], c["arguments"]) for _, c in sorted(calls.items())],
+            usage=usage, finish_reason=finish)
+
+
+def to_openai_messages(request: ModelRequest) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    if request.system:
+        messages.append({"role": "system", "content": request.system})
+    for message in request.messages:
+        messages.append(_to_openai(message))
+    return messages
+
+
+def _to_openai(message: Message) -> dict[str, Any]:
+    role = message["role"]
+    if role == "tool":
+        return {"role": "tool", "tool_call_id": message["tool_call_id"], "content": message.get("content") or ""}
+    if role == "assistant" and message.get("tool_calls"):
+        return {
+            "role": "assistant",
+            "content": message.get("content") or None,
+            "tool_calls": [{"id": call["id"], "type": "function",
+                            "function": {"name": call["name"], "arguments": call.get("arguments") or "{}"}}
+                           for call in message["tool_calls"]],
+        }
+    return {"role": role, "content": message.get("content") or ""}
+
+
+def from_openai_completion(completion: Any) -> ModelResponse:
+    if not completion.choices:
+        raise ProviderError("the model returned no choices", retryable=True)
+    choice = completion.choices[0]
+    message = choice.message
+    calls = [ModelToolCall(call.id or "", call.function.name or "", call.function.arguments or "")
+             for call in (message.tool_calls or []) if getattr(call, "function", None) is not None]
+    usage = Usage()
+    if completion.usage:
+        usage = Usage(completion.usage.prompt_tokens or 0, completion.usage.completion_tokens or 0)
+    return ModelResponse(text=message.content or "", tool_calls=calls, usage=usage,
+                         finish_reason=choice.finish_reason or "")
+
+
+def provider_error(error: openai.APIError, base_url: str) -> ProviderError:
+    """Plain words for what went wrong, and whether trying again can help."""
+    if isinstance(error, openai.APITimeoutError):
+        return ProviderError(f"the model at {base_url} did not answer in time", retryable=True)
+    if isinstance(error, openai.APIConnectionError):
+        return ProviderError(f"could not connect to the model at {base_url}", retryable=True)
+    if isinstance(error, openai.APIStatusError):
+        status = error.status_code
+        detail = _detail(error)
+        if status in (401, 403):
+            return ProviderError(f"the API key was rejected ({status}): {detail}", status=status)
+        if status == 429:
+            return ProviderError(f"rate limited (429): {detail}", retryable=True,
+                                 retry_after=retry_after(error.response.headers), status=status)
+        if status == 404:
+            return ProviderError(f"not found (404) — is the model name right? {detail}", status=status)
+        if status >= 500 or status == 408:
+            return ProviderError(f"the provider failed ({status}): {detail}", retryable=True,
+                                 retry_after=retry_after(error.response.headers), status=status)
+        return ProviderError(f"the provider refused the request ({status}): {detail}", status=status)
+    return ProviderError(f"model call failed: {error}")
+
+
+def _detail(error: openai.APIStatusError) -> str:
+    body = error.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])[:500]
+    return str(error.message)[:500]
+
+
+def retry_after(headers: Any) -> float | None:
+    """Seconds to wait from Retry-After (seconds or an HTTP date) or retry-after-ms."""
+    if headers is None:
+        return None
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None

@@ -1,0 +1,117 @@
+"""Every read scoped to a user. Views and the API get their objects only through these, so another
+user's object is a 404 by construction."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Q, QuerySet
+from django.http import Http404
+
+from .models import ApiToken, Job, JobEvent, Memory, Persona, Session, ToolCall, ToolCallStatus, ToolPolicy
+from .policy import RiskPolicy
+
+
+def _uuid_or_404(value: Any) -> uuid.UUID:
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except (ValueError, TypeError, AttributeError):
+        raise Http404("not found") from None
+
+
+def jobs_for_user(user: AbstractBaseUser, *, status: str | None = None) -> QuerySet[Job]:
+    jobs = Job.objects.filter(user=user)
+    if status:
+        jobs = jobs.filter(status=status)
+    return jobs.order_by("-created_at")
+
+
+def job_for_user(user: AbstractBaseUser, job_id: Any) -> Job:
+    job = Job.objects.filter(user=user, pk=_uuid_or_404(job_id)).select_related("session", "persona").first()
+    if job is None:
+        raise Http404("job not found")
+    return job
+
+
+def job_events_after(job: Job, after: int, limit: int = 500) -> list[JobEvent]:
+    return list(JobEvent.objects.filter(job=job, seq__gt=after).order_by("seq")[:limit])
+
+
+def job_tool_calls(job: Job) -> list[ToolCall]:
+    return list(job.tool_calls.order_by("round", "position"))
+
+
+def pending_calls_for_user(user: AbstractBaseUser) -> QuerySet[ToolCall]:
+    return (ToolCall.objects.filter(job__user=user, status=ToolCallStatus.AWAITING)
+            .select_related("job").order_by("created_at"))
+
+
+def sessions_for_user(user: AbstractBaseUser) -> QuerySet[Session]:
+    return Session.objects.filter(user=user).order_by("-updated_at")
+
+
+def session_for_user(user: AbstractBaseUser, session_id: Any) -> Session:
+    session = Session.objects.filter(user=user, pk=_uuid_or_404(session_id)).first()
+    if session is None:
+        raise Http404("session not found")
+    return session
+
+
+def personas_for_user(user: AbstractBaseUser) -> QuerySet[Persona]:
+    return Persona.objects.filter(Q(owner=user) | Q(owner=None)).order_by("name")
+
+
+def persona_by_name(user: AbstractBaseUser, name: str) -> Persona | None:
+    """A user's own persona wins over a site-wide one of the same name."""
+    return (Persona.objects.filter(owner=user, name=name).first()
+            or Persona.objects.filter(owner=None, name=name).first())
+
+
+def default_persona(user: AbstractBaseUser) -> Persona | None:
+    return (Persona.objects.filter(owner=user, is_default=True).first()
+            or Persona.objects.filter(owner=None, is_default=True).first())
+
+
+def memories_for_user(user: AbstractBaseUser, *, tier: str | None = None) -> QuerySet[Memory]:
+    memories = Memory.objects.filter(user=user)
+    if tier:
+        memories = memories.filter(tier=tier)
+    return memories.order_by("-updated_at")
+
+
+def memory_for_user(user: AbstractBaseUser, memory_id: Any) -> Memory:
+    memory = Memory.objects.filter(user=user, pk=memory_id).first() if str(memory_id).isdigit() else None
+    if memory is None:
+        raise Http404("memory not found")
+    return memory
+
+
+def tokens_for_user(user: AbstractBaseUser) -> QuerySet[ApiToken]:
+    return ApiToken.objects.filter(user=user).order_by("-created_at")
+
+
+def token_for_user(user: AbstractBaseUser, token_id: Any) -> ApiToken:
+    token = ApiToken.objects.filter(user=user, pk=token_id).first() if str(token_id).isdigit() else None
+    if token is None:
+        raise Http404("token not found")
+    return token
+
+
+def risk_policy_for_user(user: AbstractBaseUser) -> RiskPolicy:
+    stored = ToolPolicy.objects.filter(user=user).first()
+    if stored is None:
+        return RiskPolicy()
+    return RiskPolicy(max_risk=stored.max_risk, overrides=dict(stored.overrides),
+                      confirmations=dict(stored.confirmations))
+
+
+def roles_for_user(user: AbstractBaseUser) -> list[str]:
+    roles = ["user"]
+    if user.is_staff:
+        roles.append("staff")
+    if user.is_superuser:
+        roles.append("admin")
+    roles.extend(user.groups.values_list("name", flat=True))
+    return roles

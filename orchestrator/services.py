@@ -1,0 +1,371 @@
+"""Every write Cortex makes. Views, the API, consumers, admin actions, management commands and the
+engine all call these functions; none of them writes models directly.
+
+Decisions on a job (confirm, deny, cancel) are compare-and-set transitions inside one
+transaction on the locked job row: of two simultaneous decisions exactly one applies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+
+from django.utils import timezone
+
+from . import context, events, selectors
+from .models import (
+    ACTIVE_STATUSES,
+    OPEN_CALL_STATUSES,
+    ApiToken,
+    Job,
+    JobStatus,
+    Memory,
+    Message,
+    Persona,
+    Session,
+    ToolCall,
+    ToolCallStatus,
+    ToolPolicy,
+)
+from .policy import RiskPolicy
+from .tools.registry import ArgumentsInvalid, registry
+
+TOKEN_PREFIX = "ctx_"
+
+
+class ServiceError(Exception):
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Invalid(ServiceError):
+    status = 400
+
+
+class Forbidden(ServiceError):
+    status = 403
+
+
+class NotFound(ServiceError):
+    status = 404
+
+
+class Conflict(ServiceError):
+    status = 409
+
+
+class TooLarge(ServiceError):
+    status = 413
+
+
+# --- API tokens --------------------------------------------------------------------------------
+
+def token_digest(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def token_create(*, user: AbstractBaseUser, name: str = "") -> tuple[ApiToken, str]:
+    """Create a token; the raw value is returned once and only its digest is stored."""
+    raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken.objects.create(user=user, name=name[:100], prefix=raw[:12], digest=token_digest(raw))
+    return token, raw
+
+
+def token_authenticate(*, raw: str) -> AbstractBaseUser | None:
+    if not raw or not raw.startswith(TOKEN_PREFIX) or len(raw) > 200:
+        return None
+    token = (ApiToken.objects.select_related("user")
+             .filter(digest=token_digest(raw), revoked_at__isnull=True).first())
+    if token is None or not token.user.is_active:
+        return None
+    now = timezone.now()
+    # Record use at most once a minute: a busy cron client should not write on every request.
+    if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token.user
+
+
+def token_revoke(*, user: AbstractBaseUser, token_id: int) -> ApiToken:
+    token = selectors.token_for_user(user, token_id)
+    if token.revoked_at is None:
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+    return token
+
+
+# --- Tool policy -------------------------------------------------------------------------------
+
+def policy_update(*, user: AbstractBaseUser, max_risk: str, overrides: dict[str, str],
+                  confirmations: dict[str, str]) -> ToolPolicy:
+    unknown = sorted((set(overrides) | set(confirmations)) - set(registry.names()))
+    if unknown:
+        raise Invalid(f"unknown tools: {', '.join(unknown)}")
+    # Store only what differs from the default, so new defaults reach users who never chose.
+    overrides = {k: v for k, v in overrides.items() if v != "default"}
+    confirmations = {k: v for k, v in confirmations.items() if v != "default"}
+    try:
+        RiskPolicy(max_risk=max_risk, overrides=overrides, confirmations=confirmations)
+    except ValueError as error:
+        raise Invalid(str(error)) from None
+    policy, _ = ToolPolicy.objects.update_or_create(
+        user=user, defaults={"max_risk": max_risk, "overrides": overrides, "confirmations": confirmations})
+    return policy
+
+
+# --- Jobs: submitting and deciding -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class JobOptions:
+    tier: int | None = None
+    respond_with_final: bool = True
+    include_long: bool = True
+    include_mid: bool = True
+    include_short: bool = True
+    chat_role: str = "chat"
+    off_record: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def job_submit(*, user: AbstractBaseUser, task: str, session_id: str | None = None,
+               persona: str | None = None, options: JobOptions | None = None) -> Job:
+    options = options or JobOptions()
+    task = task.strip() if isinstance(task, str) else ""
+    if not task:
+        raise Invalid("task must not be empty")
+    if len(task) > settings.CORTEX_MAX_TASK_CHARS:
+        raise TooLarge(f"task is {len(task)} characters long; the limit is {settings.CORTEX_MAX_TASK_CHARS}")
+    if options.tier is not None and options.tier not in (1, 2, 3):
+        raise Invalid("tier must be 1, 2 or 3")
+    chosen_persona = _persona_for(user, persona)
+
+    with transaction.atomic():
+        if session_id:
+            session = selectors.session_for_user(user, session_id)
+        else:
+            session = Session.objects.create(user=user, title=task[:80])
+        job = Job(
+            user=user,
+            task=task,
+            session=session,
+            persona=chosen_persona,
+            options=options.as_dict(),
+            orchestrator_model=settings.CORTEX_ORCHESTRATOR_MODEL,
+            chat_model=settings.CORTEX_CHAT_MODEL,
+            transcript=_history(session) + [{"role": "user", "content": task}],
+            system_prompt=context.system_prompt(
+                persona_prompt=chosen_persona.prompt if chosen_persona else "",
+                now=timezone.localtime(), off_record=options.off_record),
+        )
+        job.save()
+        events.append(job, ("job.status", {"status": JobStatus.QUEUED, "task": task}))
+        Job.objects.filter(pk=job.pk).update(last_seq=job.last_seq)
+        events.wake_executors()
+    return job
+
+
+def _persona_for(user: AbstractBaseUser, name: str | None) -> Persona | None:
+    if name:
+        persona = selectors.persona_by_name(user, name)
+        if persona is None:
+            raise Invalid(f"unknown persona {name!r}")
+        return persona
+    return selectors.default_persona(user)
+
+
+def _history(session: Session) -> list[dict[str, Any]]:
+    """The session's earlier turns, newest kept first when the budget runs out."""
+    budget = settings.CORTEX_HISTORY_CHARS
+    kept: list[dict[str, Any]] = []
+    for message in session.messages.order_by("-created_at", "-id").only("role", "content"):
+        budget -= len(message.content)
+        if budget < 0:
+            break
+        kept.append({"role": message.role, "content": message.content})
+    kept.reverse()
+    # A transcript must open with the person speaking.
+    while kept and kept[0]["role"] != "user":
+        kept.pop(0)
+    return kept
+
+
+def _locked_job(user: AbstractBaseUser, job_id: Any) -> Job:
+    selectors.job_for_user(user, job_id)  # 404 for anyone else's job
+    return Job.objects.select_for_update().get(pk=job_id)
+
+
+def _awaiting_calls(job: Job, tool_call_id: str | None) -> list[ToolCall]:
+    if job.status != JobStatus.AWAITING_CONFIRMATION:
+        raise Conflict(f"job is {job.status}, not awaiting confirmation")
+    calls = list(job.tool_calls.filter(status=ToolCallStatus.AWAITING).order_by("round", "position"))
+    if tool_call_id is not None:
+        calls = [call for call in calls if call.call_id == tool_call_id]
+        if not calls:
+            if job.tool_calls.filter(call_id=tool_call_id).exists():
+                raise Conflict(f"tool call {tool_call_id} is not awaiting confirmation")
+            raise NotFound(f"no tool call {tool_call_id} in this job")
+    if not calls:
+        raise Conflict("no tool call is awaiting confirmation")
+    return calls
+
+
+def _after_decision(job: Job) -> None:
+    """Once no call awaits a person, hand the job back to the executors."""
+    if job.tool_calls.filter(status=ToolCallStatus.AWAITING).exists():
+        return
+    job.status = JobStatus.RUNNING
+    job.lease_owner = ""
+    job.lease_expires_at = None
+    events.append(job, ("job.status", {"status": JobStatus.RUNNING}))
+    events.wake_executors()
+
+
+def job_confirm(*, user: AbstractBaseUser, job_id: Any, tool_call_id: str | None = None,
+                args: dict[str, Any] | None = None, remember: str | None = None) -> Job:
+    if remember not in (None, "job"):
+        raise Invalid('remember must be "job" when given')
+    if args is not None and tool_call_id is None:
+        raise Invalid("edited args need a tool_call_id")
+    with transaction.atomic():
+        job = _locked_job(user, job_id)
+        calls = _awaiting_calls(job, tool_call_id)
+        now = timezone.now()
+        for call in calls:
+            decision = ToolCall.Decision.APPROVED
+            if args is not None:
+                tool = registry.get(call.name)
+                try:
+                    edited = tool.validate(args)
+                except ArgumentsInvalid as error:
+                    raise Invalid(str(error)) from None
+                if edited != call.args:
+                    call.original_args = call.args
+                    call.args = edited
+                    decision = ToolCall.Decision.EDITED
+            call.status = ToolCallStatus.READY
+            call.decision = decision
+            call.decided_by = user
+            call.decided_at = now
+            call.remember = remember == "job"
+            call.save(update_fields=["status", "decision", "decided_by", "decided_at", "remember", "args",
+                                     "original_args"])
+            if remember == "job" and call.name not in job.approved_tools:
+                job.approved_tools = [*job.approved_tools, call.name]
+            events.append(job, ("tool.decided", _decision_event(call, user)))
+        _after_decision(job)
+        job.save(update_fields=["status", "lease_owner", "lease_expires_at", "approved_tools", "last_seq",
+                                "updated_at"])
+    return job
+
+
+def job_deny(*, user: AbstractBaseUser, job_id: Any, tool_call_id: str | None = None, reason: str = "") -> Job:
+    reason = (reason or "").strip()[:2000]
+    with transaction.atomic():
+        job = _locked_job(user, job_id)
+        calls = _awaiting_calls(job, tool_call_id)
+        now = timezone.now()
+        for call in calls:
+            call.status = ToolCallStatus.DENIED
+            call.decision = ToolCall.Decision.DENIED
+            call.decided_by = user
+            call.decided_at = now
+            call.finished_at = now
+            call.reason = reason
+            call.is_error = True
+            call.result = "The person denied this tool call" + (f": {reason}" if reason else ".")
+            call.save(update_fields=["status", "decision", "decided_by", "decided_at", "finished_at", "reason",
+                                     "is_error", "result"])
+            events.append(job, ("tool.decided", _decision_event(call, user)))
+        _after_decision(job)
+        job.save(update_fields=["status", "lease_owner", "lease_expires_at", "last_seq", "updated_at"])
+    return job
+
+
+def _decision_event(call: ToolCall, user: AbstractBaseUser) -> dict[str, Any]:
+    return {"id": call.call_id, "name": call.name, "decision": call.decision, "by": user.get_username(),
+            "args": call.args, "original_args": call.original_args, "reason": call.reason,
+            "remember": call.remember}
+
+
+def job_cancel(*, user: AbstractBaseUser, job_id: Any) -> Job:
+    with transaction.atomic():
+        job = _locked_job(user, job_id)
+        if job.status not in ACTIVE_STATUSES:
+            raise Conflict(f"job is already {job.status}")
+        now = timezone.now()
+        close_open_calls(job, ToolCallStatus.CANCELLED, "The job was cancelled before this call finished.")
+        job.status = JobStatus.CANCELLED
+        job.completed_at = now
+        job.error = f"cancelled by {user.get_username()}"
+        job.lease_owner = ""
+        job.lease_expires_at = None
+        events.append(job, ("job.status", {"status": JobStatus.CANCELLED, "by": user.get_username()}))
+        job.save(update_fields=["status", "completed_at", "error", "lease_owner", "lease_expires_at", "last_seq",
+                                "updated_at"])
+        events.wake_executors(cancel=str(job.id))
+    return job
+
+
+def close_open_calls(job: Job, status: str, result: str) -> None:
+    """Give every call without a result one, so the transcript stays well formed."""
+    now = timezone.now()
+    for call in job.tool_calls.filter(status__in=OPEN_CALL_STATUSES):
+        call.status = status
+        call.result = result
+        call.is_error = True
+        call.finished_at = now
+        call.save(update_fields=["status", "result", "is_error", "finished_at"])
+        events.append(job, ("tool.finished", finished_event(call)))
+
+
+def finished_event(call: ToolCall) -> dict[str, Any]:
+    result = call.result or ""
+    return {"id": call.call_id, "name": call.name, "status": call.status, "is_error": call.is_error,
+            "result": result[:4000], "truncated": len(result) > 4000, "duration_ms": call.duration_ms}
+
+
+# --- Memory --------------------------------------------------------------------------------------
+
+def memory_save(*, user: AbstractBaseUser, content: str, tier: str = Memory.Tier.MID,
+                source_job_id: Any = None) -> Memory:
+    content = (content or "").strip()
+    if not content:
+        raise Invalid("memory content must not be empty")
+    if tier not in Memory.Tier.values:
+        raise Invalid(f"tier must be one of {', '.join(Memory.Tier.values)}")
+    return Memory.objects.create(user=user, content=content[:10000], tier=tier, source_job_id=source_job_id)
+
+
+def memory_update(*, user: AbstractBaseUser, memory_id: int, content: str, tier: str) -> Memory:
+    memory = selectors.memory_for_user(user, memory_id)
+    content = (content or "").strip()
+    if not content:
+        raise Invalid("memory content must not be empty")
+    if tier not in Memory.Tier.values:
+        raise Invalid(f"tier must be one of {', '.join(Memory.Tier.values)}")
+    memory.content, memory.tier = content[:10000], tier
+    memory.save(update_fields=["content", "tier", "updated_at"])
+    return memory
+
+
+def memory_delete(*, user: AbstractBaseUser, memory_id: int) -> None:
+    selectors.memory_for_user(user, memory_id).delete()
+
+
+def tool_result_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)

@@ -1,0 +1,393 @@
+"""`http_get`: fetch a public web page for the model, without becoming an SSRF proxy.
+
+The address check lives in the network backend that opens every TCP connection: it resolves
+the host once, refuses the whole request if any resolved address is not public, and connects to
+the checked address itself. Nothing resolves the name a second time, so a DNS answer that
+changes between check and connect (rebinding) cannot slip a private address in. TLS still runs
+against the URL's hostname, so SNI and certificate verification are unchanged.
+Redirects are followed by hand, one request per hop, so every hop passes through that backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import ipaddress
+import socket
+import ssl
+import zlib
+from collections.abc import Iterable
+from typing import Any
+
+import anyio
+import httpcore
+import httpx
+
+from ..registry import ToolContext, ToolError, tool
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+MAX_BODY_BYTES = 100_000  # decoded bytes returned to the model
+MAX_RAW_BYTES = 1_000_000  # bytes read off the wire, compressed or not
+MAX_REDIRECTS = 5
+TOTAL_TIMEOUT = 15.0  # below the tool timeout, so the model gets a clear message, not a kill
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 10.0
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+USER_AGENT = "Cortex-http_get/1.0"
+
+# IPv6 ranges that carry an IPv4 address in their low 32 bits; judged by that IPv4 address.
+_IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # SIIT
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated, still routed by some stacks
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+_TEXT_TYPES = frozenset(
+    {
+        "application/json",
+        "application/xml",
+        "application/javascript",
+        "application/ecmascript",
+        "application/x-javascript",
+        "application/x-www-form-urlencoded",
+        "application/yaml",
+        "application/x-yaml",
+        "application/toml",
+        "application/x-ndjson",
+        "application/csv",
+        "application/rss+xml",
+        "application/atom+xml",
+    }
+)
+
+
+class AddressRefused(ToolError):
+    """The destination is not a public address and private access is off."""
+
+
+# --- address policy ---------------------------------------------------------------------------
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    if ip in _IPV4_TRANSLATED or any(ip in net for net in _NAT64) or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def _why_not_public(ip: IPAddress) -> tuple[str, bool] | None:
+    """None for a public unicast address; else (what it is, whether it is refused even when
+    private access is allowed)."""
+    if ip.is_unspecified:
+        return "an unspecified address", True
+    if ip.is_multicast:
+        return "a multicast address", True
+    if ip.is_loopback:
+        return "a loopback address", False
+    if ip.is_link_local:
+        return "a link-local address", False
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            verdict = _why_not_public(embedded)
+            if verdict is None:
+                return None
+            return f"an IPv6 form of {embedded}, {verdict[0]}", verdict[1]
+        if ip.is_site_local:
+            return "a site-local address", False
+    if ip.is_private:
+        return "a private address", False
+    if ip.is_reserved:
+        return "a reserved address", False
+    if not ip.is_global:
+        return "a non-public address", False
+    return None
+
+
+def check_address(ip: IPAddress | str, allow_private: bool) -> IPAddress:
+    """Return `ip` if a request may connect to it, else raise AddressRefused.
+
+    Public unicast addresses are always allowed. With `allow_private`, private, loopback,
+    link-local and reserved addresses are allowed too; unspecified and multicast never are,
+    because no HTTP server can be reached at them on purpose.
+    """
+    try:
+        address = ip if isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)) else ipaddress.ip_address(ip)
+    except ValueError:
+        raise AddressRefused(f"{ip!r} is not an IP address") from None
+    verdict = _why_not_public(address)
+    if verdict is None:
+        return address
+    what, always_refused = verdict
+    if allow_private and not always_refused:
+        return address
+    raise AddressRefused(f"refused to connect to {address}: it is {what}; only public addresses may be fetched")
+
+
+async def resolve_host(host: str, port: int) -> list[IPAddress]:
+    """Every address `host` resolves to (an IP literal resolves to itself), without duplicates."""
+    literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        return [ipaddress.ip_address(literal)]
+    except ValueError:
+        pass
+    try:
+        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise ToolError(f"cannot resolve host {host!r}: {exc}") from None
+    addresses: list[IPAddress] = []
+    for _family, _type, _proto, _canon, sockaddr in infos:
+        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        if address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise ToolError(f"host {host!r} has no addresses")
+    return addresses
+
+
+async def checked_addresses(host: str, port: int, allow_private: bool) -> list[IPAddress]:
+    """Resolve `host` and check every answer; one refused answer refuses the host."""
+    return [check_address(address, allow_private) for address in await resolve_host(host, port)]
+
+
+# --- transport --------------------------------------------------------------------------------
+
+
+class CheckedNetworkBackend(httpcore.AsyncNetworkBackend):
+    """Opens TCP connections only to addresses that passed `check_address`."""
+
+    def __init__(self, allow_private: bool) -> None:
+        self._allow_private = allow_private
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        addresses = await checked_addresses(host, port, self._allow_private)
+        failure: Exception | None = None
+        for address in addresses:
+            try:
+                # An IP literal: the inner backend connects to exactly this address.
+                return await self._inner.connect_tcp(
+                    str(address), port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        raise ToolError("unix sockets are not allowed")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def _ssl_context() -> ssl.SSLContext:
+    return httpx.create_ssl_context()
+
+
+class CheckedTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport with its connection pool rebuilt on `CheckedNetworkBackend`."""
+
+    def __init__(self, allow_private: bool) -> None:
+        context = _ssl_context()
+        super().__init__(verify=context, trust_env=False, retries=0)
+        # httpx offers no public hook for the network backend, so the pool it built is replaced.
+        # Fail loudly if that attribute ever moves: silently keeping httpx's pool would bypass
+        # the address check.
+        if not isinstance(getattr(self, "_pool", None), httpcore.AsyncConnectionPool):
+            raise RuntimeError("this httpx version does not keep its pool in _pool; the address check cannot be installed")
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=context,
+            network_backend=CheckedNetworkBackend(allow_private),
+            max_connections=4,
+            keepalive_expiry=5.0,
+            http1=True,
+            http2=False,
+            retries=0,
+        )
+
+
+# --- body -------------------------------------------------------------------------------------
+
+
+class _Decompressor:
+    """Undo Content-Encoding with a bound on the output, so a small gzip bomb stays small."""
+
+    def __init__(self, header: str) -> None:
+        codings = [c.strip().lower() for c in header.split(",") if c.strip() and c.strip().lower() != "identity"]
+        self._coding = codings[0] if len(codings) == 1 else None
+        self._started = False
+        if not codings:
+            self._inflater: Any = None
+        elif self._coding in ("gzip", "x-gzip"):
+            self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif self._coding == "deflate":
+            self._inflater = zlib.decompressobj()
+        else:
+            raise ToolError(f"the server sent an unsupported content encoding: {header}")
+
+    def feed(self, data: bytes, limit: int) -> bytes:
+        if self._inflater is None:
+            return data
+        try:
+            out = self._inflater.decompress(data, limit)
+        except zlib.error:
+            if self._coding == "deflate" and not self._started:
+                # Some servers send raw deflate without the zlib header the standard asks for.
+                self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+                self._started = True
+                return self.feed(data, limit)
+            raise ToolError(f"the response body is not valid {self._coding} data") from None
+        self._started = True
+        return out
+
+
+def _is_text(mime: str) -> bool:
+    return mime.startswith("text/") or mime in _TEXT_TYPES or mime.endswith(("+json", "+xml"))
+
+
+def _charset(response: httpx.Response) -> str:
+    name = response.charset_encoding or "utf-8"
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        return "utf-8"
+
+
+async def _read_body(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """Read at most `limit` decoded bytes; report whether more was there."""
+    decompressor = _Decompressor(response.headers.get("content-encoding", ""))
+    body = bytearray()
+    raw = 0
+    async for chunk in response.aiter_raw():
+        raw += len(chunk)
+        body += decompressor.feed(chunk, limit + 1 - len(body))
+        if len(body) > limit or raw > MAX_RAW_BYTES:
+            return bytes(body[:limit]), True
+    return bytes(body), False
+
+
+# --- the tool ---------------------------------------------------------------------------------
+
+
+def _parse_url(text: str) -> httpx.URL:
+    try:
+        url = httpx.URL(text)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        raise ToolError(f"not a valid URL: {exc}") from None
+    if url.scheme not in ("http", "https"):
+        raise ToolError(f"only http:// and https:// URLs can be fetched, not {text[:100]!r}")
+    if not url.host:
+        raise ToolError("the URL has no host")
+    if url.userinfo:
+        raise ToolError("URLs with credentials (user:password@) are not accepted")
+    return url
+
+
+def _peer(response: httpx.Response) -> str | None:
+    stream = response.extensions.get("network_stream")
+    address = stream.get_extra_info("server_addr") if stream is not None else None
+    return str(address[0]) if address else None
+
+
+async def fetch(url: str, *, allow_private: bool, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """GET `url`, following up to MAX_REDIRECTS redirects, each hop address-checked."""
+    current = _parse_url(url)
+    redirects: list[str] = []
+    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate", "Accept": "*/*"}
+    timeout = httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
+    async with httpx.AsyncClient(
+        transport=CheckedTransport(allow_private), follow_redirects=False, trust_env=False, timeout=timeout
+    ) as client:
+        while True:
+            async with client.stream("GET", current, headers=headers) as response:
+                location = response.headers.get("location")
+                if response.status_code in REDIRECT_STATUSES and location:
+                    if len(redirects) >= MAX_REDIRECTS:
+                        raise ToolError(f"more than {MAX_REDIRECTS} redirects; stopped at {current}")
+                    try:
+                        current = _parse_url(str(response.url.join(location)))
+                    except httpx.InvalidURL as exc:
+                        raise ToolError(f"the server redirected to an invalid URL: {exc}") from None
+                    redirects.append(str(current))
+                    continue
+                return await _describe(response, url, redirects, limit)
+
+
+async def _describe(response: httpx.Response, url: str, redirects: list[str], limit: int) -> dict[str, Any]:
+    content_type = response.headers.get("content-type", "")
+    mime = content_type.split(";", 1)[0].strip().lower()
+    result: dict[str, Any] = {
+        "url": url,
+        "final_url": str(response.url),
+        "status": response.status_code,
+        "reason": response.reason_phrase,
+        "content_type": content_type or None,
+        "redirects": redirects,
+        "server_ip": _peer(response),
+    }
+    if mime and not _is_text(mime):
+        result.update(body=None, truncated=False, note=f"binary content ({mime}) is not shown")
+        return result
+    data, truncated = await _read_body(response, limit)
+    if not mime and b"\x00" in data:
+        result.update(body=None, truncated=False, note="binary content is not shown")
+        return result
+    # Held back when truncated: a multi-byte character cut in half at the limit.
+    text = codecs.getincrementaldecoder(_charset(response))(errors="replace").decode(data, final=not truncated)
+    result.update(body=text, truncated=truncated)
+    if truncated:
+        result["note"] = f"the body was cut off after {limit} bytes"
+    return result
+
+
+@tool(
+    name="http_get",
+    category="web",
+    description=(
+        "Fetch a public http(s) URL with GET and return status, content type, final URL and the body "
+        f"as text (first {MAX_BODY_BYTES // 1000} KB; truncated=true when cut). Follows up to "
+        f"{MAX_REDIRECTS} redirects. Private and local network addresses are refused; binary bodies are not shown."
+    ),
+    risk="medium",
+    idempotent=True,
+    timeout=20.0,
+    parameters={
+        "type": "object",
+        "properties": {
+            "url": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 2048,
+                "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://",
+                "description": "Absolute http:// or https:// URL.",
+            }
+        },
+        "required": ["url"],
+        "additionalProperties": False,
+    },
+)
+async def http_get(ctx: ToolContext, *, url: str) -> dict[str, Any]:
+    allow_private = bool(getattr(ctx.settings, "CORTEX_HTTP_ALLOW_PRIVATE", False))
+    try:
+        async with asyncio.timeout(TOTAL_TIMEOUT):
+            return await fetch(url, allow_private=allow_private)
+    except TimeoutError:
+        raise ToolError(f"the request did not finish within {TOTAL_TIMEOUT:g} seconds") from None
+    except httpx.TimeoutException:
+        raise ToolError("the server did not answer in time") from None
+    except httpx.HTTPError as exc:
+        raise ToolError(f"the request failed: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,141 @@
+"""The tool registry: what a tool is, how it is declared, how its arguments are checked.
+
+A tool is declared once with `@tool(...)` on an async handler `handler(ctx, **args)`. The
+handler returns JSON-serialisable data (it becomes the tool result the model sees) or raises
+`ToolError` with a message meant for the model.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+
+Risk = Literal["low", "medium", "high"]
+RISKS: tuple[Risk, ...] = ("low", "medium", "high")
+
+
+def risk_rank(risk: str) -> int:
+    return RISKS.index(risk)
+
+
+class ToolError(Exception):
+    """A failure the model should read: bad input, a refused address, a missing file."""
+
+
+class ArgumentsInvalid(ToolError):
+    pass
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    """What a handler may know about the call it serves."""
+
+    user_id: int
+    username: str
+    job_id: str
+    workspace: Path
+    settings: Any = None
+
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    category: str
+    description: str
+    parameters: dict[str, Any]
+    risk: Risk
+    idempotent: bool
+    timeout: float
+    handler: Handler = field(repr=False, compare=False)
+    roles: frozenset[str] | None = None  # None: every role may use it
+
+    def validate(self, args: Any) -> dict[str, Any]:
+        """Check `args` against the JSON schema; return them or raise ArgumentsInvalid."""
+        if not isinstance(args, dict):
+            raise ArgumentsInvalid("arguments must be a JSON object")
+        validator = jsonschema.Draft202012Validator(self.parameters)
+        errors = sorted(validator.iter_errors(args), key=lambda e: list(e.path))
+        if errors:
+            first = errors[0]
+            where = ".".join(str(p) for p in first.path) or "arguments"
+            raise ArgumentsInvalid(f"invalid arguments for {self.name}: {where}: {first.message}")
+        return args
+
+    def spec(self) -> dict[str, Any]:
+        """The provider-neutral declaration offered to a model."""
+        return {"name": self.name, "description": self.description, "parameters": self.parameters}
+
+
+class ToolRegistry:
+    def __init__(self) -> None:
+        self._tools: dict[str, Tool] = {}
+
+    def add(self, tool: Tool) -> Tool:
+        if tool.name in self._tools:
+            raise ValueError(f"tool {tool.name!r} is registered twice")
+        if tool.risk not in RISKS:
+            raise ValueError(f"tool {tool.name!r} has unknown risk {tool.risk!r}")
+        jsonschema.Draft202012Validator.check_schema(tool.parameters)
+        self._tools[tool.name] = tool
+        return tool
+
+    def get(self, name: str) -> Tool | None:
+        return self._tools.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def __iter__(self) -> Iterator[Tool]:
+        return iter(sorted(self._tools.values(), key=lambda t: (t.category, t.name)))
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def names(self) -> list[str]:
+        return sorted(self._tools)
+
+
+registry = ToolRegistry()
+
+
+def tool(
+    *,
+    name: str,
+    category: str,
+    description: str,
+    risk: Risk,
+    idempotent: bool,
+    parameters: dict[str, Any] | None = None,
+    timeout: float = 10.0,
+    roles: frozenset[str] | None = None,
+    into: ToolRegistry | None = None,
+) -> Callable[[Handler], Handler]:
+    """Declare an async handler as a tool in the global registry (or `into`)."""
+
+    def decorate(handler: Handler) -> Handler:
+        if not inspect.iscoroutinefunction(handler):
+            raise TypeError(f"tool {name!r}: the handler must be async")
+        (into or registry).add(
+            Tool(
+                name=name,
+                category=category,
+                description=description,
+                parameters=parameters or {"type": "object", "properties": {}, "additionalProperties": False},
+                risk=risk,
+                idempotent=idempotent,
+                timeout=timeout,
+                handler=handler,
+                roles=roles,
+            )
+        )
+        return handler
+
+    return decorate
