@@ -97,7 +97,7 @@ def database_from_url(url: str) -> dict:
             "PORT": str(parsed.port or ""),
             "OPTIONS": options,
             "CONN_MAX_AGE": 0,
-            "TEST": {"NAME": options.pop("test_name", None) or f"test_{name}"},
+            "TEST": {"NAME": f"test_{name}_{os.getpid()}"},
         }
     raise ImproperlyConfigured(f"CORTEX_DATABASE_URL: unsupported scheme {parsed.scheme!r} (use sqlite or postgres)")
 
@@ -114,7 +114,8 @@ def sqlite_database(path: Path) -> dict:
             "transaction_mode": "IMMEDIATE",
             "timeout": 30,
         },
-        "TEST": {"NAME": str(path.with_name(path.stem + "-test.sqlite3"))},
+        # A file (not memory) so test servers in other processes share it; one per test run.
+        "TEST": {"NAME": str(path.with_name(f"{path.stem}-test-{os.getpid()}.sqlite3"))},
     }
 
 

@@ -12,6 +12,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import Body, NinjaAPI, Query, Schema
+from ninja.responses import Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer
 from pydantic import ConfigDict, Field
@@ -201,7 +202,7 @@ def orchestrate(request: HttpRequest, payload: OrchestrateIn):
             include_mid=payload.include_mid, include_short=payload.include_short,
             chat_role=payload.chat_role, off_record=payload.off_record),
     )
-    return 202, {"job_id": job.id, "status": job.status}
+    return Status(202, {"job_id": job.id, "status": job.status})
 
 
 @api.get("/orchestrate", response={200: list[JobOut], **ERRORS}, summary="List your jobs, newest first",

@@ -1,5 +1,5 @@
 """Built-in tools. Importing this package registers each of them in the global registry."""
 
-from . import calculator, clock, web, workspace
+from . import calculator, clock, memory, web, workspace
 
-__all__ = ["calculator", "clock", "web", "workspace"]
+__all__ = ["calculator", "clock", "memory", "web", "workspace"]

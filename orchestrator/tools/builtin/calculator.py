@@ -105,7 +105,9 @@ class _Evaluator:
             return CONSTANTS[name]
         if name in FUNCTIONS:
             raise ToolError(f"{name} is a function; call it, e.g. {name}(2)")
-        raise ToolError(f"unknown name {name!r}; the only names allowed are pi, e and the functions {', '.join(FUNCTIONS)}")
+        raise ToolError(
+            f"unknown name {name!r}; the only names allowed are pi, e and the functions {', '.join(FUNCTIONS)}"
+        )
 
     def _unary(self, node: ast.UnaryOp) -> Number:
         operand = self.evaluate(node.operand)
@@ -149,7 +151,9 @@ class _Evaluator:
             raise ToolError(f"{what} is not allowed; only these functions may be called: {', '.join(FUNCTIONS)}")
         name = node.func.id
         if name not in FUNCTIONS:
-            raise ToolError(f"calling {name!r} is not allowed; only these functions may be called: {', '.join(FUNCTIONS)}")
+            raise ToolError(
+                f"calling {name!r} is not allowed; only these functions may be called: {', '.join(FUNCTIONS)}"
+            )
         if node.keywords:
             raise ToolError(f"keyword arguments are not allowed in {name}()")
         function, fewest, most = FUNCTIONS[name]
@@ -161,7 +165,9 @@ class _Evaluator:
         if name == "round" and len(args) == 2:
             digits = args[1]
             if not isinstance(digits, int) or abs(digits) > MAX_ROUND_DIGITS:
-                raise ToolError(f"round()'s second argument must be a whole number between -{MAX_ROUND_DIGITS} and {MAX_ROUND_DIGITS}")
+                raise ToolError(
+                    f"round()'s second argument must be a whole number from -{MAX_ROUND_DIGITS} to {MAX_ROUND_DIGITS}"
+                )
         try:
             result = function(*args)
         except ZeroDivisionError:

@@ -208,7 +208,9 @@ class CheckedTransport(httpx.AsyncHTTPTransport):
         # Fail loudly if that attribute ever moves: silently keeping httpx's pool would bypass
         # the address check.
         if not isinstance(getattr(self, "_pool", None), httpcore.AsyncConnectionPool):
-            raise RuntimeError("this httpx version does not keep its pool in _pool; the address check cannot be installed")
+            raise RuntimeError(
+                "this httpx version does not keep its pool in _pool; the address check cannot be installed"
+            )
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=context,
             network_backend=CheckedNetworkBackend(allow_private),

@@ -13,6 +13,7 @@ import errno
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -70,7 +71,7 @@ def _root(ctx: ToolContext) -> Path:
     return root.resolve()
 
 
-async def _in_thread(action: str, relative: str, function: Any, *args: Any) -> Any:
+async def _in_thread(action: str, relative: str, function: Callable[..., Any], *args: Any) -> Any:
     """Run blocking file work off the event loop; turn unexpected OS errors into ToolError."""
     try:
         return await asyncio.to_thread(function, *args)
@@ -176,12 +177,16 @@ def _read(root: Path, relative: str) -> dict[str, Any]:
         if exc.errno == errno.ELOOP:
             raise ToolError(f"{relative!r} changed into a symbolic link while being opened; refused") from None
         raise ToolError(f"cannot open {relative!r}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
+    try:
+        info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
             raise ToolError(f"{relative!r} is a directory; use workspace_list")
         if not stat.S_ISREG(info.st_mode):
             raise ToolError(f"{relative!r} is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as handle:
         data = handle.read(MAX_READ_BYTES + 1)
     truncated = len(data) > MAX_READ_BYTES
     data = data[:MAX_READ_BYTES]
@@ -195,7 +200,12 @@ def _read(root: Path, relative: str) -> dict[str, Any]:
         raise ToolError(
             f"{relative!r} is not UTF-8 text ({info.st_size} bytes); workspace_read only returns text"
         ) from None
-    result: dict[str, Any] = {"path": _shown(root, target), "size": info.st_size, "content": text, "truncated": truncated}
+    result: dict[str, Any] = {
+        "path": _shown(root, target),
+        "size": info.st_size,
+        "content": text,
+        "truncated": truncated,
+    }
     if truncated:
         result["note"] = f"only the first {MAX_READ_BYTES} bytes are shown"
     return result
