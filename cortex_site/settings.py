@@ -271,6 +271,8 @@ CORTEX_RETRY_MAX_SECONDS = env_float("CORTEX_RETRY_MAX_SECONDS", 60.0, minimum=0
 CORTEX_HISTORY_CHARS = env_int("CORTEX_HISTORY_CHARS", 24000, minimum=0)
 CORTEX_WORKSPACE_ROOT = Path(env_str("CORTEX_WORKSPACE_ROOT", str(VAR_DIR / "workspaces")))
 CORTEX_HTTP_ALLOW_PRIVATE = env_bool("CORTEX_HTTP_ALLOW_PRIVATE", False)
+# Extra modules whose @tool declarations join the built-in ones (a site's own tools).
+CORTEX_TOOL_MODULES = env_list("CORTEX_TOOL_MODULES", [])
 
 LOGGING = {
     "version": 1,

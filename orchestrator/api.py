@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Literal
 
+from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse
@@ -39,6 +40,7 @@ api = NinjaAPI(
     docs_url="/api/docs",
     openapi_url="/api/openapi.json",
     urls_namespace="api",
+    docs_decorator=login_required,
 )
 
 

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.test import Client
 
 from orchestrator import services
+from tests import tools_for_tests  # noqa: F401  (registers the test-only tools in this process)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,6 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def _isolated_workspaces(settings, tmp_path):
     settings.CORTEX_WORKSPACE_ROOT = tmp_path / "workspaces"
     settings.CORTEX_RETRY_BASE_SECONDS = 0.01
+    settings.CORTEX_POLL_SECONDS = 0.05
+    settings.PASSWORD_HASHERS = ["tests.hashers.FastPBKDF2"]
 
 
 @pytest.fixture
@@ -107,6 +110,7 @@ def process_env(**extra: str) -> dict[str, str]:
     env["CORTEX_WORKSPACE_ROOT"] = str(settings.CORTEX_WORKSPACE_ROOT)
     env["CORTEX_SECRET_KEY"] = settings.SECRET_KEY
     env["PYTHONUNBUFFERED"] = "1"
+    env["CORTEX_TOOL_MODULES"] = "tests.tools_for_tests"
     env.update(extra)
     return env
 
@@ -138,3 +142,46 @@ def cortex_server(transactional_db, tmp_path) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_process(process)
+
+
+class Engine:
+    """Runs a real executor on the test's event loop until a job reaches a status."""
+
+    def __init__(self) -> None:
+        self.executor = None
+
+    async def run_until(self, job_id, *statuses: str, timeout: float = 15.0):
+        import asyncio
+
+        from asgiref.sync import sync_to_async
+
+        from orchestrator.engine.executor import Executor
+        from orchestrator.models import Job
+
+        wanted = set(statuses) or {"complete", "error", "cancelled", "awaiting_confirmation"}
+        executor = self.executor = Executor(concurrency=50)
+        runner = asyncio.create_task(executor.run())
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    job = await sync_to_async(Job.objects.get)(pk=job_id)
+                    if job.status in wanted and job.lease_owner == "" and not executor.tasks:
+                        return job
+                    await asyncio.sleep(0.02)
+        finally:
+            await executor.stop()
+            await runner
+
+
+@pytest.fixture
+def engine() -> Engine:
+    return Engine()
+
+
+@pytest.fixture
+def default_persona(transactional_db):
+    """The site-wide persona the data migration creates (transactional tests flush it away)."""
+    from orchestrator.models import Persona
+
+    return Persona.objects.get_or_create(owner=None, name="assistant",
+                                         defaults={"prompt": "You are Cortex.", "is_default": True})[0]

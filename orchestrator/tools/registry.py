@@ -123,7 +123,7 @@ def tool(
     def decorate(handler: Handler) -> Handler:
         if not inspect.iscoroutinefunction(handler):
             raise TypeError(f"tool {name!r}: the handler must be async")
-        (into or registry).add(
+        (registry if into is None else into).add(
             Tool(
                 name=name,
                 category=category,
