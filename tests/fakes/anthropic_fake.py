@@ -55,10 +55,10 @@ class AnthropicFake(ProviderFake):
     """Fake Anthropic Messages API."""
 
     api_prefix: ClassVar[str] = ""
-    default_model: ClassVar[str] = "claude-sonnet-4-5"
+    default_model: ClassVar[str] = "claude-sonnet-4-6"
 
     def __init__(
-        self, *, models: tuple[str, ...] = ("claude-sonnet-4-5", "claude-haiku-4-5"), **kwargs: Any
+        self, *, models: tuple[str, ...] = ("claude-sonnet-4-6", "claude-haiku-4-5"), **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
         self.models = models
@@ -174,31 +174,39 @@ def _tool_pairing_problem(messages: list[Any]) -> ErrorReply | None:
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             return ErrorReply(400, f"messages.{index}: Input should be a valid dictionary")
-        content = message.get("content")
-        blocks = [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
-        if message.get("role") == "user":
-            result_ids = [b.get("tool_use_id") for b in blocks if b.get("type") == "tool_result"]
-            previous = _tool_use_ids(messages[index - 1]) if index else []
-            unexpected = [i for i in result_ids if i not in previous]
-            if unexpected:
-                return ErrorReply(
-                    400,
-                    f"messages.{index}.content.0: unexpected `tool_use_id` found in `tool_result` blocks: "
-                    f"{', '.join(map(str, unexpected))}. Each `tool_result` block must have a corresponding "
-                    "`tool_use` block in the previous message.",
-                )
-        elif message.get("role") == "assistant" and index + 1 < len(messages):
-            used = _tool_use_ids(message)
-            following = messages[index + 1]
-            answered = {b.get("tool_use_id") for _, b in _blocks([following]) if b.get("type") == "tool_result"}
-            missing = [i for i in used if i not in answered]
-            if missing:
-                return ErrorReply(
-                    400,
-                    f"messages.{index + 1}: `tool_use` ids were found without `tool_result` blocks immediately "
-                    f"after: {', '.join(missing)}. Each `tool_use` block must have a corresponding "
-                    "`tool_result` block in the next message.",
-                )
+    return _unexpected_results(messages) or _unanswered_uses(messages)
+
+
+def _unexpected_results(messages: list[Any]) -> ErrorReply | None:
+    for index, message in enumerate(messages):
+        if message.get("role") != "user":
+            continue
+        previous = _tool_use_ids(messages[index - 1]) if index else []
+        results = [b.get("tool_use_id") for _, b in _blocks([message]) if b.get("type") == "tool_result"]
+        unexpected = [str(i) for i in results if i not in previous]
+        if unexpected:
+            return ErrorReply(
+                400,
+                f"messages.{index}.content.0: unexpected `tool_use_id` found in `tool_result` blocks: "
+                f"{', '.join(unexpected)}. Each `tool_result` block must have a corresponding "
+                "`tool_use` block in the previous message.",
+            )
+    return None
+
+
+def _unanswered_uses(messages: list[Any]) -> ErrorReply | None:
+    # A trailing assistant message is a prefill, which nobody could have answered yet.
+    for index, message in enumerate(messages[:-1]):
+        used = _tool_use_ids(message)
+        answered = {b.get("tool_use_id") for _, b in _blocks([messages[index + 1]]) if b.get("type") == "tool_result"}
+        missing = [str(i) for i in used if i not in answered]
+        if missing:
+            return ErrorReply(
+                400,
+                f"messages.{index + 1}: `tool_use` ids were found without `tool_result` blocks immediately "
+                f"after: {', '.join(missing)}. Each `tool_use` block must have a corresponding "
+                "`tool_result` block in the next message.",
+            )
     return None
 
 

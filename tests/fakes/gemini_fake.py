@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -67,6 +69,7 @@ _DEFAULT_MESSAGES = {
     503: "The model is overloaded. Please try again later.",
     504: "Deadline expired before operation could complete.",
 }
+_SIGNATURE_MAGIC = b"\x12\x0a"
 _SIGNATURE_DOCS = "Learn more: https://ai.google.dev/gemini-api/docs/thought-signatures"
 
 
@@ -86,8 +89,11 @@ class GeminiFake(ProviderFake):
         super().__init__(**kwargs)
         self.models = models
         self.check_signatures = check_signatures
-        #: signature bytes -> (function name, canonical JSON of its args)
+        #: Signatures handed out (bytes -> function name, canonical args), kept when `record` is on.
+        #: Verification itself is stateless (keyed MAC), so a long benchmark does not grow memory.
         self.signatures: dict[bytes, tuple[str, str]] = {}
+        self._signing_key = os.urandom(32)
+        self._issued = 0
 
     def reset(self) -> None:
         super().reset()
@@ -201,10 +207,26 @@ class GeminiFake(ProviderFake):
         raw = _decode_signature(signature)
         if raw in SKIP_SIGNATURE_VALUES:
             return None
-        issued = self.signatures.get(raw) if raw is not None else None
-        if issued is None or issued != (name, _canonical(call.get("args") or {})):
+        if raw is None or not self._signature_matches(raw, str(name), call.get("args") or {}):
             return f"Unable to submit request because the thought signature of {where} is not valid. {_SIGNATURE_DOCS}"
         return None
+
+    def _sign(self, name: str, args: Mapping[str, Any]) -> bytes:
+        # Unique (counter + random nonce) and bound to the exact call it was issued for.
+        self._issued += 1
+        nonce = self._issued.to_bytes(8, "big") + os.urandom(8)
+        return _SIGNATURE_MAGIC + nonce + self._mac(nonce, name, args)
+
+    def _signature_matches(self, raw: bytes, name: str, args: Mapping[str, Any]) -> bool:
+        head = len(_SIGNATURE_MAGIC)
+        if len(raw) != head + 16 + 32 or not raw.startswith(_SIGNATURE_MAGIC):
+            return False
+        nonce, mac = raw[head : head + 16], raw[head + 16 :]
+        return hmac.compare_digest(mac, self._mac(nonce, name, args))
+
+    def _mac(self, nonce: bytes, name: str, args: Mapping[str, Any]) -> bytes:
+        message = nonce + name.encode() + b"\0" + _canonical(args).encode()
+        return hmac.digest(self._signing_key, message, hashlib.sha256)
 
     def count_tool_results(self, body: Mapping[str, Any]) -> int:
         count = 0
@@ -232,7 +254,7 @@ class GeminiFake(ProviderFake):
         usage = _usage(prompt, output, thoughts)
         finish = turn.finish_reason or "STOP"
         response_id = new_id("", 22)
-        call_parts = [self._call_part(call.name, call.arguments_object()) for call in turn.tool_calls]
+        call_parts = [self._call_part(call.name, call.arguments_object(), call.id) for call in turn.tool_calls]
         if not stream:
             parts = ([{"text": turn.full_text}] if turn.full_text or not call_parts else []) + call_parts
             return json_response(_response(parts, finish, usage, model, response_id))
@@ -243,11 +265,14 @@ class GeminiFake(ProviderFake):
         events = [sse(chunk) for chunk in chunks]
         return StreamingResponse(paced(request, events, turn.chunk_delay), abort_after=turn.abort_after)
 
-    def _call_part(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
-        raw = b"\x12\x0a" + len(self.signatures).to_bytes(4, "big") + os.urandom(42)
-        self.signatures[raw] = (name, _canonical(args))
-        signature = base64.b64encode(raw).decode("ascii")
-        return {"functionCall": {"name": name, "args": args}, "thoughtSignature": signature}
+    def _call_part(self, name: str, args: dict[str, Any], call_id: str | None) -> dict[str, Any]:
+        raw = self._sign(name, args)
+        if self.record:
+            self.signatures[raw] = (name, _canonical(args))
+        call: dict[str, Any] = {"name": name, "args": args}
+        if call_id is not None:
+            call["id"] = call_id
+        return {"functionCall": call, "thoughtSignature": base64.b64encode(raw).decode("ascii")}
 
 
 # --------------------------------------------------------------------------- #

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import dataclasses
 import json
 import signal
 import sys
@@ -603,8 +604,7 @@ class ProviderFake:
 
     def script_delay(self, seconds: float, turn: Turn | None = None) -> Self:
         """A slow answer: `turn` (default behaviour if None) after `seconds`."""
-        base = turn or Turn()
-        return self.script(_replace_delay(base, seconds))
+        return self.script(dataclasses.replace(turn or Turn(), delay=seconds))
 
     def clear_script(self) -> None:
         self._turns.clear()
@@ -812,32 +812,9 @@ class ProviderFake:
         """Reject turns the provider could not express, at scripting time."""
 
 
-def _replace_delay(turn: Turn, seconds: float) -> Turn:
-    return Turn(
-        text=turn.text,
-        chunks=turn.chunks,
-        tool_calls=turn.tool_calls,
-        error=turn.error,
-        delay=seconds,
-        chunk_delay=turn.chunk_delay,
-        abort_after=turn.abort_after,
-        finish_reason=turn.finish_reason,
-        input_tokens=turn.input_tokens,
-        output_tokens=turn.output_tokens,
-    )
-
-
 def _replace_default(scripted: Turn, default: Turn) -> Turn:
-    """The default answer, keeping the streaming knobs of the scripted turn."""
-    return Turn(
-        text=default.text,
-        tool_calls=default.tool_calls,
-        chunk_delay=scripted.chunk_delay,
-        abort_after=scripted.abort_after,
-        finish_reason=scripted.finish_reason,
-        input_tokens=scripted.input_tokens,
-        output_tokens=scripted.output_tokens,
-    )
+    """The default answer, keeping the streaming and usage knobs of the scripted turn."""
+    return dataclasses.replace(scripted, text=default.text, chunks=default.chunks, tool_calls=default.tool_calls)
 
 
 def error_headers(error: ErrorReply) -> list[tuple[str, str]]:

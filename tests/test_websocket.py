@@ -1,0 +1,120 @@
+"""The event stream: every event after `seq`, then live ones, none skipped or repeated; only for the
+job's owner; cookie sessions only from our own origin."""
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from cortex_site.asgi import application
+from orchestrator import services
+from orchestrator.models import JobEvent
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def bearer(raw: str) -> list[tuple[bytes, bytes]]:
+    return [(b"authorization", f"Bearer {raw}".encode())]
+
+
+async def connect(path: str, headers) -> tuple[WebsocketCommunicator, bool, int | None]:
+    communicator = WebsocketCommunicator(application, path, headers=headers)
+    connected, code = await communicator.connect(timeout=5)
+    return communicator, connected, code
+
+
+async def receive_all(communicator: WebsocketCommunicator, quiet: float = 0.3) -> list[dict]:
+    received = []
+    # receive_nothing() waits without cancelling the application, unlike a timed-out receive.
+    while not await communicator.receive_nothing(timeout=quiet):
+        received.append(await communicator.receive_json_from())
+    return received
+
+
+@pytest.fixture
+def token(owner):
+    return services.token_create(user=owner)[1]
+
+
+@pytest.fixture
+def awaiting_job(owner, engine, default_persona):
+    async def make():
+        job = await sync_to_async(services.job_submit)(user=owner, task="Write a note: call mum")
+        return await engine.run_until(job.pk, "awaiting_confirmation")
+
+    return make
+
+
+async def test_it_sends_the_whole_log_then_live_events(owner, token, awaiting_job):
+    job = await awaiting_job()
+    communicator, connected, _ = await connect(f"/ws/jobs/{job.pk}/", bearer(token))
+    assert connected
+    backlog = await receive_all(communicator)
+    assert [event["seq"] for event in backlog] == list(range(1, job.last_seq + 1))
+    assert backlog[-1]["type"] == "job.status" and backlog[-1]["data"]["status"] == "awaiting_confirmation"
+    assert set(backlog[0]) == {"seq", "type", "at", "data"}
+
+    await sync_to_async(services.job_deny)(user=owner, job_id=job.pk, reason="no")
+    live = await receive_all(communicator)
+    assert [event["type"] for event in live] == ["tool.decided", "job.status"]
+    assert [event["seq"] for event in live] == [job.last_seq + 1, job.last_seq + 2]
+    await communicator.disconnect()
+
+
+async def test_after_skips_what_the_client_already_has(token, awaiting_job):
+    job = await awaiting_job()
+    communicator, connected, _ = await connect(f"/ws/jobs/{job.pk}/?after=3", bearer(token))
+    assert connected
+    assert [event["seq"] for event in await receive_all(communicator)] == list(range(4, job.last_seq + 1))
+    await communicator.disconnect()
+
+
+async def test_a_burst_of_events_arrives_complete_and_in_order(owner, token, engine, default_persona):
+    job = await sync_to_async(services.job_submit)(user=owner, task="Calculate 1+1")
+    communicator, connected, _ = await connect(f"/ws/jobs/{job.pk}/?after=0", bearer(token))
+    assert connected
+    # The engine writes while we listen: the stream must still be gap-free and duplicate-free.
+    finished = await engine.run_until(job.pk, "complete")
+    events = await receive_all(communicator, quiet=0.5)
+    assert [event["seq"] for event in events] == list(range(1, finished.last_seq + 1))
+    assert events[-1]["data"]["status"] == "complete"
+    await communicator.disconnect()
+
+
+async def test_it_refuses_another_users_job(outsider, awaiting_job):
+    job = await awaiting_job()
+    raw = await sync_to_async(services.token_create)(user=outsider)
+    communicator, connected, code = await connect(f"/ws/jobs/{job.pk}/", bearer(raw[1]))
+    assert not connected and code == 4404
+
+
+@pytest.mark.parametrize("headers", [[], bearer("ctx_wrong")])
+async def test_it_refuses_anonymous_clients(headers, awaiting_job):
+    job = await awaiting_job()
+    communicator, connected, code = await connect(f"/ws/jobs/{job.pk}/", headers)
+    assert not connected and code in (4401, 4403)
+
+
+async def test_a_session_cookie_needs_our_own_origin(owner, awaiting_job):
+    job = await awaiting_job()
+    browser = Client()
+    await sync_to_async(browser.force_login)(owner)
+    cookie = f"sessionid={browser.cookies['sessionid'].value}".encode()
+    path = f"/ws/jobs/{job.pk}/"
+
+    evil, connected, code = await connect(path, [(b"cookie", cookie), (b"origin", b"https://evil.example")])
+    assert not connected and code == 4403
+    missing, connected, code = await connect(path, [(b"cookie", cookie)])
+    assert not connected and code == 4403
+
+    ours, connected, _ = await connect(path, [(b"cookie", cookie), (b"origin", b"http://127.0.0.1:8000")])
+    assert connected
+    assert len(await receive_all(ours)) == job.last_seq
+    await ours.disconnect()
+
+
+async def test_events_are_appended_with_the_change_they_describe(owner, awaiting_job):
+    job = await awaiting_job()
+    await sync_to_async(services.job_cancel)(user=owner, job_id=job.pk)
+    types = await sync_to_async(lambda: list(JobEvent.objects.filter(job=job).values_list("type", flat=True)))()
+    assert types[-2:] == ["tool.finished", "job.status"]
