@@ -7,6 +7,7 @@ outcome, so a job can stop after any step and any executor can pick it up from t
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 from .. import providers
 from ..providers import ModelRequest, ModelResponse, ProviderError
@@ -31,18 +32,21 @@ class Database:
     """Runs the engine's short synchronous transactions on dedicated threads.
 
     One thread suits SQLite (it has one writer anyway) and keeps its connection open between
-    steps; a server database can take a few more.
+    steps; a server database can take a few more. Each thread is its own pool so that, at shutdown,
+    every thread can be asked to close its own connection.
     """
 
     def __init__(self, threads: int = 1) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cortex-db")
+        self._pools = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"cortex-db-{n}") for n in range(threads)]
+        self._next = itertools.cycle(self._pools)
 
     async def run(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, lambda: _call(fn, kwargs))
+        return await asyncio.get_running_loop().run_in_executor(next(self._next), lambda: _call(fn, kwargs))
 
     def close(self) -> None:
-        self._pool.submit(close_old_connections).result()
-        self._pool.shutdown(wait=True)
+        for pool in self._pools:
+            pool.submit(connections.close_all).result()
+            pool.shutdown(wait=True)
 
 
 def _call(fn: Callable[..., T], kwargs: dict[str, Any]) -> T:

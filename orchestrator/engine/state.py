@@ -157,7 +157,7 @@ def next_action(*, owner: str, job_id: str) -> Action:
         if job.status == JobStatus.QUEUED:
             job.status = JobStatus.RUNNING
             job.started_at = timezone.now()
-            events.append(job, ("job.status", {"status": JobStatus.RUNNING}))
+            events.append(job, ("job.status", {"status": JobStatus.RUNNING, "executor": owner}))
         if job.claims > MAX_CLAIMS:
             _fail(job, f"gave up after {MAX_CLAIMS} executors stopped while running this job")
             job.save()

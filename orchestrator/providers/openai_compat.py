@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
+import weakref
 from typing import Any
 
 import openai
@@ -16,8 +18,20 @@ class OpenAIProvider:
 
     def __init__(self, *, base_url: str, api_key: str) -> None:
         self.base_url = base_url
-        # The engine retries durably with backoff; the SDK's own retries would hide Retry-After.
-        self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0)
+        self._api_key = api_key or "none"
+        # Pooled connections belong to the event loop that opened them: one client per loop.
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = \
+            weakref.WeakKeyDictionary()
+
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            # The engine retries durably with backoff; the SDK's own retries would hide Retry-After.
+            client = self._clients[loop] = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key,
+                                                              max_retries=0)
+        return client
 
     def label(self, model: str) -> str:
         return f"OpenAI-compatible · {model}"
