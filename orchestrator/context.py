@@ -1,13 +1,65 @@
-"""Assembling the system prompt a job's models see. Pure functions over plain data."""
+"""Assembling the system prompts a job's models see. Pure functions over plain data.
+
+Memory tiers, bounded by the request's `tier` and switched one by one by include_long/mid/short:
+- tier 1: long-term memories only (lasting facts about the person);
+- tier 2: long and mid-term (current projects and preferences);
+- tier 3: long, mid and short-term (what happened in the last seven days).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
+TIER_ORDER = ("long", "mid", "short")
+TIER_TITLES = {"long": "Long term", "mid": "Mid term", "short": "Short term (this week)"}
+SHORT_TERM_DAYS = 7
 
-def system_prompt(*, persona_prompt: str, now: datetime | None = None, off_record: bool = False) -> str:
-    parts = [persona_prompt.strip()] if persona_prompt.strip() else []
-    if now is not None:
+
+@dataclass(frozen=True)
+class MemorySelection:
+    tier: int = 3
+    include_long: bool = True
+    include_mid: bool = True
+    include_short: bool = True
+
+    def tiers(self) -> list[str]:
+        """The memory tiers this selection puts in the prompt, in order."""
+        wanted = {"long": self.include_long, "mid": self.include_mid, "short": self.include_short}
+        return [name for name in TIER_ORDER[: max(1, min(self.tier, 3))] if wanted[name]]
+
+
+def memory_section(memories: Mapping[str, Sequence[str]], selection: MemorySelection, budget: int) -> str:
+    """The memories to include, newest first within each tier, each tier within `budget` characters."""
+    blocks = []
+    for tier in selection.tiers():
+        lines, used = [], 0
+        for content in memories.get(tier, ()):
+            line = "- " + " ".join(content.split())
+            if used + len(line) > budget:
+                break
+            lines.append(line)
+            used += len(line)
+        if lines:
+            blocks.append(f"{TIER_TITLES[tier]}:\n" + "\n".join(lines))
+    if not blocks:
+        return ""
+    return "What you remember about the person:\n\n" + "\n\n".join(blocks)
+
+
+def system_prompt(*, persona_prompt: str, memories: str = "", now: datetime | None = None,
+                  inject_datetime: bool = True, inject_mode: bool = True, off_record: bool = False,
+                  system_append: str = "") -> str:
+    parts = [persona_prompt.strip()]
+    parts.append(memories)
+    if inject_datetime and now is not None:
         parts.append(f"Current date and time: {now.strftime('%A %Y-%m-%d %H:%M %Z').strip()}.")
-    parts.append("Mode: off the record — this turn is not logged or remembered." if off_record else "Mode: chat.")
-    return "\n\n".join(parts)
+    # Off the record is always said: the model must not promise to remember.
+    if off_record:
+        parts.append("Mode: off the record. This conversation is not logged or remembered: do not save "
+                     "memories, and do not claim you will remember it.")
+    elif inject_mode:
+        parts.append("Mode: chat.")
+    parts.append(system_append.strip())
+    return "\n\n".join(part for part in parts if part)

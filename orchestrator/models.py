@@ -88,6 +88,7 @@ class Job(models.Model):
     orchestrator_model = models.CharField(max_length=200)
     chat_model = models.CharField(max_length=200, blank=True)
     system_prompt = models.TextField(blank=True)
+    chat_system_prompt = models.TextField(blank=True)
     # Provider-neutral transcript (see providers/base.py); the durable state of the tool loop.
     transcript = models.JSONField(default=list, blank=True)
     rounds = models.PositiveIntegerField(default=0)
@@ -274,3 +275,66 @@ class ToolPolicy(models.Model):
 
     def __str__(self) -> str:
         return f"policy of {self.user}"
+
+
+class ModelProfile(models.Model):
+    """A model to call: provider, model name, endpoint, key (encrypted at rest) and limits.
+    Site-wide when `owner` is empty, else a user's own."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
+                              related_name="model_profiles")
+    name = models.CharField(max_length=100)
+    provider = models.CharField(max_length=32)
+    model = models.CharField(max_length=200)
+    base_url = models.URLField(max_length=500, blank=True)
+    api_key_encrypted = models.TextField(blank=True)
+    max_rounds = models.PositiveIntegerField(null=True, blank=True)
+    timeout_seconds = models.FloatField(null=True, blank=True)
+    temperature = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="profile_unique_name_per_owner"),
+            models.UniqueConstraint(fields=["name"], condition=Q(owner=None), name="profile_unique_sitewide_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.provider}:{self.model})"
+
+    @property
+    def model_string(self) -> str:
+        return f"{self.provider}:{self.model}"
+
+    @property
+    def has_api_key(self) -> bool:
+        return bool(self.api_key_encrypted)
+
+
+class RoleAssignment(models.Model):
+    """Which model plays a role (`orchestrator`, `chat`, or any other chat role) and how its prompt
+    is assembled. A user's assignment wins over the site-wide one (empty owner)."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
+                              related_name="role_assignments")
+    role = models.SlugField(max_length=64)
+    profile = models.ForeignKey(ModelProfile, null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="assignments")
+    system_append = models.TextField(blank=True)
+    inject_datetime = models.BooleanField(default=True)
+    inject_mode = models.BooleanField(default=True)
+    # Tool names this role may offer; empty means every tool the policy allows.
+    tools = models.JSONField(default=list, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["role"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "role"], name="role_unique_per_owner"),
+            models.UniqueConstraint(fields=["role"], condition=Q(owner=None), name="role_unique_sitewide"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role} → {self.profile or 'environment default'}"

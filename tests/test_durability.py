@@ -25,6 +25,7 @@ from tests.fakes.http import ToolCall as Call
 from tests.fakes.openai_fake import OpenAIFake
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+LOOP_ONLY = services.JobOptions(respond_with_final=False)
 
 
 @pytest.fixture
@@ -86,7 +87,7 @@ def kill(process) -> None:
 def test_a_running_job_survives_its_executor_being_killed(fake, owner, default_persona, workers):
     fake.script_delay(30)  # the first model call hangs...
     fake.script_text("Finished by the second executor.")  # ...the retry answers
-    job = services.job_submit(user=owner, task="Think slowly")
+    job = services.job_submit(user=owner, options=LOOP_ONLY, task="Think slowly")
     first = workers()
     wait_until(lambda: fake.call_count >= 1, what="the first model call")
     held_by = Job.objects.get(pk=job.pk).lease_owner
@@ -103,7 +104,7 @@ def test_a_running_job_survives_its_executor_being_killed(fake, owner, default_p
 def test_a_non_idempotent_tool_cut_off_by_a_crash_is_not_run_again(fake, owner, default_persona, workers, trace):
     fake.script_tool_calls(Call("slow_charge", {"label": "order-1", "seconds": 30}, id="pay"))
     fake.script_text("I could not confirm the charge went through.")
-    job = services.job_submit(user=owner, task="Pay order 1")
+    job = services.job_submit(user=owner, options=LOOP_ONLY, task="Pay order 1")
     first = workers()
     wait_until(lambda: trace_lines(trace), what="the charge to start")
     kill(first)
@@ -121,7 +122,7 @@ def test_a_non_idempotent_tool_cut_off_by_a_crash_is_not_run_again(fake, owner, 
 def test_an_idempotent_tool_cut_off_by_a_crash_runs_again(fake, owner, default_persona, workers, trace):
     fake.script_tool_calls(Call("slow_lookup", {"label": "weather", "seconds": 2}, id="look"))
     fake.script_text("Looked it up.")
-    job = services.job_submit(user=owner, task="Look up the weather")
+    job = services.job_submit(user=owner, options=LOOP_ONLY, task="Look up the weather")
     first = workers()
     wait_until(lambda: trace_lines(trace), what="the lookup to start")
     kill(first)
@@ -136,7 +137,7 @@ def test_an_idempotent_tool_cut_off_by_a_crash_runs_again(fake, owner, default_p
 def test_an_approved_call_cut_off_by_a_crash_goes_back_to_a_person(fake, owner, default_persona, workers, trace):
     fake.script_tool_calls(Call("gated_charge", {"label": "order-2", "seconds": 30}, id="gate"))
     fake.script_text("Charged.")
-    job = services.job_submit(user=owner, task="Pay order 2")
+    job = services.job_submit(user=owner, options=LOOP_ONLY, task="Pay order 2")
     first = workers()
     wait_until(lambda: job_in(job.pk, "awaiting_confirmation"), what="the confirmation")
     services.job_confirm(user=owner, job_id=job.pk)
@@ -192,7 +193,7 @@ def confirm_concurrently(raw_token: str, job_id, count: int) -> list[int]:
 def twenty_confirms(fake, owner, engine, trace):
     fake.script_tool_calls(Call("gated_charge", {"label": "once"}, id="only"))
     fake.script_text("Charged once.")
-    job = services.job_submit(user=owner, task="Charge once")
+    job = services.job_submit(user=owner, options=LOOP_ONLY, task="Charge once")
     async_to_sync(engine.run_until)(job.pk, "awaiting_confirmation")
     token = services.token_create(user=owner)[1]
 

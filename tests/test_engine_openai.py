@@ -28,7 +28,9 @@ def fake(settings):
 @pytest.fixture
 def submit(owner, default_persona):
     async def make(task: str = "Do the thing") -> Job:
-        return await sync_to_async(services.job_submit)(user=owner, task=task)
+        # The loop's own answer: these tests are about the tool loop, not the chat-role answer.
+        return await sync_to_async(services.job_submit)(user=owner, task=task,
+                                                        options=services.JobOptions(respond_with_final=False))
 
     return make
 

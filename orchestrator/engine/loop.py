@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import logging
 import random
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -79,19 +80,24 @@ async def drive(job_id: str, *, owner: str, db: Database) -> None:
 
 async def call_model(action: state.CallModel, *, job_id: str, owner: str,
                      db: Database) -> tuple[ModelResponse, str, str]:
-    """One model turn, retried with backoff (honouring the provider's hint) on transient errors."""
-    provider, model = providers.resolve(action.model)
+    """One model turn, retried with backoff (honouring the provider's hint) on transient errors.
+
+    The final answer streams: its pieces become `answer.delta` events as they arrive."""
+    provider, model = providers.resolve(action.model, base_url=action.base_url, api_key=action.api_key)
+    timeout = action.timeout or settings.CORTEX_MODEL_TIMEOUT
     request = ModelRequest(model=model, system=action.system, messages=action.messages, tools=action.tools,
-                           timeout=settings.CORTEX_MODEL_TIMEOUT)
+                           timeout=timeout, temperature=action.temperature, purpose=action.purpose)
+    deltas = DeltaBuffer(db, owner=owner, job_id=job_id) if action.purpose == "final" else None
     attempts = settings.CORTEX_MODEL_ATTEMPTS
     for attempt in range(1, attempts + 1):
         try:
-            async with asyncio.timeout(settings.CORTEX_MODEL_TIMEOUT + 5):
-                response = await provider.complete(request)
+            async with asyncio.timeout(timeout + 5):
+                response = await provider.complete(request, on_delta=deltas.add if deltas else None)
+            if deltas:
+                await deltas.flush()
             return response, action.model, provider.label(model)
         except TimeoutError:
-            error = ProviderError(f"the model did not answer within {settings.CORTEX_MODEL_TIMEOUT:g} s",
-                                  retryable=True)
+            error = ProviderError(f"the model did not answer within {timeout:g} s", retryable=True)
         except ProviderError as caught:
             error = caught
         if not error.retryable or attempt == attempts:
@@ -101,8 +107,43 @@ async def call_model(action: state.CallModel, *, job_id: str, owner: str,
         wait = backoff(attempt, error.retry_after)
         await db.run(state.record_retry, owner=owner, job_id=job_id, attempt=attempt, wait=wait,
                      error=error.message)
+        if deltas and deltas.sent:
+            await deltas.reset()
         await asyncio.sleep(wait)
     raise AssertionError("unreachable")
+
+
+class DeltaBuffer:
+    """Collects streamed text and writes it to the event log in batches, so a fast stream costs
+    a few transactions a second rather than one per token."""
+
+    INTERVAL = 0.1
+    SIZE = 400
+
+    def __init__(self, db: Database, *, owner: str, job_id: str) -> None:
+        self.db, self.owner, self.job_id = db, owner, job_id
+        self.pending: list[str] = []
+        self.sent = False
+        self.last_flush = time.monotonic()
+
+    async def add(self, text: str) -> None:
+        if not text:
+            return
+        self.pending.append(text)
+        if time.monotonic() - self.last_flush >= self.INTERVAL or sum(map(len, self.pending)) >= self.SIZE:
+            await self.flush()
+
+    async def flush(self) -> None:
+        self.last_flush = time.monotonic()
+        if not self.pending:
+            return
+        text, self.pending = "".join(self.pending), []
+        await self.db.run(state.record_delta, owner=self.owner, job_id=self.job_id, text=text)
+        self.sent = True
+
+    async def reset(self) -> None:
+        self.pending, self.sent = [], False
+        await self.db.run(state.record_delta, owner=self.owner, job_id=self.job_id, text="", reset=True)
 
 
 def backoff(attempt: int, hint: float | None) -> float:
@@ -117,7 +158,7 @@ async def run_tool(action: state.RunTool, job_id: str) -> tuple[str, bool]:
     if tool is None:  # the registry changed since the call was recorded
         return f"Error: there is no tool named {action.name!r}", True
     context = ToolContext(user_id=action.user_id, username=action.username, job_id=job_id,
-                          workspace=workspace_for(action.user_id), settings=settings)
+                          workspace=workspace_for(action.user_id), settings=settings, off_record=action.off_record)
     try:
         async with asyncio.timeout(tool.timeout):
             value = await tool.handler(context, **action.args)

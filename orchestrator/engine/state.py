@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import platform
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +22,8 @@ from django.utils import timezone
 from .. import events, selectors
 from ..models import Job, JobStatus, Message, Session, ToolCall, ToolCallStatus
 from ..policy import offered, verdict
+from ..crypto import SecretUnreadable
+from ..roles import RoleConfig, credentials
 from ..providers.base import ModelResponse
 from ..services import close_open_calls, finished_event
 from ..tools.registry import ArgumentsInvalid, registry
@@ -47,6 +49,7 @@ class RunTool:
     args: dict[str, Any]
     user_id: int
     username: str
+    off_record: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,11 @@ class CallModel:
     tools: list[dict[str, Any]] = field(default_factory=list)
     final_only: bool = False
     round: int = 0
+    purpose: str = "tool_loop"  # or "final": the chat-role model writes the answer
+    timeout: float | None = None
+    temperature: float | None = None
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
 
 
 Action = Stop | RunTool | CallModel
@@ -174,7 +182,7 @@ def next_action(*, owner: str, job_id: str) -> Action:
             events.append(job, ("tool.started", {"id": ready.call_id, "name": ready.name, "args": ready.args}))
             job.save()
             return RunTool(ready.pk, ready.call_id, ready.name, ready.args or {}, job.user_id,
-                           job.user.get_username())
+                           job.user.get_username(), off_record=bool(job.options.get("off_record")))
 
         awaiting = [call for call in calls if call.status == ToolCallStatus.AWAITING]
         if awaiting:
@@ -187,20 +195,91 @@ def next_action(*, owner: str, job_id: str) -> Action:
 
         if job.last_seq != seq_before:  # every change above appended an event
             job.save()
-        messages = job.transcript + _round_results(job, calls)
-        final_only = job.rounds >= settings.CORTEX_MAX_ROUNDS
-        tools = [] if final_only else _offered_tools(job)
-        if final_only:
-            messages = messages + [{"role": "user", "content": (
-                "The tool budget for this task is used up. Answer now with what you have.")}]
-        return CallModel(model=job.orchestrator_model, system=job.system_prompt, messages=messages,
-                         tools=tools, final_only=final_only, round=job.rounds + 1)
+        try:
+            return _model_call(job, calls)
+        except SecretUnreadable as error:
+            _fail(job, f"cannot call the model: {error}")
+            job.save()
+            return Stop("model settings unusable")
 
 
-def _offered_tools(job: Job) -> list[dict[str, Any]]:
+def _model_call(job: Job, calls: list[ToolCall]) -> CallModel:
+    if _orchestrator_finished(job):
+        return _final_answer_call(job)
+    orchestrator = _role(job, "orchestrator")
+    messages = job.transcript + _round_results(job, calls)
+    final_only = job.rounds >= (orchestrator.max_rounds or settings.CORTEX_MAX_ROUNDS)
+    tools = [] if final_only else _offered_tools(job, orchestrator.tools)
+    if final_only:
+        messages = messages + [{"role": "user", "content": (
+            "The tool budget for this task is used up. Answer now with what you have.")}]
+    return _with_credentials(CallModel(
+        model=orchestrator.model, system=job.system_prompt, messages=messages, tools=tools,
+        final_only=final_only, round=job.rounds + 1, timeout=orchestrator.timeout,
+        temperature=orchestrator.temperature), orchestrator)
+
+
+def _role(job: Job, name: str) -> RoleConfig:
+    stored = job.options.get("roles", {}).get(name)
+    if stored:
+        return RoleConfig.from_dict(stored)
+    model = job.orchestrator_model if name == "orchestrator" else job.chat_model
+    return RoleConfig(role=name, model=model, label_source="environment")
+
+
+def _with_credentials(action: CallModel, role: RoleConfig) -> CallModel:
+    base_url, api_key = credentials(role.profile_id)
+    return replace(action, base_url=base_url, api_key=api_key)
+
+
+def _orchestrator_finished(job: Job) -> bool:
+    """The tool loop ended in text and the chat-role model is still to write the answer."""
+    last = job.transcript[-1] if job.transcript else {}
+    return last.get("role") == "assistant" and not last.get("tool_calls") and job.response is None
+
+
+def _final_answer_call(job: Job) -> CallModel:
+    chat = _role(job, "chat")
+    history_length = job.options.get("history_messages", 0)
+    history = job.transcript[:history_length]
+    brief = final_answer_brief(job.task, job.transcript[history_length + 1:], job.gemini_summary or "")
+    return _with_credentials(CallModel(
+        model=chat.model, system=job.chat_system_prompt, messages=history + [{"role": "user", "content": brief}],
+        purpose="final", round=job.rounds, timeout=chat.timeout, temperature=chat.temperature), chat)
+
+
+def final_answer_brief(task: str, loop: list[dict[str, Any]], summary: str) -> str:
+    """What the chat-role model reads: the task, what the tools did, and the orchestrator's summary.
+
+    Plain text rather than tool messages, so any backend can write the answer whichever backend
+    ran the tools."""
+    results = {m.get("tool_call_id"): m for m in loop if m.get("role") == "tool"}
+    lines = []
+    for message in loop:
+        for call in message.get("tool_calls") or ():
+            result = results.get(call["id"], {})
+            outcome = "failed or was not allowed" if result.get("is_error") else "returned"
+            content = str(result.get("content", ""))
+            lines.append(f"- {call['name']}({call.get('arguments') or '{}'}) {outcome}: "
+                         f"{content[:2000]}{' …' if len(content) > 2000 else ''}")
+    parts = [f"The person asked:\n{task}"]
+    if lines:
+        parts.append("Tool calls made while working on it:\n" + "\n".join(lines))
+    parts.append(f"{FINAL_SUMMARY_HEADING}\n{summary}")
+    parts.append("Write the final answer to the person. Rely on the tool results above; do not invent "
+                 "results; say plainly if something was denied or failed.")
+    return "\n\n".join(parts)
+
+
+FINAL_SUMMARY_HEADING = "The orchestrator's own summary:"
+
+
+def _offered_tools(job: Job, allowed: tuple[str, ...]) -> list[dict[str, Any]]:
+    """What the policy offers this user, narrowed to the role's allow-list when it has one."""
     policy = selectors.risk_policy_for_user(job.user)
-    roles = selectors.roles_for_user(job.user)
-    return [tool.spec() for tool in registry if offered(tool, policy, roles)[0]]
+    user_roles = selectors.roles_for_user(job.user)
+    return [tool.spec() for tool in registry
+            if offered(tool, policy, user_roles)[0] and (not allowed or tool.name in allowed)]
 
 
 def _recover_interrupted(job: Job, calls: list[ToolCall]) -> None:
@@ -240,18 +319,25 @@ def record_turn(*, owner: str, job_id: str, action: CallModel, response: ModelRe
             job = _lock(owner, job_id)
         except (LeaseLost, Job.DoesNotExist):
             return
+        job.usage = _add_usage(job.usage, response)
+        if action.purpose == "final":
+            events.append(job, ("model.turn", _turn_event(action, response, purpose="final")))
+            if not response.text.strip():
+                _fail(job, f"the chat model ({backend_label}) returned an empty answer")
+            else:
+                _complete(job, response=response.text, backend=backend, backend_label=backend_label,
+                          summary=job.gemini_summary)
+            job.save()
+            return
         calls = list(job.tool_calls.filter(round=job.rounds).order_by("position"))
         _normalise_call_ids(response, job.rounds + 1)
         job.transcript = job.transcript + _round_results(job, calls) + [response.as_message()]
-        job.usage = _add_usage(job.usage, response)
-        events.append(job, ("model.turn", {
-            "round": action.round, "model": action.model, "text": response.text,
-            "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in response.tool_calls],
-            "usage": {"input_tokens": response.usage.input_tokens, "output_tokens": response.usage.output_tokens},
-        }))
+        events.append(job, ("model.turn", _turn_event(action, response)))
         if not response.tool_calls:
             if not response.text.strip():
                 _fail(job, f"the model ({backend_label}) returned an empty answer")
+            elif job.options.get("respond_with_final", True):
+                job.gemini_summary = response.text  # the chat-role model writes the answer next
             else:
                 _complete(job, response=response.text, backend=backend, backend_label=backend_label,
                           summary=response.text)
@@ -261,6 +347,25 @@ def record_turn(*, owner: str, job_id: str, action: CallModel, response: ModelRe
             job.rounds += 1
             _record_calls(job, response)
         job.save()
+
+
+def _turn_event(action: CallModel, response: ModelResponse, purpose: str = "tool_loop") -> dict[str, Any]:
+    return {
+        "round": action.round, "model": action.model, "purpose": purpose, "text": response.text,
+        "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in response.tool_calls],
+        "usage": {"input_tokens": response.usage.input_tokens, "output_tokens": response.usage.output_tokens},
+    }
+
+
+def record_delta(*, owner: str, job_id: str, text: str, reset: bool = False) -> None:
+    """A piece of the answer as it streams (or, on a retried stream, word to start over)."""
+    with transaction.atomic():
+        try:
+            job = _lock(owner, job_id)
+        except (LeaseLost, Job.DoesNotExist):
+            return
+        events.append(job, ("answer.reset", {}) if reset else ("answer.delta", {"text": text}))
+        job.save(update_fields=["last_seq", "updated_at"])
 
 
 def _normalise_call_ids(response: ModelResponse, round_number: int) -> None:

@@ -33,6 +33,8 @@ class ModelRequest:
     temperature: float | None = None
     timeout: float = 60.0
     max_tokens: int | None = None
+    # "tool_loop" for the orchestrator's turns, "final" when the chat-role model writes the answer.
+    purpose: str = "tool_loop"
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 
+from ..engine.state import FINAL_SUMMARY_HEADING
 from .base import DeltaCallback, ModelRequest, ModelResponse, ModelToolCall, Usage
 
 LABEL = "Demo model (offline, scripted)"
@@ -24,7 +25,9 @@ class DemoProvider:
     async def complete(self, request: ModelRequest, *, on_delta: DeltaCallback | None = None) -> ModelResponse:
         task, results = _task_and_results(request.messages)
         offered = {tool["name"] for tool in request.tools}
-        if results:
+        if request.purpose == "final":
+            text = _final_answer(task)
+        elif results:
             text = _answer_from(results)
         else:
             call = _choose_call(task, offered)
@@ -69,6 +72,13 @@ def _answer_from(results: list[dict]) -> str:
         outcome = "failed or was not allowed" if result.get("is_error") else "returned"
         lines.append(f"- `{result.get('name')}` {outcome}: {str(result.get('content'))[:500]}")
     return "\n".join(lines)
+
+
+def _final_answer(brief: str) -> str:
+    """The chat-role answer: the demo cannot write, so it hands over what the tool loop concluded."""
+    _, _, summary = brief.partition(FINAL_SUMMARY_HEADING)
+    summary = summary.split("\n\nWrite the final answer", 1)[0].strip()
+    return f"**Final answer** ({LABEL}, as the chat model):\n\n{summary or 'Nothing to report.'}"
 
 
 def _introduction(task: str) -> str:

@@ -40,6 +40,7 @@ class ToolContext:
     job_id: str
     workspace: Path
     settings: Any = None
+    off_record: bool = False  # the job is off the record: nothing of it may be remembered
 
 
 Handler = Callable[..., Awaitable[Any]]

@@ -72,6 +72,8 @@ async def memory_save(ctx: ToolContext, content: str, tier: str = "mid") -> Any:
 def _save(ctx: ToolContext, content: str, tier: str) -> dict[str, Any]:
     from ... import services
 
+    if ctx.off_record:
+        raise ToolError("this conversation is off the record: nothing from it may be saved to memory")
     user = get_user_model().objects.get(pk=ctx.user_id)
     try:
         memory = services.memory_save(user=user, content=content, tier=tier, source_job_id=ctx.job_id)
@@ -107,3 +109,36 @@ def _delete(user_id: int, memory_id: int) -> dict[str, Any]:
     except Http404:
         raise ToolError(f"there is no memory with id {memory_id}") from None
     return {"deleted": True, "id": memory_id}
+
+
+@tool(
+    name="conversation_search",
+    category="memory",
+    description="Search the user's past conversations (their earlier tasks and the answers) for words. "
+                "Off-the-record conversations are never found.",
+    risk="low",
+    idempotent=True,
+    parameters={
+        "type": "object",
+        "properties": {
+            "query": {"type": "string", "minLength": 1, "maxLength": 200},
+            "limit": {"type": "integer", "minimum": 1, "maximum": 50},
+        },
+        "required": ["query"],
+        "additionalProperties": False,
+    },
+)
+async def conversation_search(ctx: ToolContext, query: str, limit: int = 10) -> Any:
+    return await sync_to_async(_conversation_search)(ctx.user_id, query, limit)
+
+
+def _conversation_search(user_id: int, query: str, limit: int) -> list[dict[str, Any]]:
+    from ...models import Message
+
+    condition = Q()
+    for word in query.split()[:10]:
+        condition |= Q(content__icontains=word)
+    found = (Message.objects.filter(condition, session__user_id=user_id, off_record=False)
+             .order_by("-created_at")[:limit])
+    return [{"session_id": str(m.session_id), "role": m.role, "content": m.content[:2000],
+             "at": m.created_at.isoformat()} for m in found]

@@ -1,0 +1,83 @@
+"""Which model plays which role for a user, and with what prompt settings.
+
+A user's own assignment wins; else the site-wide one; else the environment defaults
+(CORTEX_ORCHESTRATOR_MODEL for `orchestrator`, CORTEX_CHAT_MODEL for every chat role).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Q
+
+from . import crypto
+from .models import ModelProfile, RoleAssignment
+
+ORCHESTRATOR = "orchestrator"
+CHAT = "chat"
+
+
+@dataclass(frozen=True)
+class RoleConfig:
+    role: str
+    model: str  # provider:model
+    label_source: str  # "yours", "site-wide" or "environment"
+    profile_id: int | None = None
+    profile_name: str = ""
+    base_url: str = ""
+    max_rounds: int | None = None
+    timeout: float | None = None
+    temperature: float | None = None
+    system_append: str = ""
+    inject_datetime: bool = True
+    inject_mode: bool = True
+    tools: tuple[str, ...] = field(default_factory=tuple)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["tools"] = list(self.tools)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RoleConfig:
+        return cls(**{**data, "tools": tuple(data.get("tools") or ())})
+
+
+def assignment_for(user: AbstractBaseUser | None, role: str) -> RoleAssignment | None:
+    """The user's own assignment, else the site-wide one (the only one when `user` is None)."""
+    assignments = RoleAssignment.objects.select_related("profile").filter(role=role)
+    own = assignments.filter(owner=user).first() if user is not None else None
+    return own or assignments.filter(owner=None).first()
+
+
+def role_config(user: AbstractBaseUser | None, role: str) -> RoleConfig:
+    assignment = assignment_for(user, role)
+    default = settings.CORTEX_ORCHESTRATOR_MODEL if role == ORCHESTRATOR else settings.CORTEX_CHAT_MODEL
+    if assignment is None:
+        return RoleConfig(role=role, model=default, label_source="environment")
+    source = "yours" if assignment.owner_id else "site-wide"
+    prompt_settings = {"system_append": assignment.system_append, "inject_datetime": assignment.inject_datetime,
+                       "inject_mode": assignment.inject_mode, "tools": tuple(assignment.tools or ())}
+    profile = assignment.profile
+    if profile is None:
+        return RoleConfig(role=role, model=default, label_source=source, **prompt_settings)
+    return RoleConfig(role=role, model=profile.model_string, label_source=source, profile_id=profile.pk,
+                      profile_name=profile.name, base_url=profile.base_url, max_rounds=profile.max_rounds,
+                      timeout=profile.timeout_seconds, temperature=profile.temperature, **prompt_settings)
+
+
+def profiles_for_user(user: AbstractBaseUser):
+    return ModelProfile.objects.filter(Q(owner=user) | Q(owner=None)).order_by("owner", "name")
+
+
+def credentials(profile_id: int | None) -> tuple[str | None, str | None]:
+    """(base_url, api_key) of a profile, decrypted only for the call; (None, None) for defaults."""
+    if profile_id is None:
+        return None, None
+    profile = ModelProfile.objects.filter(pk=profile_id).first()
+    if profile is None:
+        raise crypto.SecretUnreadable("the model profile this job was submitted with no longer exists")
+    return profile.base_url or None, crypto.decrypt(profile.api_key_encrypted) or None
