@@ -4,13 +4,16 @@ user's object is a 404 by construction."""
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Q, QuerySet
 from django.http import Http404
+from django.utils import timezone
 
 from .models import ApiToken, Job, JobEvent, Memory, Persona, Session, ToolCall, ToolCallStatus, ToolPolicy
+from .context import SHORT_TERM_DAYS
 from .policy import RiskPolicy
 
 
@@ -79,6 +82,18 @@ def memories_for_user(user: AbstractBaseUser, *, tier: str | None = None) -> Que
     if tier:
         memories = memories.filter(tier=tier)
     return memories.order_by("-updated_at")
+
+
+def memories_for_prompt(user: AbstractBaseUser) -> dict[str, list[str]]:
+    """Memory contents by tier, newest first; short-term ones only from the last week."""
+    recent = timezone.now() - timedelta(days=SHORT_TERM_DAYS)
+    by_tier: dict[str, list[str]] = {"long": [], "mid": [], "short": []}
+    for tier, content, updated_at in (Memory.objects.filter(user=user).order_by("-updated_at")
+                                      .values_list("tier", "content", "updated_at")[:500]):
+        if tier == "short" and updated_at < recent:
+            continue
+        by_tier[tier].append(content)
+    return by_tier
 
 
 def memory_for_user(user: AbstractBaseUser, memory_id: Any) -> Memory:
