@@ -77,9 +77,8 @@ def database_from_url(url: str) -> dict:
     """A Django DATABASES entry from `sqlite:///path` or `postgres://user:pass@host:port/name`."""
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
-        path = unquote(parsed.path)
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-            path = path.lstrip("/")
+        # sqlite:///relative/path.sqlite3 or sqlite:////absolute/path.sqlite3
+        path = unquote(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else ""
         if not path:
             raise ImproperlyConfigured("CORTEX_DATABASE_URL: a sqlite URL needs a file path, e.g. sqlite:///var/cortex.sqlite3")
         return sqlite_database(Path(path) if os.path.isabs(path) else BASE_DIR / path)
