@@ -18,7 +18,7 @@ PREFIX = "fernet1:"
 
 
 class SecretUnreadable(Exception):
-    pass
+    """A stored key that cannot be decrypted with the current secret."""
 
 
 def _fernet() -> Fernet:

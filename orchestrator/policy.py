@@ -25,7 +25,7 @@ DEFAULT_MAX_RISK = "high"
 
 
 class PolicyInvalid(ValueError):
-    pass
+    """A stored or submitted policy with an unknown value."""
 
 
 @dataclass(frozen=True)

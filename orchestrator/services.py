@@ -30,7 +30,6 @@ from .models import (
     Job,
     JobStatus,
     Memory,
-    Message,
     ModelProfile,
     Persona,
     RoleAssignment,

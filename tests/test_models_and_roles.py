@@ -11,7 +11,7 @@ from django.db import connection
 
 from cortex_site.asgi import application
 from orchestrator import roles, services
-from orchestrator.models import Job, Memory, Message, ModelProfile
+from orchestrator.models import Memory, Message, ModelProfile
 from tests.fakes.http import ToolCall as Call
 from tests.fakes.openai_fake import OpenAIFake
 

@@ -9,6 +9,7 @@ database safely: a job is driven only by the holder of its lease.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import platform
@@ -51,10 +52,8 @@ class Executor:
                 if free > 0:
                     for job_id in await self._claim(free):
                         self._start(job_id)
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), settings.CORTEX_POLL_SECONDS)
-                except TimeoutError:
-                    pass
         finally:
             for helper in helpers:
                 helper.cancel()

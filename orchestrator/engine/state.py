@@ -33,7 +33,7 @@ MAX_CLAIMS = 20
 
 
 class LeaseLost(Exception):
-    pass
+    """Another executor holds the job now (or it was cancelled): leave it alone."""
 
 
 @dataclass(frozen=True)

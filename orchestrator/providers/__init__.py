@@ -16,7 +16,7 @@ PROVIDERS = ("demo", "openai")
 
 
 class ProviderUnknown(ProviderError):
-    pass
+    """A model string naming no known provider."""
 
 
 @dataclass(frozen=True)

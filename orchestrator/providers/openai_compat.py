@@ -154,17 +154,23 @@ def retry_after(headers: Any) -> float | None:
     """Seconds to wait from Retry-After (seconds or an HTTP date) or retry-after-ms."""
     if headers is None:
         return None
-    millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            return max(0.0, float(millis) / 1000)
-        except ValueError:
-            pass
+    millis = _number(headers.get("retry-after-ms"))
+    if millis is not None:
+        return max(0.0, millis / 1000)
     value = headers.get("retry-after")
     if not value:
         return None
+    seconds = _number(value)
+    if seconds is not None:
+        return max(0.0, seconds)
     try:
-        return max(0.0, float(value))
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+        return None

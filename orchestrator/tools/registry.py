@@ -28,7 +28,7 @@ class ToolError(Exception):
 
 
 class ArgumentsInvalid(ToolError):
-    pass
+    """Arguments that do not match the tool's JSON schema."""
 
 
 @dataclass(frozen=True)
