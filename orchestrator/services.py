@@ -461,3 +461,35 @@ def role_assign(*, owner: AbstractBaseUser | None, role: str, profile_id: int | 
 
 def role_unassign(*, owner: AbstractBaseUser | None, role: str) -> None:
     RoleAssignment.objects.filter(owner=owner, role=role).delete()
+
+
+# --- Personas ----------------------------------------------------------------------------------
+
+def persona_save(*, owner: AbstractBaseUser | None, name: str, prompt: str, is_default: bool = False,
+                 persona_id: int | None = None) -> Persona:
+    """Create or update a persona (site-wide when `owner` is None). At most one default per owner."""
+    name = (name or "").strip()
+    if not SLUG.fullmatch(name):
+        raise Invalid("a persona name is a short name of letters, digits, - or _")
+    if len(prompt or "") > 20000:
+        raise Invalid("a persona prompt is at most 20000 characters")
+    with transaction.atomic():
+        if persona_id is not None:
+            persona = Persona.objects.filter(pk=persona_id, owner=owner).first()
+            if persona is None:
+                raise NotFound("persona not found")
+        else:
+            persona = Persona(owner=owner)
+        if Persona.objects.filter(owner=owner, name=name).exclude(pk=persona.pk).exists():
+            raise Invalid(f"there is already a persona named {name!r}")
+        if is_default:
+            Persona.objects.filter(owner=owner, is_default=True).exclude(pk=persona.pk).update(is_default=False)
+        persona.name, persona.prompt, persona.is_default = name, (prompt or "").strip(), is_default
+        persona.save()
+    return persona
+
+
+def persona_delete(*, owner: AbstractBaseUser | None, persona_id: int) -> None:
+    deleted, _ = Persona.objects.filter(pk=persona_id, owner=owner).delete()
+    if not deleted:
+        raise NotFound("persona not found")
