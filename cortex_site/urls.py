@@ -5,6 +5,6 @@ from orchestrator.api import api
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("", api.urls),
     path("", include("orchestrator.urls")),
+    path("", api.urls),
 ]

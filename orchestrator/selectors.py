@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
@@ -130,3 +130,39 @@ def roles_for_user(user: AbstractBaseUser) -> list[str]:
         roles.append("admin")
     roles.extend(user.groups.values_list("name", flat=True))
     return roles
+
+
+# --- Reads for the web pages -------------------------------------------------------------------
+
+def tool_call_for_job(job: Job, call_pk: Any) -> ToolCall:
+    call = job.tool_calls.filter(pk=call_pk).first() if str(call_pk).isdigit() else None
+    if call is None:
+        raise Http404("tool call not found")
+    return call
+
+
+def job_events(job: Job) -> list[JobEvent]:
+    """Every event of a job, oldest first: what a page renders before its stream takes over."""
+    return list(JobEvent.objects.filter(job=job).order_by("seq"))
+
+
+def job_answer_deltas(job: Job) -> str:
+    """The answer streamed so far: the deltas since the last completed model turn, or since the
+    stream last started over."""
+    start = (JobEvent.objects.filter(job=job, type__in=("model.turn", "answer.reset")).order_by("-seq")
+             .values_list("seq", flat=True).first()) or 0
+    deltas = JobEvent.objects.filter(job=job, type="answer.delta", seq__gt=start).order_by("seq")
+    return "".join(str(data.get("text", "")) for data in deltas.values_list("data", flat=True))
+
+
+def job_status_counts(user: AbstractBaseUser) -> dict[str, int]:
+    rows = Job.objects.filter(user=user).order_by().values_list("status").annotate(count=Count("id"))
+    return dict(rows)
+
+
+def jobs_for_user_by_ids(user: AbstractBaseUser, job_ids: list[uuid.UUID]) -> QuerySet[Job]:
+    return Job.objects.filter(user=user, pk__in=job_ids)
+
+
+def awaiting_calls_of_job(job: Job) -> list[ToolCall]:
+    return list(job.tool_calls.filter(status=ToolCallStatus.AWAITING).order_by("round", "position"))

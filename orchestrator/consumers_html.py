@@ -1,0 +1,200 @@
+"""WebSocket streams for the browser: HTML fragments that htmx's ws extension swaps out of band.
+
+Like the JSON stream, the event log is the stream and the channel layer only rings a doorbell;
+on every doorbell a consumer re-reads what changed.
+
+- `/ws/jobs/<id>/html/?after=<seq>`: the job page. Timeline entries are appended exactly once:
+  the page renders every event up to a cursor and the socket starts after it; each message
+  carries the new cursor, and the browser reconnects from the cursor it holds (see cortex.js).
+  The parts that show current state (status, confirmations, answer) are replaced whole, which
+  is harmless to repeat.
+- `/ws/me/`: what the person's other pages show live, each part only when asked for and only
+  when it differs from what the page said it shows: `pending=<n>` (the navigation counter),
+  `inbox=<pk,pk>` (the confirmation inbox), `jobs=<id:status,…>` (status badges in a job list).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.contrib.auth.models import AbstractBaseUser
+from django.http import Http404, HttpRequest
+from django.middleware.csrf import get_token
+from django.template.loader import render_to_string
+from django.urls import reverse
+
+from . import events, job_page, selectors
+from .models import JobEvent
+
+BATCH = 500
+MAX_WATCHED_JOBS = 100
+
+
+def _query(scope: dict) -> dict[str, str]:
+    parsed = parse_qs(scope.get("query_string", b"").decode(), keep_blank_values=True)
+    return {key: values[-1] for key, values in parsed.items()}
+
+
+def _csrf_token(scope: dict) -> str:
+    """A masked CSRF token for the forms in streamed fragments, as a page render would give."""
+    secret = scope.get("cookies", {}).get("csrftoken", "")
+    if not secret:
+        return ""
+    request = HttpRequest()
+    request.META["CSRF_COOKIE"] = secret
+    return get_token(request)
+
+
+class HtmlStream(AsyncWebsocketConsumer):
+    """Checks who is asking before accepting, then sends what `render` returns on every doorbell,
+    and every `catch_up_seconds` in case a doorbell was lost (the channel layer may drop them)."""
+
+    group: str
+    catch_up_seconds: float = 15.0
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=4401)
+            return
+        try:
+            await database_sync_to_async(self.open)(user)
+        except Http404:
+            await self.close(code=4404)
+            return
+        self.lock = asyncio.Lock()
+        # Join before the first read, so an event committed in between still rings.
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self.send_changes()
+        self.catching_up = asyncio.create_task(self.catch_up())
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "catching_up"):
+            self.catching_up.cancel()
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def doorbell(self, message: dict[str, Any]) -> None:
+        await self.send_changes()
+
+    async def catch_up(self) -> None:
+        while True:
+            await asyncio.sleep(self.catch_up_seconds)
+            await self.send_changes()
+
+    async def send_changes(self) -> None:
+        # One reader at a time: the cursor and what was last sent belong to this connection.
+        async with self.lock:
+            try:
+                messages = await database_sync_to_async(self.render)()
+            except Http404:  # the job is gone
+                await self.close(code=4404)
+                return
+            for message in messages:
+                await self.send(text_data=message)
+
+    def open(self, user: AbstractBaseUser) -> None:
+        raise NotImplementedError
+
+    def render(self) -> list[str]:
+        raise NotImplementedError
+
+
+class JobPageStream(HtmlStream):
+    def open(self, user: AbstractBaseUser) -> None:
+        self.user = user
+        self.job = selectors.job_for_user(user, self.scope["url_route"]["kwargs"]["job_id"])
+        self.group = events.job_group(self.job.id)
+        try:
+            self.after = max(0, int(_query(self.scope).get("after", "0")))
+        except ValueError:
+            self.after = 0
+        self.csrf_token = _csrf_token(self.scope)
+        self.sent: dict[str, str] = {}
+
+    def render(self) -> list[str]:
+        messages = []
+        while True:
+            batch = selectors.job_events_after(self.job, self.after, limit=BATCH)
+            if not batch:
+                return messages
+            messages.append(self.render_batch(batch))
+            if len(batch) < BATCH:
+                return messages
+
+    def render_batch(self, batch: list[JobEvent]) -> str:
+        job = selectors.job_for_user(self.user, self.job.id)  # read after the events: state is never older
+        context = {"oob": True, "csrf_token": self.csrf_token, "next": reverse("job-detail", args=[job.id])}
+        parts = []
+        entries = [render_to_string("jobs/detail.html#timeline-event", {"event": event})
+                   for event in batch if event.type not in job_page.NOT_IN_TIMELINE]
+        if entries:
+            parts.append('<ol hx-swap-oob="beforeend:#timeline">' + "".join(entries) + "</ol>")
+        types = {event.type for event in batch}
+        changed = ["job-answer"] if types & job_page.ANSWER_EVENTS else []
+        if types - job_page.NOT_IN_TIMELINE:
+            changed += ["job-status", "job-meta", "job-actions", "job-confirmations"]
+        if job.is_finished:
+            changed.append("job-stream")
+        if changed:
+            context.update(job_page.state_context(job))
+            for name in changed:
+                html = render_to_string(f"jobs/detail.html#{name}", context)
+                if self.sent.get(name) != html:
+                    parts.append(html)
+                    self.sent[name] = html
+        self.after = batch[-1].seq
+        parts.append(render_to_string("jobs/detail.html#job-cursor", {"oob": True, "cursor": self.after}))
+        return "".join(parts)
+
+
+class UserStream(HtmlStream):
+    def open(self, user: AbstractBaseUser) -> None:
+        self.user = user
+        self.group = events.user_group(user.pk)
+        query = _query(self.scope)
+        self.csrf_token = _csrf_token(self.scope)
+        self.shown_pending = query.get("pending")
+        self.shown_inbox = query.get("inbox")
+        self.shown_statuses = _watched(query.get("jobs", ""))
+
+    def render(self) -> list[str]:
+        parts = []
+        if self.shown_pending is not None:
+            count = selectors.pending_calls_for_user(self.user).count()
+            if str(count) != self.shown_pending:
+                parts.append(render_to_string("base.html#nav-confirmations",
+                                              {"oob": True, "pending_confirmations": count}))
+                self.shown_pending = str(count)
+        if self.shown_inbox is not None:
+            calls = list(selectors.pending_calls_for_user(self.user))
+            signature = ",".join(str(call.pk) for call in calls)
+            if signature != self.shown_inbox:
+                parts.append(render_to_string("confirmations/inbox.html#inbox-list", {
+                    "oob": True, "csrf_token": self.csrf_token, "next": reverse("confirmations"),
+                    "cards": job_page.cards_for_calls(calls)}))
+                self.shown_inbox = signature
+        if self.shown_statuses:
+            for job in selectors.jobs_for_user_by_ids(self.user, list(self.shown_statuses)):
+                if self.shown_statuses[job.id] != job.status:
+                    parts.append(render_to_string("components.html#status-badge", {"oob": True, "job": job}))
+                    self.shown_statuses[job.id] = job.status
+        return ["".join(parts)] if parts else []
+
+
+def _watched(value: str) -> dict[uuid.UUID, str]:
+    """`<id>:<status>,…` as the page rendered them; malformed entries are ignored."""
+    watched = {}
+    for item in value.split(",")[:MAX_WATCHED_JOBS]:
+        job_id, _, status = item.partition(":")
+        try:
+            watched[uuid.UUID(job_id)] = status
+        except ValueError:
+            continue
+    return watched

@@ -1,0 +1,466 @@
+"""The htmx pages. Every view reads through `selectors`, writes through `services`, and answers an
+htmx request with the template partial it swaps, any other request with the whole page (or a
+redirect after a write), so every form works without JavaScript."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from itertools import groupby
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.db.models import Count
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect, retarget
+
+from . import job_page, selectors, services
+from .forms import (
+    ApproveForm,
+    ArgumentsForm,
+    DenyForm,
+    JobSubmitForm,
+    MemoryForm,
+    TokenForm,
+    ToolPolicyForm,
+    confirmation_field,
+    override_field,
+)
+from .models import Job, JobStatus, Memory, ToolCall
+from .policy import effective_policy
+from .tools.registry import registry
+
+JOBS_PER_PAGE = 20
+SESSIONS_PER_PAGE = 20
+# The memory being edited has its own field ids, apart from the "add a memory" form on the same page.
+EDIT_PREFIX = "edit"
+
+
+def _redirect(request: HttpRequest, url: str) -> HttpResponse:
+    """After a write: htmx loads the next page itself, a plain form follows a 302."""
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+def _next_url(request: HttpRequest, default: str) -> str:
+    candidate = request.POST.get("next", "")
+    if candidate and url_has_allowed_host_and_scheme(candidate, allowed_hosts={request.get_host()},
+                                                     require_https=request.is_secure()):
+        return candidate
+    return default
+
+
+@login_required
+@require_GET
+def home(request: HttpRequest) -> HttpResponse:
+    return redirect("jobs")
+
+
+# --- Jobs ----------------------------------------------------------------------------------------
+
+STATUS_FILTERS = [("", "All"), (JobStatus.AWAITING_CONFIRMATION, "Waiting for you"), (JobStatus.RUNNING, "Running"),
+                  (JobStatus.QUEUED, "Queued"), (JobStatus.COMPLETE, "Complete"), (JobStatus.ERROR, "Error"),
+                  (JobStatus.CANCELLED, "Cancelled")]
+
+
+def _job_list_context(request: HttpRequest, form: JobSubmitForm | None = None) -> dict[str, Any]:
+    status = request.GET.get("status", "")
+    if status not in JobStatus.values:
+        status = ""
+    jobs = selectors.jobs_for_user(request.user, status=status or None).select_related("session")
+    page = Paginator(jobs, JOBS_PER_PAGE).get_page(request.GET.get("page"))
+    counts = selectors.job_status_counts(request.user)
+    filters = [{"value": value, "label": label, "count": counts.get(value, 0) if value else sum(counts.values()),
+                "current": value == status} for value, label in STATUS_FILTERS]
+    return {"section": "jobs", "page": page, "status": status, "filters": filters,
+            "watched": ",".join(f"{job.id}:{job.status}" for job in page),
+            "form": form or JobSubmitForm(user=request.user)}
+
+
+@login_required
+@require_GET
+def job_list(request: HttpRequest) -> HttpResponse:
+    context = _job_list_context(request)
+    if request.htmx and request.htmx.target == "job-list":
+        return render(request, "jobs/list.html#job-list", context)
+    return render(request, "jobs/list.html", context)
+
+
+@login_required
+@require_POST
+def job_submit(request: HttpRequest) -> HttpResponse:
+    form = JobSubmitForm(request.POST, user=request.user)
+    if form.is_valid():
+        try:
+            job = services.job_submit(user=request.user, task=form.cleaned_data["task"],
+                                      session_id=form.cleaned_data["session"] or None,
+                                      persona=form.cleaned_data["persona"] or None, options=form.options())
+        except services.ServiceError as error:
+            form.add_error("task", error.message)
+        else:
+            return _redirect(request, job_url(job))
+    if request.htmx:
+        return render(request, "jobs/list.html#job-form", {"form": form}, status=400)
+    return render(request, "jobs/list.html", _job_list_context(request, form), status=400)
+
+
+def job_url(job: Job) -> str:
+    return reverse("job-detail", args=[job.id])
+
+
+def _job_detail(request: HttpRequest, job: Job, *, status: int = 200,
+                edit_forms: dict[int, ArgumentsForm] | None = None) -> HttpResponse:
+    events = selectors.job_events(job)
+    job.refresh_from_db()  # read after the events, so the state shown is never older than the history
+    context = job_page.page_context(job, events, edit_forms=edit_forms)
+    context.update(section="jobs", next=job_url(job))
+    return render(request, "jobs/detail.html", context, status=status)
+
+
+@login_required
+@require_GET
+def job_detail(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
+    return _job_detail(request, selectors.job_for_user(request.user, job_id))
+
+
+@login_required
+@require_POST
+def job_cancel(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
+    job = selectors.job_for_user(request.user, job_id)
+    try:
+        job = services.job_cancel(user=request.user, job_id=job.id)
+    except services.Conflict as error:
+        if request.htmx:
+            return render(request, "jobs/detail.html#job-actions", {"job": job, "problem": error.message},
+                          status=409)
+        messages.warning(request, f"Nothing to cancel: {error.message}.")
+        return redirect(job_url(job))
+    if request.htmx:
+        return render(request, "jobs/detail.html#job-actions", {"job": job})
+    messages.success(request, "The job was cancelled.")
+    return redirect(job_url(job))
+
+
+# --- Confirmations -------------------------------------------------------------------------------
+
+def _decide(request: HttpRequest, job: Job, call: ToolCall, decide: Callable[[], Job], done: str) -> HttpResponse:
+    """Apply a decision; a call someone else decided first gets a clear message, not an error page."""
+    url = _next_url(request, job_url(job))
+    try:
+        decide()
+    except services.Conflict as error:
+        call.refresh_from_db()
+        problem = _already_decided(call) or error.message
+        if request.htmx:
+            return render(request, "components.html#decided-card", {"call": call, "problem": problem}, status=409)
+        messages.warning(request, problem)
+        return redirect(url)
+    call.refresh_from_db()
+    if request.htmx:
+        return render(request, "components.html#decided-card", {"call": call})
+    messages.success(request, f"{call.name}: {done}.")
+    return redirect(url)
+
+
+def _already_decided(call: ToolCall) -> str:
+    if not call.decision:
+        return ""
+    who = call.decided_by.get_username() if call.decided_by else "someone"
+    return f"This call was already {call.decision} by {who}; nothing was changed."
+
+
+@login_required
+@require_POST
+def call_approve(request: HttpRequest, job_id: uuid.UUID, call_pk: int) -> HttpResponse:
+    job = selectors.job_for_user(request.user, job_id)
+    call = selectors.tool_call_for_job(job, call_pk)
+    form = ApproveForm(request.POST)
+    remember = "job" if form.is_valid() and form.cleaned_data["remember"] == "job" else None
+    return _decide(request, job, call, lambda: services.job_confirm(
+        user=request.user, job_id=job.id, tool_call_id=call.call_id, remember=remember),
+        "approved for the rest of this job" if remember else "approved")
+
+
+@login_required
+@require_POST
+def call_deny(request: HttpRequest, job_id: uuid.UUID, call_pk: int) -> HttpResponse:
+    job = selectors.job_for_user(request.user, job_id)
+    call = selectors.tool_call_for_job(job, call_pk)
+    form = DenyForm(request.POST)
+    reason = form.cleaned_data["reason"] if form.is_valid() else ""
+    return _decide(request, job, call, lambda: services.job_deny(
+        user=request.user, job_id=job.id, tool_call_id=call.call_id, reason=reason), "denied")
+
+
+@login_required
+@require_POST
+def call_edit(request: HttpRequest, job_id: uuid.UUID, call_pk: int) -> HttpResponse:
+    job = selectors.job_for_user(request.user, job_id)
+    call = selectors.tool_call_for_job(job, call_pk)
+    tool = registry.get(call.name)
+    if tool is None:
+        raise Http404("this tool no longer exists; approve or deny the call as it is")
+    form = ArgumentsForm(request.POST, tool=tool, current=call.args, prefix=job_page.form_prefix(call))
+    if form.is_valid():
+        try:
+            return _decide(request, job, call, lambda: services.job_confirm(
+                user=request.user, job_id=job.id, tool_call_id=call.call_id, args=form.arguments()),
+                "approved with your arguments")
+        except services.Invalid as error:
+            form.add_error(None, error.message)
+    if request.htmx:
+        card = job_page.card_for(job, call, form)
+        return render(request, "components.html#confirmation-card",
+                      {"card": card, "next": _next_url(request, job_url(job)), "show_job": False}, status=400)
+    return _job_detail(request, job, status=400, edit_forms={call.pk: form})
+
+
+@login_required
+@require_GET
+def confirmation_inbox(request: HttpRequest) -> HttpResponse:
+    calls = list(selectors.pending_calls_for_user(request.user))
+    return render(request, "confirmations/inbox.html", {
+        "section": "confirmations", "cards": job_page.cards_for_calls(calls), "next": request.path,
+        "inbox_signature": ",".join(str(call.pk) for call in calls)})
+
+
+# --- Sessions ------------------------------------------------------------------------------------
+
+@login_required
+@require_GET
+def session_list(request: HttpRequest) -> HttpResponse:
+    sessions = selectors.sessions_for_user(request.user).annotate(
+        turns=Count("messages", distinct=True), job_count=Count("jobs", distinct=True))
+    page = Paginator(sessions, SESSIONS_PER_PAGE).get_page(request.GET.get("page"))
+    if request.htmx and request.htmx.target == "session-list":
+        return render(request, "sessions/list.html#session-list", {"page": page})
+    return render(request, "sessions/list.html", {"section": "sessions", "page": page})
+
+
+def _continue_form(request: HttpRequest, data: Any = None) -> JobSubmitForm:
+    form = JobSubmitForm(data, user=request.user)
+    # The conversation is the one in the address, whatever the form says.
+    del form.fields["session"]
+    return form
+
+
+def _session_page(request: HttpRequest, session_id: uuid.UUID, form: JobSubmitForm | None = None,
+                  status: int = 200) -> HttpResponse:
+    session = selectors.session_for_user(request.user, session_id)
+    form = form or _continue_form(request)
+    return render(request, "sessions/detail.html", {
+        "section": "sessions", "session": session, "messages_list": session.messages.all(),
+        "active_jobs": session.jobs.filter(status__in=[JobStatus.QUEUED, JobStatus.RUNNING,
+                                                         JobStatus.AWAITING_CONFIRMATION]),
+        "form": form}, status=status)
+
+
+@login_required
+@require_GET
+def session_detail(request: HttpRequest, session_id: uuid.UUID) -> HttpResponse:
+    return _session_page(request, session_id)
+
+
+@login_required
+@require_POST
+def session_continue(request: HttpRequest, session_id: uuid.UUID) -> HttpResponse:
+    session = selectors.session_for_user(request.user, session_id)
+    form = _continue_form(request, request.POST)
+    if form.is_valid():
+        try:
+            job = services.job_submit(user=request.user, task=form.cleaned_data["task"], session_id=str(session.id),
+                                      persona=form.cleaned_data["persona"] or None, options=form.options())
+        except services.ServiceError as error:
+            form.add_error("task", error.message)
+        else:
+            return _redirect(request, job_url(job))
+    if request.htmx:
+        return render(request, "sessions/detail.html#continue-form", {"form": form, "session": session}, status=400)
+    return _session_page(request, session_id, form, status=400)
+
+
+# --- Memories ------------------------------------------------------------------------------------
+
+def _memory_context(request: HttpRequest, **extra: Any) -> dict[str, Any]:
+    tier = request.GET.get("tier", "")
+    if tier not in Memory.Tier.values:
+        tier = ""
+    memories = list(selectors.memories_for_user(request.user, tier=tier or None))
+    groups = [{"tier": value, "label": label, "memories": [m for m in memories if m.tier == value]}
+              for value, label in Memory.Tier.choices if not tier or tier == value]
+    return {"section": "memories", "tier": tier, "groups": groups, "tiers": Memory.Tier.choices,
+            "form": MemoryForm(), "editing": None, "edit_form": None, **extra}
+
+
+@login_required
+@require_GET
+def memory_list(request: HttpRequest) -> HttpResponse:
+    if request.htmx and request.htmx.target == "memory-board":
+        return render(request, "memories/index.html#memory-board", _memory_context(request))
+    return render(request, "memories/index.html", _memory_context(request))
+
+
+@login_required
+@require_POST
+def memory_create(request: HttpRequest) -> HttpResponse:
+    form = MemoryForm(request.POST)
+    if form.is_valid():
+        try:
+            services.memory_save(user=request.user, content=form.cleaned_data["content"],
+                                 tier=form.cleaned_data["tier"])
+        except services.ServiceError as error:
+            form.add_error("content", error.message)
+        else:
+            if request.htmx:
+                # A fresh form in place of the one sent, and the board with the new memory.
+                context = _memory_context(request)
+                return HttpResponse(render_to_string("memories/index.html#memory-form", context, request)
+                                    + render_to_string("memories/index.html#memory-board", {**context, "oob": True},
+                                                       request))
+            messages.success(request, "Memory saved.")
+            return redirect("memories")
+    if request.htmx:
+        return render(request, "memories/index.html#memory-form", {"form": form}, status=400)
+    return render(request, "memories/index.html", _memory_context(request, form=form), status=400)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def memory_edit(request: HttpRequest, memory_id: int) -> HttpResponse:
+    memory = selectors.memory_for_user(request.user, memory_id)
+    if request.method == "GET":
+        form = MemoryForm(initial={"content": memory.content, "tier": memory.tier}, prefix=EDIT_PREFIX)
+        status = 200
+    else:
+        form = MemoryForm(request.POST, prefix=EDIT_PREFIX)
+        if form.is_valid():
+            try:
+                memory = services.memory_update(user=request.user, memory_id=memory.pk,
+                                                content=form.cleaned_data["content"], tier=form.cleaned_data["tier"])
+            except services.ServiceError as error:
+                form.add_error("content", error.message)
+            else:
+                if request.htmx:  # its tier may have changed, so the whole board is redrawn
+                    return retarget(render(request, "memories/index.html#memory-board", _memory_context(request)),
+                                    "#memory-board")
+                messages.success(request, "Memory updated.")
+                return redirect("memories")
+        status = 400
+    if request.htmx:
+        return render(request, "memories/index.html#memory-item", {"memory": memory, "editing": memory.pk,
+                                                                   "edit_form": form}, status=status)
+    return render(request, "memories/index.html",
+                  _memory_context(request, editing=memory.pk, edit_form=form), status=status)
+
+
+@login_required
+@require_POST
+def memory_delete(request: HttpRequest, memory_id: int) -> HttpResponse:
+    services.memory_delete(user=request.user, memory_id=memory_id)
+    if request.htmx:
+        return render(request, "memories/index.html#memory-board", _memory_context(request))
+    messages.success(request, "Memory deleted.")
+    return redirect("memories")
+
+
+# --- Settings: tools -----------------------------------------------------------------------------
+
+@login_required
+@require_GET
+def settings_home(request: HttpRequest) -> HttpResponse:
+    return redirect("settings-tools")
+
+
+def _tool_rows(request: HttpRequest, form: ToolPolicyForm) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The tools grouped by category, each with its fields and what the policy does with it."""
+    policy = form.policy() if form.is_bound and form.is_valid() else selectors.risk_policy_for_user(request.user)
+    effective = effective_policy(form.tools, policy, selectors.roles_for_user(request.user))
+    rows = [{"tool": row.tool, "effective": row, "override": form[override_field(row.tool)],
+             "confirmation": form[confirmation_field(row.tool)]} for row in effective]
+    return [(category, list(items)) for category, items in groupby(rows, key=lambda r: r["tool"].category)]
+
+
+def _tools_context(request: HttpRequest, form: ToolPolicyForm) -> dict[str, Any]:
+    groups = _tool_rows(request, form)
+    rows = [row for _, items in groups for row in items]
+    return {"section": "settings", "form": form, "groups": groups, "rows": rows,
+            "offered_count": sum(row["effective"].offered for row in rows)}
+
+
+def _policy_form(request: HttpRequest, data: Any = None) -> ToolPolicyForm:
+    return ToolPolicyForm(data, tools=list(registry), policy=selectors.risk_policy_for_user(request.user))
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def settings_tools(request: HttpRequest) -> HttpResponse:
+    if request.method == "GET":
+        return render(request, "settings/tools.html", _tools_context(request, _policy_form(request)))
+    form = _policy_form(request, request.POST)
+    if form.is_valid():
+        try:
+            services.policy_update(user=request.user, max_risk=form.cleaned_data["max_risk"],
+                                   overrides=form.overrides(), confirmations=form.confirmations())
+        except services.ServiceError as error:
+            form.add_error(None, error.message)
+        else:
+            messages.success(request, "Tool settings saved.")
+            return _redirect(request, reverse("settings-tools"))
+    return render(request, "settings/tools.html", _tools_context(request, form), status=400)
+
+
+@login_required
+@require_POST
+def settings_tools_preview(request: HttpRequest) -> HttpResponse:
+    """What the selections would do, before they are saved."""
+    form = _policy_form(request, request.POST)
+    context = _tools_context(request, form)
+    status = 200 if form.is_valid() else 400
+    if request.htmx:  # every swap is out of band: one cell per tool, and the summary
+        return render(request, "settings/tools.html#effective-preview", {**context, "oob": True}, status=status)
+    return render(request, "settings/tools.html", context, status=status)
+
+
+# --- Settings: API tokens ------------------------------------------------------------------------
+
+def _tokens_context(request: HttpRequest, **extra: Any) -> dict[str, Any]:
+    return {"section": "settings", "tokens": selectors.tokens_for_user(request.user), "form": TokenForm(),
+            "created": None, "raw_token": None, **extra}
+
+
+@login_required
+@require_GET
+def settings_tokens(request: HttpRequest) -> HttpResponse:
+    return render(request, "settings/tokens.html", _tokens_context(request))
+
+
+@login_required
+@require_POST
+def token_create(request: HttpRequest) -> HttpResponse:
+    form = TokenForm(request.POST)
+    if not form.is_valid():
+        template = "settings/tokens.html#token-panel" if request.htmx else "settings/tokens.html"
+        return render(request, template, _tokens_context(request, form=form), status=400)
+    token, raw = services.token_create(user=request.user, name=form.cleaned_data["name"])
+    # The raw value exists only in this response: it is never stored, so it cannot be shown again.
+    context = _tokens_context(request, created=token, raw_token=raw)
+    response = render(request, "settings/tokens.html#token-panel" if request.htmx else "settings/tokens.html",
+                      context)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@login_required
+@require_POST
+def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
+    token = services.token_revoke(user=request.user, token_id=token_id)
+    if request.htmx:
+        return render(request, "settings/tokens.html#token-panel", _tokens_context(request))
+    messages.success(request, f"Token {token.prefix}… revoked.")
+    return redirect("settings-tokens")

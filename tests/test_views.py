@@ -1,0 +1,575 @@
+"""The htmx pages: signed-out visitors go to sign in, other users' objects are 404, wrong methods
+405, every form needs its CSRF token; and each page does what it says, with and without htmx."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.test import Client
+from django.urls import reverse
+
+from orchestrator import services
+from orchestrator.models import ApiToken, Job, JobStatus, Memory, ToolPolicy
+from orchestrator.tools.registry import registry
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+HTMX = {"HX-Request": "true"}
+NO_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def signed_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def alice(owner) -> Client:
+    return signed_in(owner)
+
+
+@pytest.fixture
+def bob(outsider) -> Client:
+    return signed_in(outsider)
+
+
+@pytest.fixture
+def awaiting_job(owner, engine, default_persona):
+    """A job of alice's paused on a gated call: the demo model writes a note (medium risk asks)."""
+    def make(task: str = "Write a note: buy milk") -> Job:
+        job = services.job_submit(user=owner, task=task)
+        return async_to_sync(engine.run_until)(job.pk, "awaiting_confirmation")
+    return make
+
+
+@pytest.fixture
+def objects(owner, awaiting_job):
+    """One of each of alice's objects that has its own address."""
+    job = awaiting_job()
+    return {
+        "job": job.pk,
+        "call": job.tool_calls.get().pk,
+        "session": job.session_id,
+        "memory": services.memory_save(user=owner, content="Likes tea").pk,
+        "token": services.token_create(user=owner, name="cron")[0].pk,
+    }
+
+
+def url_of(name: str, objects: dict) -> str:
+    args = {
+        "job-detail": ["job"], "job-cancel": ["job"], "call-approve": ["job", "call"], "call-deny": ["job", "call"],
+        "call-edit": ["job", "call"], "session-detail": ["session"], "session-continue": ["session"],
+        "memory-edit": ["memory"], "memory-delete": ["memory"], "token-revoke": ["token"],
+    }.get(name, [])
+    return reverse(name, args=[objects[key] for key in args])
+
+
+PAGES = ["jobs", "job-detail", "confirmations", "sessions", "session-detail", "memories", "memory-edit",
+         "settings", "settings-tools", "settings-tokens"]
+POSTS = ["job-submit", "job-cancel", "call-approve", "call-deny", "call-edit", "session-continue", "memory-create",
+         "memory-edit", "memory-delete", "settings-tools", "settings-tools-preview", "token-create", "token-revoke"]
+
+
+# --- Who may see what ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", PAGES)
+def test_a_signed_out_visitor_is_sent_to_sign_in(name, objects):
+    url = url_of(name, objects)
+    response = Client().get(url)
+    assert response.status_code == 302
+    assert response["Location"] == f"{reverse('login')}?next={url}"
+
+
+@pytest.mark.parametrize("name", POSTS)
+def test_a_signed_out_visitor_cannot_post_anything(name, objects):
+    response = Client().post(url_of(name, objects), {"task": "x", "content": "x"})
+    assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
+    assert Job.objects.count() == 1 and Memory.objects.count() == 1
+
+
+def test_signing_in_leads_to_the_jobs_page(owner):
+    client = Client()
+    page = client.get(reverse("login"))
+    assert page.status_code == 200 and b'name="username"' in page.content
+    response = client.post(reverse("login"), {"username": "alice", "password": "alice-password-1"})
+    assert response.status_code == 302 and response["Location"] == reverse("jobs")
+    assert client.get(reverse("jobs")).status_code == 200
+
+
+def test_a_wrong_password_is_refused_on_the_page(owner):
+    response = Client().post(reverse("login"), {"username": "alice", "password": "nope"})
+    assert response.status_code == 200 and b"alert-error" in response.content
+
+
+@pytest.mark.parametrize("name", ["job-detail", "session-detail", "memory-edit"])
+def test_it_hides_other_users_pages(name, objects, bob):
+    assert bob.get(url_of(name, objects)).status_code == 404
+
+
+@pytest.mark.parametrize("name", ["job-cancel", "call-approve", "call-deny", "call-edit", "session-continue",
+                                  "memory-edit", "memory-delete", "token-revoke"])
+def test_it_refuses_to_act_on_other_users_objects(name, objects, bob):
+    response = bob.post(url_of(name, objects), {"task": "take over", "content": "mine now", "tier": "mid",
+                                                "call-1-path": "x", "call-1-content": "y", "reason": "no"})
+    assert response.status_code == 404
+    job = Job.objects.get(pk=objects["job"])
+    assert job.status == JobStatus.AWAITING_CONFIRMATION and job.tool_calls.get().decision == ""
+    assert Memory.objects.get(pk=objects["memory"]).content == "Likes tea"
+    assert ApiToken.objects.get(pk=objects["token"]).revoked_at is None
+
+
+def test_an_unknown_job_is_404(alice):
+    assert alice.get(reverse("job-detail", args=[NO_ID])).status_code == 404
+
+
+@pytest.mark.parametrize("name", [name for name in POSTS if name not in ("settings-tools", "memory-edit")])
+def test_post_only_addresses_refuse_get(name, objects, alice):
+    response = alice.get(url_of(name, objects))
+    assert response.status_code == 405 and response["Allow"] == "POST"
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_pages_refuse_methods_they_do_not_take(name, objects, alice):
+    url = url_of(name, objects)
+    assert alice.delete(url).status_code == 405
+    if name not in ("settings-tools", "memory-edit"):
+        assert alice.post(url).status_code == 405
+
+
+def test_signing_out_takes_a_post(alice):
+    assert alice.get(reverse("logout")).status_code == 405
+    assert alice.post(reverse("logout")).status_code == 302
+    assert alice.get(reverse("jobs")).status_code == 302
+
+
+@pytest.mark.parametrize("name", POSTS)
+def test_every_form_needs_its_csrf_token(name, objects, owner):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(owner)
+    response = client.post(url_of(name, objects), {"task": "x", "content": "x", "tier": "mid", "name": "x"})
+    assert response.status_code == 403
+    assert Job.objects.count() == 1 and Job.objects.get().status == JobStatus.AWAITING_CONFIRMATION
+
+
+def test_signing_in_and_out_need_a_csrf_token_too(owner):
+    client = Client(enforce_csrf_checks=True)
+    assert client.post(reverse("login"), {"username": "alice", "password": "alice-password-1"}).status_code == 403
+    client.force_login(owner)
+    assert client.post(reverse("logout")).status_code == 403
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_every_form_on_every_page_carries_a_csrf_token(name, objects, alice):
+    html = alice.get(url_of(name, objects), follow=True).content.decode()
+    forms = re.findall(r"<form\b[^>]*method=\"post\"[^>]*>.*?</form>", html, re.S)
+    assert forms
+    for form in forms:
+        assert 'name="csrfmiddlewaretoken"' in form
+    assert re.search(r"<body hx-headers='\{\"X-CSRFToken\": \"\w+\"\}'>", html)
+
+
+# --- Layout -------------------------------------------------------------------------------------
+
+def test_the_layout_counts_pending_confirmations_and_opens_the_user_stream(objects, alice):
+    html = alice.get(reverse("jobs")).content.decode()
+    assert re.search(r'id="nav-confirmations"[^>]*>1<', html)
+    assert 'ws-connect="/ws/me/?pending=1"' in html
+    assert "vendor/htmx.min.js" in html and "vendor/htmx-ext-ws.min.js" in html
+    assert '"includeIndicatorStyles": false' in html
+
+
+def test_pages_send_a_content_security_policy_with_a_nonce(alice):
+    response = alice.get(reverse("jobs"))
+    policy = response["Content-Security-Policy"]
+    nonce = re.search(r"'nonce-([^']+)'", policy).group(1)
+    assert f'nonce="{nonce}"' in response.content.decode()
+    assert "style-src 'self'" in policy and "unsafe-inline" not in policy
+
+
+# --- Jobs ---------------------------------------------------------------------------------------
+
+def test_it_submits_a_task_and_opens_its_page(owner, alice, default_persona):
+    response = alice.post(reverse("job-submit"), {
+        "task": "Plan my week", "persona": "assistant", "off_record": "on", "tier": "2", "chat_role": "chat",
+        "include_long": "on"})
+    job = Job.objects.get()
+    assert response.status_code == 302 and response["Location"] == reverse("job-detail", args=[job.pk])
+    assert job.user == owner and job.task == "Plan my week" and job.persona == default_persona
+    assert {key: job.options[key] for key in ("off_record", "respond_with_final", "tier", "include_long",
+                                               "include_mid", "include_short", "chat_role")} == {
+        "off_record": True, "respond_with_final": False, "tier": 2, "include_long": True, "include_mid": False,
+        "include_short": False, "chat_role": "chat"}
+
+
+def test_htmx_submit_sends_the_browser_to_the_job(alice):
+    response = alice.post(reverse("job-submit"), {"task": "Hello", "chat_role": "chat"}, headers=HTMX)
+    assert response.status_code == 200
+    assert response["HX-Redirect"] == reverse("job-detail", args=[Job.objects.get().pk])
+
+
+@pytest.mark.parametrize("headers,fragment", [({}, False), (HTMX, True)])
+def test_an_empty_task_comes_back_with_a_message(alice, headers, fragment):
+    response = alice.post(reverse("job-submit"), {"task": "   ", "chat_role": "chat"}, headers=headers)
+    html = response.content.decode()
+    assert response.status_code == 400 and "This field is required." in html
+    assert html.lstrip().startswith('<form id="job-form"') is fragment
+    assert not Job.objects.exists()
+
+
+def test_a_service_refusal_shows_on_the_form(alice, settings):
+    settings.CORTEX_MAX_TASK_CHARS = 10
+    response = alice.post(reverse("job-submit"), {"task": "far more than ten characters", "chat_role": "chat"})
+    assert response.status_code == 400 and "the limit is 10" in response.content.decode()
+
+
+def test_it_continues_the_chosen_session(owner, alice):
+    first = services.job_submit(user=owner, task="Remember the number 7")
+    alice.post(reverse("job-submit"), {"task": "What number?", "session": str(first.session_id), "chat_role": "chat"})
+    assert Job.objects.get(task="What number?").session_id == first.session_id
+
+
+def test_the_list_shows_only_my_jobs_newest_first_with_filters(owner, outsider, alice, awaiting_job):
+    waiting = awaiting_job()
+    services.job_submit(user=owner, task="Queued one")
+    services.job_submit(user=outsider, task="Bob's secret")
+    html = alice.get(reverse("jobs")).content.decode()
+    listing = listing_of(alice.get(reverse("jobs")))
+    assert listing.index("Queued one") < listing.index("Write a note: buy milk")
+    assert "secret" not in html
+    assert f'id="job-{waiting.pk}-status"' in html
+    assert 'ws-connect="/ws/me/?jobs=' in html and f"{waiting.pk}:awaiting_confirmation" in html
+
+    filtered = listing_of(alice.get(reverse("jobs"), {"status": "awaiting_confirmation"}))
+    assert "Write a note" in filtered and "Queued one" not in filtered
+    assert re.search(r'filter-current"[^>]*>Waiting for you <span class="filter-count">1<', filtered)
+
+
+def test_htmx_filters_swap_only_the_list(owner, alice):
+    services.job_submit(user=owner, task="Queued one")
+    response = alice.get(reverse("jobs"), {"status": "queued"}, headers={**HTMX, "HX-Target": "job-list"})
+    html = response.content.decode()
+    assert html.lstrip().startswith('<section id="job-list"') and "<html" not in html and "Queued one" in html
+
+
+def listing_of(response) -> str:
+    html = response.content.decode()
+    return html[html.index('id="job-list"'):]
+
+
+def test_the_list_pages_through_many_jobs(owner, alice):
+    for number in range(23):
+        services.job_submit(user=owner, task=f"Task number {number:02d}")
+    first = listing_of(alice.get(reverse("jobs")))
+    second = listing_of(alice.get(reverse("jobs"), {"page": 2}))
+    assert "Task number 22" in first and "Task number 03" in first and "Task number 02" not in first
+    assert "Task number 02" in second and "Task number 00" in second and "Page 2 of 2" in second
+
+
+def test_the_job_page_renders_its_history_and_streams_after_it(alice, awaiting_job):
+    job = awaiting_job()
+    html = alice.get(reverse("job-detail", args=[job.pk])).content.decode()
+    assert re.findall(r'<li id="event-(\d+)"', html) == [str(seq) for seq in range(1, job.last_seq + 1)]
+    assert f'<span id="job-cursor" data-after="{job.last_seq}" hidden>' in html
+    assert f'ws-connect="/ws/jobs/{job.pk}/html/?after={job.last_seq}" data-stream-cursor="job-cursor"' in html
+    assert 'id="call-' in html and "workspace_write" in html and "Medium risk" in html
+    assert "Cancel job" in html
+
+
+def test_a_finished_job_opens_no_stream(owner, alice):
+    job = services.job_submit(user=owner, task="Hello")
+    services.job_cancel(user=owner, job_id=job.pk)
+    html = alice.get(reverse("job-detail", args=[job.pk])).content.decode()
+    assert "ws-connect=\"/ws/jobs/" not in html and "Cancel job" not in html and "Cancelled by alice" in html
+
+
+def test_the_answer_is_markdown_without_scripts(owner, alice):
+    job = services.job_submit(user=owner, task="Hello")
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.COMPLETE, response=(
+        "# Title\n\n**bold** <script>alert('x')</script> [click](javascript:alert(1)) "
+        '<a href="https://example.org" onclick="steal()" hx-get="/evil">ok</a> <img src=x onerror=alert(2)>'))
+    html = alice.get(reverse("job-detail", args=[job.pk])).content.decode()
+    answer = html[html.index('id="job-answer"'):html.index('id="timeline-title"')]
+    assert "<h1>Title</h1>" in answer and "<strong>bold</strong>" in answer
+    assert "<script" not in answer and "alert('x')" not in answer
+    assert "javascript:" not in answer and "onclick" not in answer and "onerror" not in answer
+    assert "hx-get" not in answer and "<img" not in answer
+    assert '<a href="https://example.org" rel="noopener noreferrer nofollow">ok</a>' in answer
+
+
+def test_it_cancels_an_active_job_once(owner, alice):
+    job = services.job_submit(user=owner, task="Hello")
+    response = alice.post(reverse("job-cancel", args=[job.pk]))
+    assert response.status_code == 302
+    assert Job.objects.get(pk=job.pk).status == JobStatus.CANCELLED
+    again = alice.post(reverse("job-cancel", args=[job.pk]), headers=HTMX)
+    assert again.status_code == 409 and "already cancelled" in again.content.decode()
+
+
+def test_htmx_cancel_redraws_the_actions(owner, alice):
+    job = services.job_submit(user=owner, task="Hello")
+    response = alice.post(reverse("job-cancel", args=[job.pk]), headers=HTMX)
+    html = response.content.decode()
+    assert response.status_code == 200 and html.lstrip().startswith('<div id="job-actions"')
+    assert "Cancel job" not in html
+
+
+# --- Confirmations ------------------------------------------------------------------------------
+
+def test_it_approves_a_call(owner, alice, awaiting_job):
+    job = awaiting_job()
+    call = job.tool_calls.get()
+    response = alice.post(reverse("call-approve", args=[job.pk, call.pk]), {"next": reverse("confirmations")})
+    assert response.status_code == 302 and response["Location"] == reverse("confirmations")
+    call.refresh_from_db()
+    assert call.decision == "approved" and call.decided_by == owner and not call.remember
+    assert Job.objects.get(pk=job.pk).status == JobStatus.RUNNING
+
+
+def test_it_never_redirects_to_another_site(alice, awaiting_job):
+    job = awaiting_job()
+    response = alice.post(reverse("call-approve", args=[job.pk, job.tool_calls.get().pk]),
+                          {"next": "https://evil.example/"})
+    assert response["Location"] == reverse("job-detail", args=[job.pk])
+
+
+def test_htmx_approve_for_the_rest_of_the_job_answers_with_the_decided_card(alice, awaiting_job):
+    job = awaiting_job()
+    call = job.tool_calls.get()
+    response = alice.post(reverse("call-approve", args=[job.pk, call.pk]), {"remember": "job"}, headers=HTMX)
+    html = response.content.decode()
+    assert response.status_code == 200 and html.lstrip().startswith(f'<article id="call-{call.pk}"')
+    assert "approved for the rest of this job" in html
+    assert Job.objects.get(pk=job.pk).approved_tools == ["workspace_write"]
+
+
+def test_it_denies_with_a_reason(owner, alice, awaiting_job):
+    job = awaiting_job()
+    call = job.tool_calls.get()
+    response = alice.post(reverse("call-deny", args=[job.pk, call.pk]), {"reason": "not today"}, headers=HTMX)
+    assert response.status_code == 200 and "“not today”" in response.content.decode()
+    call.refresh_from_db()
+    assert call.decision == "denied" and call.reason == "not today" and call.decided_by == owner
+
+
+def test_edited_arguments_are_checked_against_the_tool_schema(alice, awaiting_job):
+    job = awaiting_job()
+    call = job.tool_calls.get()
+    prefix = f"call-{call.pk}"
+    bad = alice.post(reverse("call-edit", args=[job.pk, call.pk]),
+                     {f"{prefix}-path": "", f"{prefix}-content": "oat milk"}, headers=HTMX)
+    assert bad.status_code == 400
+    assert "is required" in bad.content.decode() or "path" in bad.content.decode()
+    schema_bad = alice.post(reverse("call-edit", args=[job.pk, call.pk]),
+                            {f"{prefix}-path": "x" * 1100, f"{prefix}-content": "oat milk"}, headers=HTMX)
+    assert schema_bad.status_code == 400 and "invalid arguments for workspace_write" in schema_bad.content.decode()
+    call.refresh_from_db()
+    assert call.status == "awaiting" and call.decision == ""
+
+    good = alice.post(reverse("call-edit", args=[job.pk, call.pk]),
+                      {f"{prefix}-path": "notes/oat.txt", f"{prefix}-content": "oat milk"}, headers=HTMX)
+    assert good.status_code == 200 and "approved with your arguments" in good.content.decode()
+    call.refresh_from_db()
+    assert call.decision == "edited" and call.args == {"path": "notes/oat.txt", "content": "oat milk"}
+    assert call.original_args == {"path": "notes/demo-note.txt", "content": "buy milk"}
+
+
+def test_a_bad_edit_without_javascript_shows_the_job_page_with_the_error(alice, awaiting_job):
+    job = awaiting_job()
+    call = job.tool_calls.get()
+    response = alice.post(reverse("call-edit", args=[job.pk, call.pk]),
+                          {f"call-{call.pk}-path": "y" * 1100, f"call-{call.pk}-content": "z"})
+    html = response.content.decode()
+    assert response.status_code == 400 and "<html" in html and "invalid arguments for workspace_write" in html
+    assert '<details class="edit-args" open>' in html
+
+
+@pytest.mark.parametrize("second", ["call-approve", "call-deny"])
+def test_a_second_decision_gets_a_clear_message_not_an_error_page(alice, awaiting_job, second):
+    job = awaiting_job()
+    call = job.tool_calls.get()
+    assert alice.post(reverse("call-approve", args=[job.pk, call.pk])).status_code == 302
+
+    fragment = alice.post(reverse(second, args=[job.pk, call.pk]), headers=HTMX)
+    assert fragment.status_code == 409
+    assert "This call was already approved by alice; nothing was changed." in fragment.content.decode()
+
+    page = alice.post(reverse(second, args=[job.pk, call.pk]), follow=True)
+    assert page.status_code == 200
+    assert "This call was already approved by alice; nothing was changed." in page.content.decode()
+    call.refresh_from_db()
+    assert call.decision == "approved"
+
+
+def test_the_inbox_lists_my_pending_calls_across_jobs(owner, outsider, alice, awaiting_job, engine):
+    first, second = awaiting_job("Write a note: one"), awaiting_job("Write a note: two")
+    other = services.job_submit(user=outsider, task="Write a note: bob's")
+    async_to_sync(engine.run_until)(other.pk, "awaiting_confirmation")
+    html = alice.get(reverse("confirmations")).content.decode()
+    assert "Write a note: one" in html and "Write a note: two" in html and "bob" not in html.split("</header>")[1]
+    pks = sorted(job.tool_calls.get().pk for job in (first, second))
+    assert f"inbox={','.join(map(str, pks))}" in html
+
+
+def test_an_empty_inbox_says_so(alice):
+    assert "Nothing waits for you" in alice.get(reverse("confirmations")).content.decode()
+
+
+# --- Sessions -----------------------------------------------------------------------------------
+
+def test_sessions_show_their_turns_as_a_conversation(owner, outsider, alice, engine, default_persona):
+    job = services.job_submit(user=owner, task="What time is it?")
+    async_to_sync(engine.run_until)(job.pk, "complete")
+    secret = services.job_submit(user=owner, task="Calculate 6*7", session_id=str(job.session_id),
+                                 options=services.JobOptions(off_record=True))
+    async_to_sync(engine.run_until)(secret.pk, "complete")
+    services.job_submit(user=outsider, task="Bob's own conversation")
+
+    listing = alice.get(reverse("sessions")).content.decode()
+    assert "What time is it?" in listing and "4 messages" in listing and "Bob" not in listing
+
+    html = alice.get(reverse("session-detail", args=[job.session_id])).content.decode()
+    assert html.index("What time is it?") < html.index("Calculate 6*7")
+    assert html.count("bubble-off-record") == 2 and "Off the record" in html
+
+
+def test_a_session_continues_from_its_page(owner, alice):
+    first = services.job_submit(user=owner, task="Start")
+    response = alice.post(reverse("session-continue", args=[first.session_id]), {"task": "Go on", "chat_role": "chat"})
+    job = Job.objects.get(task="Go on")
+    assert response.status_code == 302 and response["Location"] == reverse("job-detail", args=[job.pk])
+    assert job.session_id == first.session_id
+
+    empty = alice.post(reverse("session-continue", args=[first.session_id]), {"task": "", "chat_role": "chat"},
+                       headers=HTMX)
+    assert empty.status_code == 400 and empty.content.decode().lstrip().startswith('<form id="continue-form"')
+
+
+# --- Memories -----------------------------------------------------------------------------------
+
+def test_memories_are_listed_by_tier(owner, outsider, alice):
+    services.memory_save(user=owner, content="Lives in Lyon", tier="long")
+    services.memory_save(user=owner, content="Writing a thesis", tier="mid")
+    services.memory_save(user=outsider, content="Bob's memory", tier="long")
+    html = alice.get(reverse("memories")).content.decode()
+    assert html.index('id="tier-long-title"') < html.index("Lives in Lyon") < html.index(
+        'id="tier-mid-title"') < html.index("Writing a thesis") < html.index('id="tier-short-title"')
+    assert "Bob" not in html
+    only_long = alice.get(reverse("memories"), {"tier": "long"}).content.decode()
+    assert "Lives in Lyon" in only_long and "Writing a thesis" not in only_long
+
+
+def test_a_memory_is_added_edited_and_deleted(owner, alice):
+    response = alice.post(reverse("memory-create"), {"content": "Prefers tea", "tier": "short"}, headers=HTMX)
+    html = response.content.decode()
+    assert response.status_code == 200 and 'id="memory-form"' in html and 'hx-swap-oob="true"' in html
+    memory = Memory.objects.get(user=owner)
+    assert memory.content == "Prefers tea" and memory.tier == "short"
+
+    form = alice.get(reverse("memory-edit", args=[memory.pk]), headers=HTMX).content.decode()
+    assert form.lstrip().startswith(f'<li id="memory-{memory.pk}"') and 'name="edit-content"' in form
+    edited = alice.post(reverse("memory-edit", args=[memory.pk]), {"edit-content": "Prefers coffee",
+                                                                   "edit-tier": "long"}, headers=HTMX)
+    assert edited.status_code == 200 and edited["HX-Retarget"] == "#memory-board"
+    memory.refresh_from_db()
+    assert memory.content == "Prefers coffee" and memory.tier == "long"
+
+    assert alice.post(reverse("memory-delete", args=[memory.pk])).status_code == 302
+    assert not Memory.objects.exists()
+
+
+def test_an_empty_memory_is_refused(alice):
+    response = alice.post(reverse("memory-create"), {"content": "", "tier": "mid"})
+    assert response.status_code == 400 and "This field is required." in response.content.decode()
+    assert not Memory.objects.exists()
+
+
+# --- Settings: tools ----------------------------------------------------------------------------
+
+def test_the_tools_page_shows_every_tool_with_its_effective_policy(alice):
+    html = alice.get(reverse("settings-tools")).content.decode()
+    for tool in registry:
+        assert f'id="effective-{tool.name}"' in html
+    assert re.search(r'id="effective-workspace_write"[^>]*>\s*<span class="effective-summary">Offered, asks first',
+                     html)
+    assert re.search(r'id="effective-calculator"[^>]*>\s*<span class="effective-summary">Offered, runs', html)
+    assert "Default (asks)" in html and "Force include" in html and "Never" in html
+
+
+def policy_form(max_risk: str = "high", **changes: str) -> dict[str, str]:
+    data = {"max_risk": max_risk}
+    for tool in registry:
+        data[f"override_{tool.name}"] = "default"
+        data[f"confirm_{tool.name}"] = "default"
+    data.update(changes)
+    return data
+
+
+def test_the_preview_shows_the_effect_before_saving(owner, alice):
+    response = alice.post(reverse("settings-tools-preview"),
+                          policy_form("low", override_http_get="include", confirm_calculator="ask"), headers=HTMX)
+    html = response.content.decode()
+    assert response.status_code == 200 and "<html" not in html
+    assert html.count('hx-swap-oob="true"') == len(registry) + 1
+    assert re.search(r'id="effective-workspace_write"[^>]*>\s*<span class="effective-summary">Not offered', html)
+    assert re.search(r'id="effective-http_get"[^>]*>\s*<span class="effective-summary">Offered, asks first', html)
+    assert re.search(r'id="effective-calculator"[^>]*>\s*<span class="effective-summary">Offered, asks first', html)
+    assert "not saved yet" in html
+    assert not ToolPolicy.objects.filter(user=owner).exists()
+
+
+def test_the_preview_works_without_javascript(alice):
+    response = alice.post(reverse("settings-tools-preview"), policy_form("low"))
+    html = response.content.decode()
+    assert response.status_code == 200 and "<html" in html
+    assert re.search(r'id="effective-workspace_write"[^>]*>\s*<span class="effective-summary">Not offered', html)
+    assert re.search(r'<input type="radio" name="max_risk" value="low"[^>]*checked', html)
+
+
+def test_saving_the_tool_settings_stores_only_what_differs(owner, alice):
+    response = alice.post(reverse("settings-tools"), policy_form("medium", override_workspace_delete="include",
+                                                                 confirm_current_time="never"))
+    assert response.status_code == 302 and response["Location"] == reverse("settings-tools")
+    policy = ToolPolicy.objects.get(user=owner)
+    assert policy.max_risk == "medium"
+    assert policy.overrides == {"workspace_delete": "include"}
+    assert policy.confirmations == {"current_time": "never"}
+    html = alice.get(reverse("settings-tools")).content.decode()
+    assert "Tool settings saved." in html
+    assert re.search(r'<option value="include" selected>Force include</option>', html)
+
+
+def test_a_bad_tool_setting_is_refused(owner, alice):
+    response = alice.post(reverse("settings-tools"), policy_form("extreme"))
+    assert response.status_code == 400 and "Select a valid choice" in response.content.decode()
+    assert not ToolPolicy.objects.exists()
+
+
+# --- Settings: API tokens -----------------------------------------------------------------------
+
+def test_a_token_is_shown_once_and_can_be_revoked(owner, alice):
+    response = alice.post(reverse("token-create"), {"name": "nightly cron"}, headers=HTMX)
+    html = response.content.decode()
+    raw = re.search(r'id="new-token">(ctx_[\w-]+)<', html).group(1)
+    assert response["Cache-Control"] == "no-store"
+    token = ApiToken.objects.get(user=owner)
+    listing = alice.get(reverse("settings-tokens")).content.decode()
+    assert raw not in listing and f"{token.prefix}…" in listing and "never" in listing
+    assert token.name == "nightly cron" and services.token_authenticate(raw=raw) == owner
+
+    alice.post(reverse("token-revoke", args=[token.pk]))
+    assert services.token_authenticate(raw=raw) is None
+    assert "Revoked" in alice.get(reverse("settings-tokens")).content.decode()
+
+
+def test_a_token_without_javascript_is_shown_on_the_page(alice):
+    response = alice.post(reverse("token-create"), {"name": ""})
+    assert response.status_code == 200 and "<html" in response.content.decode()
+    assert "will not be shown again" in response.content.decode()
+
+
+def test_settings_lead_to_the_tools(alice):
+    assert alice.get(reverse("settings"))["Location"] == reverse("settings-tools")
+
