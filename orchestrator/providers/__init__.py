@@ -12,7 +12,7 @@ from .base import ModelRequest, ModelResponse, ModelToolCall, Provider, Provider
 __all__ = ["ModelRequest", "ModelResponse", "ModelToolCall", "Provider", "ProviderError", "Usage",
            "ProviderUnknown", "parse_model", "resolve", "PROVIDERS"]
 
-PROVIDERS = ("demo", "openai")
+PROVIDERS = ("demo", "openai", "gemini", "anthropic")
 
 
 class ProviderUnknown(ProviderError):
@@ -43,6 +43,11 @@ def resolve(value: str, *, base_url: str | None = None, api_key: str | None = No
     choice = parse_model(value)
     if choice.provider == "openai":
         return _openai(base_url or settings.OPENAI_BASE_URL, api_key or settings.OPENAI_API_KEY), choice.model
+    if choice.provider == "gemini":
+        return _gemini(base_url or settings.CORTEX_GEMINI_BASE_URL, api_key or settings.GEMINI_API_KEY), choice.model
+    if choice.provider == "anthropic":
+        return (_anthropic(base_url or settings.CORTEX_ANTHROPIC_BASE_URL, api_key or settings.ANTHROPIC_API_KEY),
+                choice.model)
     return _demo(), choice.model
 
 
@@ -58,3 +63,17 @@ def _openai(base_url: str, api_key: str) -> Provider:
     from .openai_compat import OpenAIProvider
 
     return OpenAIProvider(base_url=base_url, api_key=api_key)
+
+
+@lru_cache(maxsize=32)
+def _gemini(base_url: str, api_key: str) -> Provider:
+    from .gemini import GeminiProvider
+
+    return GeminiProvider(base_url=base_url, api_key=api_key)
+
+
+@lru_cache(maxsize=32)
+def _anthropic(base_url: str, api_key: str) -> Provider:
+    from .anthropic import AnthropicProvider
+
+    return AnthropicProvider(base_url=base_url, api_key=api_key)
