@@ -15,6 +15,7 @@ on every doorbell a consumer re-reads what changed.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import uuid
 from typing import Any
@@ -99,11 +100,13 @@ class HtmlStream(AsyncWebsocketConsumer):
             for message in messages:
                 await self.send(text_data=message)
 
+    @abc.abstractmethod
     def open(self, user: AbstractBaseUser) -> None:
-        raise NotImplementedError
+        """Check the person may watch, and note what their page shows (runs before accept)."""
 
+    @abc.abstractmethod
     def render(self) -> list[str]:
-        raise NotImplementedError
+        """The messages to send now: what changed since the last call."""
 
 
 class JobPageStream(HtmlStream):
@@ -124,12 +127,19 @@ class JobPageStream(HtmlStream):
             batch = selectors.job_events_after(self.job, self.after, limit=BATCH)
             if not batch:
                 return messages
-            messages.append(self.render_batch(batch))
-            if len(batch) < BATCH:
+            message, caught_up = self.render_batch(batch)
+            messages.append(message)
+            if caught_up:
                 return messages
 
-    def render_batch(self, batch: list[JobEvent]) -> str:
-        job = selectors.job_for_user(self.user, self.job.id)  # read after the events: state is never older
+    def render_batch(self, batch: list[JobEvent]) -> tuple[str, bool]:
+        """The fragments for `batch`, and whether they reach the job's last event.
+
+        The job is read after the events, so its state is never older than the timeline; it may be
+        newer (events committed in between), and then the stream must not close before it has
+        sent those events too."""
+        job = selectors.job_for_user(self.user, self.job.id)
+        caught_up = batch[-1].seq >= job.last_seq
         context = {"oob": True, "csrf_token": self.csrf_token, "next": reverse("job-detail", args=[job.id])}
         parts = []
         entries = [render_to_string("jobs/detail.html#timeline-event", {"event": event})
@@ -140,7 +150,7 @@ class JobPageStream(HtmlStream):
         changed = ["job-answer"] if types & job_page.ANSWER_EVENTS else []
         if types - job_page.NOT_IN_TIMELINE:
             changed += ["job-status", "job-meta", "job-actions", "job-confirmations"]
-        if job.is_finished:
+        if job.is_finished and caught_up:
             changed.append("job-stream")
         if changed:
             context.update(job_page.state_context(job))
@@ -151,7 +161,7 @@ class JobPageStream(HtmlStream):
                     self.sent[name] = html
         self.after = batch[-1].seq
         parts.append(render_to_string("jobs/detail.html#job-cursor", {"oob": True, "cursor": self.after}))
-        return "".join(parts)
+        return "".join(parts), caught_up
 
 
 class UserStream(HtmlStream):

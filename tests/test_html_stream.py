@@ -269,3 +269,26 @@ async def test_a_lost_doorbell_only_delays_an_event(owner, default_persona, monk
     streamed = "".join(await received(socket, quiet=1.0))
     await socket.disconnect()
     assert event_ids(streamed) == [2] and "Cancelled by alice" in streamed
+
+
+def test_a_job_that_finishes_between_two_reads_keeps_its_stream_open_until_every_event_is_sent(
+        owner, engine, default_persona):
+    """The stream reads a batch of events, then the job. If the job finished in between, the batch
+    lacks its last events: closing the stream then would lose them."""
+    from asgiref.sync import async_to_sync
+
+    job = services.job_submit(user=owner, task="Calculate 2+2")
+    finished = async_to_sync(engine.run_until)(job.pk, "complete")
+    stream = consumers_html.JobPageStream()
+    stream.scope = {"url_route": {"kwargs": {"job_id": job.pk}}, "query_string": b"after=0", "cookies": {}}
+    stream.open(owner)
+
+    early = list(finished.events.order_by("seq")[:3])  # as read just before the job completed
+    html, caught_up = stream.render_batch(early)
+    assert not caught_up
+    assert 'id="job-stream"' not in html  # the stream stays open
+    assert event_ids(html) == [event.seq for event in early]
+
+    rest = stream.render()
+    assert 'id="job-stream"' in rest[-1]  # closed only with the last event
+    assert event_ids("".join(rest))[-1] == finished.last_seq

@@ -79,8 +79,8 @@ def test_two_workers_share_the_jobs_and_the_web_process_streams_their_events(clu
     wait_until(lambda: Job.objects.filter(pk__in=job_ids, status="complete").count() == 40,
                what="40 jobs to complete")
     for job in Job.objects.filter(pk__in=job_ids):
-        # Each step ran once: one model turn per round, one tool run, whoever held the job.
-        assert job.events.filter(type="model.turn").count() == 2
+        # Each step ran once: two tool-loop turns, one final answer, one tool run, whoever held the job.
+        assert job.events.filter(type="model.turn").count() == 3
         assert job.events.filter(type="tool.started").count() == 1
         assert str(int(job.task.split()[1].split("+")[0]) + 1) in job.response
     assert set(Job.objects.filter(pk__in=job_ids).values_list("claims", flat=True)) == {1}

@@ -60,22 +60,22 @@ def _call(fn: Callable[..., T], kwargs: dict[str, Any]) -> T:
 
 
 async def drive(job_id: str, *, owner: str, db: Database) -> None:
-    while True:
-        action = await db.run(state.next_action, owner=owner, job_id=job_id)
-        if isinstance(action, state.Stop):
-            return
+    # Recording an outcome and deciding the next step share one transaction, which halves the
+    # commits and the trips to the database thread per step.
+    action = await db.run(state.next_action, owner=owner, job_id=job_id)
+    while not isinstance(action, state.Stop):
         if isinstance(action, state.RunTool):
             result, is_error = await run_tool(action, job_id)
-            await db.run(state.finish_call, owner=owner, job_id=job_id, call_pk=action.call_pk,
-                         result=result, is_error=is_error)
+            action = await db.run(state.finish_call_and_continue, owner=owner, job_id=job_id,
+                                  call_pk=action.call_pk, result=result, is_error=is_error)
             continue
         try:
             response, backend, label = await call_model(action, job_id=job_id, owner=owner, db=db)
         except ProviderError as error:
             await db.run(state.job_fail, owner=owner, job_id=job_id, error=f"model call failed: {error.message}")
             return
-        await db.run(state.record_turn, owner=owner, job_id=job_id, action=action, response=response,
-                     backend=backend, backend_label=label)
+        action = await db.run(state.record_turn_and_continue, owner=owner, job_id=job_id, action=action,
+                              response=response, backend=backend, backend_label=label)
 
 
 async def call_model(action: state.CallModel, *, job_id: str, owner: str,

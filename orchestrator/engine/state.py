@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import platform
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
@@ -115,9 +116,13 @@ def job_release(*, owner: str, job_id: str) -> None:
 
 def _lock(owner: str, job_id: str) -> Job:
     job = Job.objects.select_for_update().select_related("user").get(pk=job_id)
-    if job.lease_owner != owner or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+    if not _held_by(job, owner):
         raise LeaseLost(job_id)
     return job
+
+
+def _held_by(job: Job, owner: str) -> bool:
+    return job.lease_owner == owner and job.status in (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 def _release(job: Job) -> None:
@@ -161,46 +166,61 @@ def next_action(*, owner: str, job_id: str) -> Action:
             job = _lock(owner, job_id)
         except (LeaseLost, Job.DoesNotExist):
             return Stop("lease lost")
-        seq_before = job.last_seq
-        if job.status == JobStatus.QUEUED:
-            job.status = JobStatus.RUNNING
-            job.started_at = timezone.now()
-            events.append(job, ("job.status", {"status": JobStatus.RUNNING, "executor": owner}))
-        if job.claims > MAX_CLAIMS:
-            _fail(job, f"gave up after {MAX_CLAIMS} executors stopped while running this job")
-            job.save()
-            return Stop("poison")
+        return _next_action(job, owner)
 
-        calls = list(job.tool_calls.filter(round=job.rounds).order_by("position"))
-        _recover_interrupted(job, calls)
 
-        ready = next((call for call in calls if call.status == ToolCallStatus.READY), None)
-        if ready is not None:
-            ready.status = ToolCallStatus.RUNNING
-            ready.started_at = timezone.now()
-            ready.save(update_fields=["status", "started_at"])
-            events.append(job, ("tool.started", {"id": ready.call_id, "name": ready.name, "args": ready.args}))
-            job.save()
-            return RunTool(ready.pk, ready.call_id, ready.name, ready.args or {}, job.user_id,
-                           job.user.get_username(), off_record=bool(job.options.get("off_record")))
+def _next_action(job: Job, owner: str, calls: list[ToolCall] | None = None) -> Action:
+    """`next_action` on a job the caller's transaction has locked and holds the lease of.
 
-        awaiting = [call for call in calls if call.status == ToolCallStatus.AWAITING]
-        if awaiting:
-            job.status = JobStatus.AWAITING_CONFIRMATION
-            _release(job)
-            events.append(job, ("job.status", {"status": JobStatus.AWAITING_CONFIRMATION,
-                                               "tools": [call.as_pending() for call in awaiting]}))
-            job.save()
-            return Stop("awaiting confirmation")
+    `calls`: the calls of the job's current round, when the caller's transaction already holds
+    them exactly as they stand in the database (spares reading them again)."""
+    seq_before = job.last_seq
+    if job.status == JobStatus.QUEUED:
+        job.status = JobStatus.RUNNING
+        job.started_at = timezone.now()
+        events.append(job, ("job.status", {"status": JobStatus.RUNNING, "executor": owner}))
+    if job.claims > MAX_CLAIMS:
+        _fail(job, f"gave up after {MAX_CLAIMS} executors stopped while running this job")
+        job.save()
+        return Stop("poison")
 
-        if job.last_seq != seq_before:  # every change above appended an event
-            job.save()
-        try:
-            return _model_call(job, calls)
-        except SecretUnreadable as error:
-            _fail(job, f"cannot call the model: {error}")
-            job.save()
-            return Stop("model settings unusable")
+    if calls is None:
+        calls = _round_calls(job)
+    _recover_interrupted(job, calls)
+
+    ready = next((call for call in calls if call.status == ToolCallStatus.READY), None)
+    if ready is not None:
+        ready.status = ToolCallStatus.RUNNING
+        ready.started_at = timezone.now()
+        ready.save(update_fields=["status", "started_at"])
+        events.append(job, ("tool.started", {"id": ready.call_id, "name": ready.name, "args": ready.args}))
+        # Only these can have changed since the job was locked (or last saved in this transaction);
+        # writing them alone spares re-encoding the transcript and options on every tool.
+        job.save(update_fields=["status", "started_at", "last_seq", "updated_at"])
+        return RunTool(ready.pk, ready.call_id, ready.name, ready.args or {}, job.user_id,
+                       job.user.get_username(), off_record=bool(job.options.get("off_record")))
+
+    awaiting = [call for call in calls if call.status == ToolCallStatus.AWAITING]
+    if awaiting:
+        job.status = JobStatus.AWAITING_CONFIRMATION
+        _release(job)
+        events.append(job, ("job.status", {"status": JobStatus.AWAITING_CONFIRMATION,
+                                           "tools": [call.as_pending() for call in awaiting]}))
+        job.save()
+        return Stop("awaiting confirmation")
+
+    if job.last_seq != seq_before:  # every change above appended an event
+        job.save()
+    try:
+        return _model_call(job, calls)
+    except SecretUnreadable as error:
+        _fail(job, f"cannot call the model: {error}")
+        job.save()
+        return Stop("model settings unusable")
+
+
+def _round_calls(job: Job) -> list[ToolCall]:
+    return list(job.tool_calls.filter(round=job.rounds).order_by("position"))
 
 
 def _model_call(job: Job, calls: list[ToolCall]) -> CallModel:
@@ -311,42 +331,58 @@ def _recover_interrupted(job: Job, calls: list[ToolCall]) -> None:
             events.append(job, ("tool.finished", finished_event(call)))
 
 
-def record_turn(*, owner: str, job_id: str, action: CallModel, response: ModelResponse,
-                backend: str, backend_label: str) -> None:
-    """Persist a model's answer before anything acts on it: the transcript, the calls, the verdicts."""
+def record_turn_and_continue(*, owner: str, job_id: str, action: CallModel, response: ModelResponse,
+                             backend: str, backend_label: str) -> Action:
+    """Record a model turn, then decide the next step, in one transaction.
+
+    Every state this commits is one the two separate transactions would have committed in turn,
+    so what a crash can leave behind is unchanged; it saves a commit, a second read of the job
+    and a round trip to the database thread on every model turn."""
     with transaction.atomic():
         try:
             job = _lock(owner, job_id)
         except (LeaseLost, Job.DoesNotExist):
-            return
-        job.usage = _add_usage(job.usage, response)
-        if action.purpose == "final":
-            events.append(job, ("model.turn", _turn_event(action, response, purpose="final")))
-            if not response.text.strip():
-                _fail(job, f"the chat model ({backend_label}) returned an empty answer")
-            else:
-                _complete(job, response=response.text, backend=backend, backend_label=backend_label,
-                          summary=job.gemini_summary)
-            job.save()
-            return
-        calls = list(job.tool_calls.filter(round=job.rounds).order_by("position"))
-        _normalise_call_ids(response, job.rounds + 1)
-        job.transcript = job.transcript + _round_results(job, calls) + [response.as_message()]
-        events.append(job, ("model.turn", _turn_event(action, response)))
-        if not response.tool_calls:
-            if not response.text.strip():
-                _fail(job, f"the model ({backend_label}) returned an empty answer")
-            elif job.options.get("respond_with_final", True):
-                job.gemini_summary = response.text  # the chat-role model writes the answer next
-            else:
-                _complete(job, response=response.text, backend=backend, backend_label=backend_label,
-                          summary=response.text)
-        elif action.final_only:
-            _fail(job, f"no final answer after {settings.CORTEX_MAX_ROUNDS} rounds of tool calls")
+            return Stop("lease lost")
+        calls = _record_turn(job, action, response, backend, backend_label)
+        if not _held_by(job, owner):  # the turn completed or failed the job
+            return Stop("finished")
+        return _next_action(job, owner, calls)
+
+
+def _record_turn(job: Job, action: CallModel, response: ModelResponse, backend: str,
+                 backend_label: str) -> list[ToolCall] | None:
+    """Returns the calls of the job's round as it now stands, when known without another read."""
+    job.usage = _add_usage(job.usage, response)
+    if action.purpose == "final":
+        events.append(job, ("model.turn", _turn_event(action, response, purpose="final")))
+        if not response.text.strip():
+            _fail(job, f"the chat model ({backend_label}) returned an empty answer")
         else:
-            job.rounds += 1
-            _record_calls(job, response)
+            _complete(job, response=response.text, backend=backend, backend_label=backend_label,
+                      summary=job.gemini_summary)
         job.save()
+        return None
+    calls = _round_calls(job)
+    _normalise_call_ids(response, job.rounds + 1)
+    job.transcript = job.transcript + _round_results(job, calls) + [response.as_message()]
+    events.append(job, ("model.turn", _turn_event(action, response)))
+    if not response.tool_calls:
+        if not response.text.strip():
+            _fail(job, f"the model ({backend_label}) returned an empty answer")
+        elif job.options.get("respond_with_final", True):
+            job.gemini_summary = response.text  # the chat-role model writes the answer next
+        else:
+            _complete(job, response=response.text, backend=backend, backend_label=backend_label,
+                      summary=response.text)
+    elif action.final_only:
+        _fail(job, f"no final answer after {settings.CORTEX_MAX_ROUNDS} rounds of tool calls")
+    else:
+        job.rounds += 1
+        calls = _record_calls(job, response)
+        if any(call.pk is None for call in calls):  # a database that cannot return inserted ids
+            calls = None
+    job.save()
+    return calls
 
 
 def _turn_event(action: CallModel, response: ModelResponse, purpose: str = "tool_loop") -> dict[str, Any]:
@@ -385,7 +421,7 @@ def _add_usage(usage: dict[str, int], response: ModelResponse) -> dict[str, int]
     }
 
 
-def _record_calls(job: Job, response: ModelResponse) -> None:
+def _record_calls(job: Job, response: ModelResponse) -> list[ToolCall]:
     policy = selectors.risk_policy_for_user(job.user)
     roles = selectors.roles_for_user(job.user)
     rows = []
@@ -425,24 +461,32 @@ def _record_calls(job: Job, response: ModelResponse) -> None:
     events.append(job, *[("tool.call", {"id": c.call_id, "name": c.name, "args": c.args, "risk": c.risk,
                                         "verdict": c.verdict, "status": c.status, "reason": c.reason,
                                         "result": c.result}) for c in rows])
+    return rows
 
 
-def finish_call(*, owner: str, job_id: str, call_pk: int, result: str, is_error: bool) -> None:
+def finish_call_and_continue(*, owner: str, job_id: str, call_pk: int, result: str, is_error: bool) -> Action:
+    """Record a tool result, then decide the next step, in one transaction (see `record_turn_and_continue`)."""
     with transaction.atomic():
         try:
             job = _lock(owner, job_id)
         except (LeaseLost, Job.DoesNotExist):
-            return
-        call = ToolCall.objects.get(pk=call_pk)
-        if call.status != ToolCallStatus.RUNNING:
-            return
-        call.status = ToolCallStatus.FAILED if is_error else ToolCallStatus.SUCCEEDED
-        call.result = result
-        call.is_error = is_error
-        call.finished_at = timezone.now()
-        call.save(update_fields=["status", "result", "is_error", "finished_at"])
-        events.append(job, ("tool.finished", finished_event(call)))
-        job.save(update_fields=["last_seq", "updated_at"])
+            return Stop("lease lost")
+        calls = _round_calls(job)  # the call being finished is one of them
+        _finish_call(job, call_pk, result, is_error, calls)
+        return _next_action(job, owner, calls)
+
+
+def _finish_call(job: Job, call_pk: int, result: str, is_error: bool, calls: Sequence[ToolCall] = ()) -> None:
+    call = next((c for c in calls if c.pk == call_pk), None) or ToolCall.objects.get(pk=call_pk)
+    if call.status != ToolCallStatus.RUNNING:
+        return
+    call.status = ToolCallStatus.FAILED if is_error else ToolCallStatus.SUCCEEDED
+    call.result = result
+    call.is_error = is_error
+    call.finished_at = timezone.now()
+    call.save(update_fields=["status", "result", "is_error", "finished_at"])
+    events.append(job, ("tool.finished", finished_event(call)))
+    job.save(update_fields=["last_seq", "updated_at"])
 
 
 def record_retry(*, owner: str, job_id: str, attempt: int, wait: float, error: str) -> None:

@@ -1,0 +1,340 @@
+"""`make bench`: Cortex against the floor, on the same fake model server, in the same run.
+
+Two scenarios, each with its own fake OpenAI-compatible server in a separate process:
+- serial, zero model latency: time per tool round, jobs strictly one after another;
+- concurrent, with model latency: jobs per second with many jobs in flight, and peak memory.
+
+Every measurement runs in a fresh process (`python -m bench.floor` or `python -m bench.cortex run`),
+so its peak memory is that side's alone. The two sides alternate, and each measurement is repeated,
+so a machine that speeds up or slows down during the run affects both sides alike.
+
+Prints the figures as JSON on stdout; progress and one verdict line per target go to stderr.
+The exit status is 0 whether or not a target is met (this is a measurement, not a test); it is
+non-zero only when a side failed to run its jobs as specified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import queue
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from .common import RESULT_PREFIX, Outcome
+
+ROOT = Path(__file__).resolve().parent.parent
+SERIAL_TARGET = 1.5  # Cortex's time per round at most this many times the floor's
+THROUGHPUT_TARGET = 0.7  # Cortex's jobs per second at least this share of the floor's
+SIDE_TIMEOUT = 900  # seconds; a side taking longer than this is stuck, not slow
+# Every setting a caller's environment might hold that would change what is measured.
+DROPPED_PREFIXES = ("CORTEX_", "OPENAI_", "DJANGO_")
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- the fake model server ---------------------------------------------------------------------
+
+class FakeServer:
+    """The fake OpenAI-compatible server as a child process, so serving requests never competes
+    with the measured side for its event loop or its GIL."""
+
+    def __init__(self, *, latency: float, rounds: int, env: dict[str, str]) -> None:
+        self.latency, self.rounds, self.env = latency, rounds, env
+        self.process: subprocess.Popen[str] | None = None
+        self.base_url = ""
+
+    def __enter__(self) -> Self:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.fakes.openai_fake", "--host", "127.0.0.1", "--port", "0",
+             "--latency", str(self.latency), "--rounds", str(self.rounds)],
+            cwd=ROOT, env=self.env, stdout=subprocess.PIPE, text=True)
+        lines: queue.Queue[str] = queue.Queue()
+        assert self.process.stdout is not None
+        stdout = self.process.stdout
+        threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
+        try:
+            line = lines.get(timeout=30)
+        except queue.Empty:
+            line = ""
+        if not line.startswith("LISTENING "):
+            self.__exit__(None, None, None)
+            raise BenchError(f"the fake model server did not start (said {line!r})")
+        self.base_url = line.split(None, 1)[1].strip()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.terminate()  # by its own pid: SIGTERM, which the fake handles by closing cleanly
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+# --- running one side --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    jobs: int
+    at_once: int
+    rounds: int
+
+
+class Sides:
+    """Runs a measurement of either side in its own process and reads back its figures."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], conversation: Path, template: Path) -> None:
+        self.workdir, self.env, self.conversation, self.template = workdir, env, conversation, template
+        self.cortex_runs = 0
+
+    def _child(self, argv: list[str], env: dict[str, str]) -> Outcome:
+        try:
+            done = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
+                                  timeout=SIDE_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired as error:
+            raise BenchError(f"{' '.join(argv[:2])} did not finish within {SIDE_TIMEOUT} s") from error
+        lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+        if done.returncode != 0 or not lines:
+            tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
+            raise BenchError(f"{' '.join(argv[:3])} failed (exit {done.returncode}):\n{tail}")
+        return Outcome(**json.loads(lines[-1][len(RESULT_PREFIX):]))
+
+    def floor(self, scenario: Scenario, base_url: str) -> Outcome:
+        return self._child(["-m", "bench.floor", "--base-url", base_url, "--conversation", str(self.conversation),
+                            "--jobs", str(scenario.jobs), "--at-once", str(scenario.at_once),
+                            "--rounds", str(scenario.rounds)], self.env)
+
+    def cortex(self, scenario: Scenario, base_url: str, profile: Path | None = None) -> Outcome:
+        # A fresh copy of the migrated database for every run: no run reads another's rows.
+        self.cortex_runs += 1
+        var_dir = self.workdir / f"cortex-{self.cortex_runs}"
+        var_dir.mkdir()
+        shutil.copyfile(self.template / "cortex.sqlite3", var_dir / "cortex.sqlite3")
+        env = {**self.env, "CORTEX_VAR_DIR": str(var_dir), "OPENAI_BASE_URL": base_url}
+        argv = ["-m", "bench.cortex", "run", "--jobs", str(scenario.jobs), "--at-once", str(scenario.at_once),
+                "--rounds", str(scenario.rounds)]
+        if profile is not None:
+            argv += ["--profile", str(profile)]
+        try:
+            return self._child(argv, env)
+        finally:
+            shutil.rmtree(var_dir, ignore_errors=True)
+
+    def prepare(self) -> None:
+        env = {**self.env, "CORTEX_VAR_DIR": str(self.template)}
+        done = subprocess.run([sys.executable, "-m", "bench.cortex", "prepare", "--conversation",
+                               str(self.conversation)], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=SIDE_TIMEOUT, check=False)
+        if done.returncode != 0:
+            raise BenchError(f"preparing the Cortex database failed:\n{done.stderr.strip()[-2000:]}")
+
+
+def alternate(sides: Sides, scenario: Scenario, base_url: str, repeats: int) -> list[tuple[Outcome, Outcome]]:
+    """(cortex, floor) pairs, run back to back, the order swapped every time so that neither side
+    always gets the warmer (or the cooler) machine."""
+    pairs = []
+    for repeat in range(repeats):
+        order = ("floor", "cortex") if repeat % 2 == 0 else ("cortex", "floor")
+        got: dict[str, Outcome] = {}
+        for side in order:
+            got[side] = sides.floor(scenario, base_url) if side == "floor" else sides.cortex(scenario, base_url)
+            log(f"  {scenario.name} {repeat + 1}/{repeats} {side:6s} {describe(got[side])}")
+        pairs.append((got["cortex"], got["floor"]))
+    return pairs
+
+
+def describe(outcome: Outcome) -> str:
+    return (f"{outcome.jobs} jobs in {outcome.seconds:.2f} s: {per_round_ms(outcome):.2f} ms/round, "
+            f"{outcome.jobs / outcome.seconds:.1f} jobs/s, cpu {cpu_ms_per_round(outcome):.2f} ms/round, "
+            f"peak {outcome.peak_rss_mb:.0f} MiB")
+
+
+# --- figures -----------------------------------------------------------------------------------
+
+def per_round_ms(outcome: Outcome) -> float:
+    return outcome.seconds * 1000 / (outcome.jobs * outcome.rounds)
+
+
+def cpu_ms_per_round(outcome: Outcome) -> float:
+    return outcome.cpu_seconds * 1000 / (outcome.jobs * outcome.rounds)
+
+
+def jobs_per_second(outcome: Outcome) -> float:
+    return outcome.jobs / outcome.seconds
+
+
+def compare(cortex: float, floor: float, *, digits: int = 2) -> dict[str, Any]:
+    return {"cortex": round(cortex, digits), "floor": round(floor, digits), "ratio": round(cortex / floor, 2)}
+
+
+Figure = Callable[[Outcome], float]
+
+
+def paired(pairs: list[tuple[Outcome, Outcome]], figure: Figure, *, digits: int = 2) -> dict[str, Any]:
+    """Each side's median, and the median of the ratios of runs made back to back: a machine
+    that drifts during the run moves both runs of a pair alike, so their ratio stays fair."""
+    return {"cortex": round(statistics.median(figure(c) for c, _ in pairs), digits),
+            "floor": round(statistics.median(figure(f) for _, f in pairs), digits),
+            "ratio": round(statistics.median(figure(c) / figure(f) for c, f in pairs), 2)}
+
+
+def report(serial: list[tuple[Outcome, Outcome]], concurrent: list[tuple[Outcome, Outcome]],
+           config: dict[str, Any]) -> dict[str, Any]:
+    per_round = paired(serial, per_round_ms)
+    per_round.update(target=f"<= {SERIAL_TARGET}", met=per_round["ratio"] <= SERIAL_TARGET,
+                     runs=[compare(per_round_ms(c), per_round_ms(f)) for c, f in serial])
+    throughput = paired(concurrent, jobs_per_second, digits=1)
+    throughput.update(target=f">= {THROUGHPUT_TARGET}", met=throughput["ratio"] >= THROUGHPUT_TARGET,
+                      runs=[compare(jobs_per_second(c), jobs_per_second(f), digits=1) for c, f in concurrent])
+    # The highest peak any run of each side reached in the concurrent scenario.
+    memory = compare(max(c.peak_rss_mb for c, _ in concurrent), max(f.peak_rss_mb for _, f in concurrent), digits=1)
+    memory["scenario"] = "concurrent"
+    # CPU time barely moves when other processes compete for the machine; wall time does.
+    cpu = {name: paired(pairs, cpu_ms_per_round) for name, pairs in (("serial", serial), ("concurrent", concurrent))}
+    return {"time_per_round_serial_ms": per_round, "throughput_concurrent_jobs_per_s": throughput,
+            "peak_memory_mb": memory, "cpu_ms_per_round": cpu, "config": config}
+
+
+def verdicts(figures: dict[str, Any]) -> list[str]:
+    per_round, throughput = figures["time_per_round_serial_ms"], figures["throughput_concurrent_jobs_per_s"]
+    memory = figures["peak_memory_mb"]
+    return [
+        (f"time per round, serial: Cortex {per_round['cortex']} ms, floor {per_round['floor']} ms, "
+         f"{per_round['ratio']}x (target {per_round['target']}x): {'MET' if per_round['met'] else 'MISSED'}"),
+        (f"throughput, concurrent: Cortex {throughput['cortex']} jobs/s, floor {throughput['floor']} jobs/s, "
+         f"{throughput['ratio']}x (target {throughput['target']}x): {'MET' if throughput['met'] else 'MISSED'}"),
+        (f"peak memory, concurrent: Cortex {memory['cortex']} MiB, floor {memory['floor']} MiB "
+         f"({memory['ratio']}x; no target)"),
+    ]
+
+
+# --- the command -------------------------------------------------------------------------------
+
+def side_env(workdir: Path) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(DROPPED_PREFIXES)}
+    env.update({
+        "DJANGO_SETTINGS_MODULE": "cortex_site.settings",
+        "CORTEX_SECRET_KEY": secrets.token_urlsafe(48),  # no key file in the throwaway var dirs
+        "CORTEX_DEBUG": "false",  # DEBUG would keep every query in memory
+        "CORTEX_LOG_LEVEL": "WARNING",
+        "CORTEX_ORCHESTRATOR_MODEL": "openai:bench",
+        "CORTEX_CHAT_MODEL": "openai:bench",
+        "OPENAI_API_KEY": "bench",
+        "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",  # replaced by each scenario's server
+        "CORTEX_WORKSPACE_ROOT": str(workdir / "workspaces"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    })
+    return env
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--serial-jobs", type=int, default=None, help="jobs in the serial scenario (200)")
+    parser.add_argument("--concurrent-jobs", type=int, default=None, help="jobs in the concurrent scenario (500)")
+    parser.add_argument("--at-once", type=int, default=None, help="jobs in flight in the concurrent scenario (250)")
+    parser.add_argument("--latency", type=float, default=0.1, help="model latency, concurrent scenario (s)")
+    parser.add_argument("--rounds", type=int, default=5, help="tool rounds per job")
+    parser.add_argument("--repeats", type=int, default=None, help="serial measurements per side (3)")
+    parser.add_argument("--concurrent-repeats", type=int, default=None,
+                        help="concurrent measurements per side (2: the long ones, once in each order)")
+    parser.add_argument("--output", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="after measuring, profile one serial Cortex run into this directory")
+    parser.add_argument("--quick", action="store_true", help="a small smoke run (figures are rough)")
+    args = parser.parse_args(argv)
+    quick = {"serial_jobs": 20, "concurrent_jobs": 50, "at_once": 25, "repeats": 1, "concurrent_repeats": 1}
+    full = {"serial_jobs": 200, "concurrent_jobs": 500, "at_once": 250, "repeats": 3, "concurrent_repeats": 2}
+    for name, value in (quick if args.quick else full).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    for name in ("serial_jobs", "concurrent_jobs", "at_once", "rounds", "repeats", "concurrent_repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    serial = Scenario("serial", args.serial_jobs, 1, args.rounds)
+    concurrent = Scenario("concurrent", args.concurrent_jobs, args.at_once, args.rounds)
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="cortex-bench-"))
+    try:
+        env = side_env(workdir)
+        sides = Sides(workdir, env, workdir / "conversation.json", workdir / "template")
+        (workdir / "template").mkdir()
+        sides.prepare()
+        log(f"serial: {serial.jobs} jobs of {serial.rounds} rounds, one at a time, no model latency")
+        with FakeServer(latency=0.0, rounds=args.rounds, env=env) as server:
+            serial_pairs = alternate(sides, serial, server.base_url, args.repeats)
+        log(f"concurrent: {concurrent.jobs} jobs, {concurrent.at_once} at once, "
+            f"{args.latency * 1000:g} ms model latency")
+        with FakeServer(latency=args.latency, rounds=args.rounds, env=env) as server:
+            concurrent_pairs = alternate(sides, concurrent, server.base_url, args.concurrent_repeats)
+        if args.profile is not None:
+            with FakeServer(latency=0.0, rounds=args.rounds, env=env) as server:
+                profiled = sides.cortex(serial, server.base_url, profile=args.profile.resolve())
+            log(f"  profiled cortex run ({describe(profiled)}) written to {args.profile}")
+    except BenchError as error:
+        log(f"bench failed: {error}")
+        return 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    config = {
+        "rounds_per_job": args.rounds,
+        "serial": {"jobs": serial.jobs, "latency_ms": 0,
+                   "method": ("one job after another: the floor awaits each job before starting the next; "
+                              "Cortex submits each job once the previous one has finished, to an executor "
+                              "with concurrency 1")},
+        "concurrent": {"jobs": concurrent.jobs, "at_once": concurrent.at_once, "latency_ms": args.latency * 1000,
+                       "method": ("the floor gathers every job behind a semaphore of that size; Cortex submits "
+                                  "every job from a thread while an executor with that concurrency runs them")},
+        "repeats": {"serial": args.repeats, "concurrent": args.concurrent_repeats},
+        "figures": ("median of the repeats (peak memory: the highest); ratio: median of cortex / floor "
+                    "over runs made back to back"),
+        "timing": "wall time from the first job submitted to the last job complete, after 3 untimed warm-up jobs",
+        "cortex": ("a fresh SQLite (WAL) database per run; jobs submitted with services.job_submit from a "
+                   "worker thread; the real Executor in the same process"),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "duration_s": round(time.monotonic() - started),
+    }
+    figures = report(serial_pairs, concurrent_pairs, config)
+    text = json.dumps(figures, indent=2)
+    print(text, flush=True)
+    if args.output is not None:
+        args.output.write_text(text + "\n")
+    for line in verdicts(figures):
+        log(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
