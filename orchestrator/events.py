@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -48,9 +49,25 @@ def append(job: Job, *events: tuple[str, dict[str, Any]]) -> list[JobEvent]:
         job.last_seq += 1
         rows.append(JobEvent(job=job, seq=job.last_seq, type=event_type, data=data))
     JobEvent.objects.bulk_create(rows)
-    job_id, user_id = job.id, job.user_id
-    transaction.on_commit(lambda: ring(job_group(job_id), user_group(user_id)))
+    _ring_after_commit(Doorbell(job_group(job.id), user_group(job.user_id)))
     return rows
+
+
+@dataclass(frozen=True)
+class Doorbell:
+    job: str
+    user: str
+
+    def __call__(self) -> None:
+        ring(self.job, self.user)
+
+
+def _ring_after_commit(doorbell: Doorbell) -> None:
+    """Once per job per transaction, however many events it appends: listeners re-read the log."""
+    connection = transaction.get_connection()
+    if connection.in_atomic_block and any(callback == doorbell for _, callback, *_ in connection.run_on_commit):
+        return
+    transaction.on_commit(doorbell)
 
 
 def ring(*groups: str, message: dict[str, Any] | None = None) -> None:

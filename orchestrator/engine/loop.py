@@ -62,11 +62,12 @@ def _call(fn: Callable[..., T], kwargs: dict[str, Any]) -> T:
 async def drive(job_id: str, *, owner: str, db: Database) -> None:
     # Recording an outcome and deciding the next step share one transaction, which halves the
     # commits and the trips to the database thread per step.
-    action = await db.run(state.next_action, owner=owner, job_id=job_id)
+    memo = state.Memo()
+    action = await db.run(state.next_action, owner=owner, job_id=job_id, memo=memo)
     while not isinstance(action, state.Stop):
         if isinstance(action, state.RunTool):
             result, is_error = await run_tool(action, job_id)
-            action = await db.run(state.finish_call_and_continue, owner=owner, job_id=job_id,
+            action = await db.run(state.finish_call_and_continue, owner=owner, job_id=job_id, memo=memo,
                                   call_pk=action.call_pk, result=result, is_error=is_error)
             continue
         try:
@@ -74,7 +75,7 @@ async def drive(job_id: str, *, owner: str, db: Database) -> None:
         except ProviderError as error:
             await db.run(state.job_fail, owner=owner, job_id=job_id, error=f"model call failed: {error.message}")
             return
-        action = await db.run(state.record_turn_and_continue, owner=owner, job_id=job_id, action=action,
+        action = await db.run(state.record_turn_and_continue, owner=owner, job_id=job_id, action=action, memo=memo,
                               response=response, backend=backend, backend_label=label)
 
 

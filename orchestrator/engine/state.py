@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from .. import events, selectors
 from ..models import Job, JobStatus, Message, Session, ToolCall, ToolCallStatus
-from ..policy import offered, verdict
+from ..policy import RiskPolicy, offered, verdict
 from ..crypto import SecretUnreadable
 from ..roles import RoleConfig, credentials
 from ..providers.base import ModelResponse
@@ -69,6 +69,23 @@ class CallModel:
 
 
 Action = Stop | RunTool | CallModel
+
+
+@dataclass
+class Memo:
+    """What one drive of a job reads once: its owner's tool policy and roles.
+
+    A policy change reaches a running job the next time an executor picks it up (after a
+    confirmation, for instance), not in the middle of a drive."""
+
+    policy: RiskPolicy | None = None
+    roles: list[str] = field(default_factory=list)
+
+    def policy_of(self, job: Job) -> tuple[RiskPolicy, list[str]]:
+        if self.policy is None:
+            self.policy = selectors.risk_policy_for_user(job.user)
+            self.roles = selectors.roles_for_user(job.user)
+        return self.policy, self.roles
 
 
 def jobs_claim(*, owner: str, limit: int) -> list[str]:
@@ -159,17 +176,17 @@ def _round_results(job: Job, calls: list[ToolCall]) -> list[dict[str, Any]]:
             for call in calls if call.round == job.rounds]
 
 
-def next_action(*, owner: str, job_id: str) -> Action:
+def next_action(*, owner: str, job_id: str, memo: Memo | None = None) -> Action:
     """Decide the job's next step, taking the first ready tool call as started if there is one."""
     with transaction.atomic():
         try:
             job = _lock(owner, job_id)
         except (LeaseLost, Job.DoesNotExist):
             return Stop("lease lost")
-        return _next_action(job, owner)
+        return _next_action(job, owner, memo=memo or Memo())
 
 
-def _next_action(job: Job, owner: str, calls: list[ToolCall] | None = None) -> Action:
+def _next_action(job: Job, owner: str, calls: list[ToolCall] | None = None, *, memo: Memo) -> Action:
     """`next_action` on a job the caller's transaction has locked and holds the lease of.
 
     `calls`: the calls of the job's current round, when the caller's transaction already holds
@@ -212,7 +229,7 @@ def _next_action(job: Job, owner: str, calls: list[ToolCall] | None = None) -> A
     if job.last_seq != seq_before:  # every change above appended an event
         job.save()
     try:
-        return _model_call(job, calls)
+        return _model_call(job, calls, memo)
     except SecretUnreadable as error:
         _fail(job, f"cannot call the model: {error}")
         job.save()
@@ -223,13 +240,13 @@ def _round_calls(job: Job) -> list[ToolCall]:
     return list(job.tool_calls.filter(round=job.rounds).order_by("position"))
 
 
-def _model_call(job: Job, calls: list[ToolCall]) -> CallModel:
+def _model_call(job: Job, calls: list[ToolCall], memo: Memo) -> CallModel:
     if _orchestrator_finished(job):
         return _final_answer_call(job)
     orchestrator = _role(job, "orchestrator")
     messages = job.transcript + _round_results(job, calls)
     final_only = job.rounds >= (orchestrator.max_rounds or settings.CORTEX_MAX_ROUNDS)
-    tools = [] if final_only else _offered_tools(job, orchestrator.tools)
+    tools = [] if final_only else _offered_tools(job, orchestrator.tools, memo)
     if final_only:
         messages = messages + [{"role": "user", "content": (
             "The tool budget for this task is used up. Answer now with what you have.")}]
@@ -294,10 +311,9 @@ def final_answer_brief(task: str, loop: list[dict[str, Any]], summary: str) -> s
 FINAL_SUMMARY_HEADING = "The orchestrator's own summary:"
 
 
-def _offered_tools(job: Job, allowed: tuple[str, ...]) -> list[dict[str, Any]]:
+def _offered_tools(job: Job, allowed: tuple[str, ...], memo: Memo) -> list[dict[str, Any]]:
     """What the policy offers this user, narrowed to the role's allow-list when it has one."""
-    policy = selectors.risk_policy_for_user(job.user)
-    user_roles = selectors.roles_for_user(job.user)
+    policy, user_roles = memo.policy_of(job)
     return [tool.spec() for tool in registry
             if offered(tool, policy, user_roles)[0] and (not allowed or tool.name in allowed)]
 
@@ -332,7 +348,7 @@ def _recover_interrupted(job: Job, calls: list[ToolCall]) -> None:
 
 
 def record_turn_and_continue(*, owner: str, job_id: str, action: CallModel, response: ModelResponse,
-                             backend: str, backend_label: str) -> Action:
+                             backend: str, backend_label: str, memo: Memo | None = None) -> Action:
     """Record a model turn, then decide the next step, in one transaction.
 
     Every state this commits is one the two separate transactions would have committed in turn,
@@ -343,14 +359,15 @@ def record_turn_and_continue(*, owner: str, job_id: str, action: CallModel, resp
             job = _lock(owner, job_id)
         except (LeaseLost, Job.DoesNotExist):
             return Stop("lease lost")
-        calls = _record_turn(job, action, response, backend, backend_label)
+        memo = memo or Memo()
+        calls = _record_turn(job, action, response, backend, backend_label, memo)
         if not _held_by(job, owner):  # the turn completed or failed the job
             return Stop("finished")
-        return _next_action(job, owner, calls)
+        return _next_action(job, owner, calls, memo=memo)
 
 
 def _record_turn(job: Job, action: CallModel, response: ModelResponse, backend: str,
-                 backend_label: str) -> list[ToolCall] | None:
+                 backend_label: str, memo: Memo) -> list[ToolCall] | None:
     """Returns the calls of the job's round as it now stands, when known without another read."""
     job.usage = _add_usage(job.usage, response)
     if action.purpose == "final":
@@ -378,7 +395,7 @@ def _record_turn(job: Job, action: CallModel, response: ModelResponse, backend: 
         _fail(job, f"no final answer after {settings.CORTEX_MAX_ROUNDS} rounds of tool calls")
     else:
         job.rounds += 1
-        calls = _record_calls(job, response)
+        calls = _record_calls(job, response, memo)
         if any(call.pk is None for call in calls):  # a database that cannot return inserted ids
             calls = None
     job.save()
@@ -421,9 +438,8 @@ def _add_usage(usage: dict[str, int], response: ModelResponse) -> dict[str, int]
     }
 
 
-def _record_calls(job: Job, response: ModelResponse) -> list[ToolCall]:
-    policy = selectors.risk_policy_for_user(job.user)
-    roles = selectors.roles_for_user(job.user)
+def _record_calls(job: Job, response: ModelResponse, memo: Memo) -> list[ToolCall]:
+    policy, roles = memo.policy_of(job)
     rows = []
     for position, model_call in enumerate(response.tool_calls):
         tool = registry.get(model_call.name)
@@ -464,7 +480,8 @@ def _record_calls(job: Job, response: ModelResponse) -> list[ToolCall]:
     return rows
 
 
-def finish_call_and_continue(*, owner: str, job_id: str, call_pk: int, result: str, is_error: bool) -> Action:
+def finish_call_and_continue(*, owner: str, job_id: str, call_pk: int, result: str, is_error: bool,
+                             memo: Memo | None = None) -> Action:
     """Record a tool result, then decide the next step, in one transaction (see `record_turn_and_continue`)."""
     with transaction.atomic():
         try:
@@ -473,7 +490,7 @@ def finish_call_and_continue(*, owner: str, job_id: str, call_pk: int, result: s
             return Stop("lease lost")
         calls = _round_calls(job)  # the call being finished is one of them
         _finish_call(job, call_pk, result, is_error, calls)
-        return _next_action(job, owner, calls)
+        return _next_action(job, owner, calls, memo=memo or Memo())
 
 
 def _finish_call(job: Job, call_pk: int, result: str, is_error: bool, calls: Sequence[ToolCall] = ()) -> None:

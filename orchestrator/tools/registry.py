@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,13 +63,16 @@ class Tool:
         """Check `args` against the JSON schema; return them or raise ArgumentsInvalid."""
         if not isinstance(args, dict):
             raise ArgumentsInvalid("arguments must be a JSON object")
-        validator = jsonschema.Draft202012Validator(self.parameters)
-        errors = sorted(validator.iter_errors(args), key=lambda e: list(e.path))
+        errors = sorted(self._validator.iter_errors(args), key=lambda e: list(e.path))
         if errors:
             first = errors[0]
             where = ".".join(str(p) for p in first.path) or "arguments"
             raise ArgumentsInvalid(f"invalid arguments for {self.name}: {where}: {first.message}")
         return args
+
+    @cached_property
+    def _validator(self) -> jsonschema.Draft202012Validator:
+        return jsonschema.Draft202012Validator(self.parameters)
 
     def spec(self) -> dict[str, Any]:
         """The provider-neutral declaration offered to a model."""
