@@ -1,5 +1,5 @@
 """The audit trail: jobs, their events, tool calls and the decisions people made on them, API
-tokens (their hash only), personas and policies.
+tokens (their hash only), personas, model profiles (their keys never shown), roles and policies.
 
 History is read-only here: nobody can add, edit or delete a job, an event or a decision in admin,
 whatever their permissions; it can only be viewed, searched and exported.
@@ -12,7 +12,9 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.core.validators import URLValidator
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
@@ -20,7 +22,17 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from . import services
-from .models import ApiToken, Job, JobEvent, Persona, ToolCall, ToolPolicy
+from .forms import PROVIDER_LABELS
+from .models import (
+    ApiToken,
+    Job,
+    JobEvent,
+    ModelProfile,
+    Persona,
+    RoleAssignment,
+    ToolCall,
+    ToolPolicy,
+)
 
 admin.site.site_header = "Cortex audit trail"
 admin.site.site_title = "Cortex admin"
@@ -141,8 +153,8 @@ class JobAdmin(ReadOnlyAdmin):
     date_hierarchy = "created_at"
     list_select_related = ("user",)
     fields = ("id", "user", "status", "task", "session", "persona", "options", "orchestrator_model", "chat_model",
-              "backend", "backend_label", "host", "response", "error", "rounds", "approved_tools", "usage",
-              "created_at", "started_at", "completed_at")
+              "backend", "backend_label", "host", "response", "gemini_summary", "error", "rounds", "approved_tools",
+              "usage", "system_prompt", "chat_system_prompt", "created_at", "started_at", "completed_at")
     inlines = [ToolCallInline, JobEventInline]
     actions = ["export_jobs", "export_decisions"]
 
@@ -221,12 +233,142 @@ class ApiTokenAdmin(ReadOnlyAdmin):
         self.message_user(request, f"Revoked {queryset.count()} token(s).", messages.SUCCESS)
 
 
+class OwnedForm(forms.ModelForm):
+    """An object that belongs to a user or to the whole site, and stays where it was created: the
+    services find it by owner and id. Kept in the form (disabled) so the per-owner unique name is
+    still checked."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["owner"].required = False
+        self.fields["owner"].help_text = "Empty for everyone on the site."
+        if self.instance.pk:
+            self.fields["owner"].disabled = True
+
+
+class PersonaAdminForm(OwnedForm):
+    prompt = forms.CharField(required=False, max_length=20000, widget=forms.Textarea)
+
+    class Meta:
+        model = Persona
+        fields = ("owner", "name", "prompt", "is_default")
+
+
 @admin.register(Persona)
 class PersonaAdmin(admin.ModelAdmin):
-    list_display = ("name", "owner", "is_default", "created_at")
+    """Writes go through the services, which keep one default per owner."""
+
+    form = PersonaAdminForm
+    list_display = ("name", "owner_label", "is_default", "created_at")
     list_filter = ("is_default", ("owner", admin.RelatedOnlyFieldListFilter))
     search_fields = ("name", "prompt")
     list_select_related = ("owner",)
+
+    @admin.display(description="owner", ordering="owner__username")
+    def owner_label(self, persona: Persona) -> str:
+        return persona.owner.get_username() if persona.owner else "site-wide"
+
+    def save_model(self, request: HttpRequest, obj: Persona, form: forms.ModelForm, change: bool) -> None:
+        saved = services.persona_save(owner=obj.owner, name=obj.name, prompt=obj.prompt, is_default=obj.is_default,
+                                      persona_id=obj.pk if change else None)
+        obj.pk = saved.pk
+
+    def delete_model(self, request: HttpRequest, obj: Persona) -> None:
+        services.persona_delete(owner=obj.owner, persona_id=obj.pk)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Persona]) -> None:
+        for persona in queryset.select_related("owner"):
+            self.delete_model(request, persona)
+
+
+class ModelProfileAdminForm(OwnedForm):
+    """The key can be set or removed here, never read: the field starts empty on every page."""
+
+    provider = forms.ChoiceField(choices=list(PROVIDER_LABELS.items()))
+    base_url = forms.URLField(required=False, max_length=500, label="Base URL",
+                              validators=[URLValidator(schemes=["http", "https"])])
+    api_key = forms.CharField(required=False, label="API key", strip=True,
+                              widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+                              help_text="Stored encrypted; never shown. Leave empty to keep the stored key.")
+    remove_key = forms.BooleanField(required=False, label="Remove the stored key")
+    max_rounds = forms.IntegerField(required=False, min_value=1, max_value=100)
+    timeout_seconds = forms.FloatField(required=False, min_value=1, max_value=3600)
+    temperature = forms.FloatField(required=False, min_value=0, max_value=2)
+
+    class Meta:
+        model = ModelProfile
+        fields = ("owner", "name", "provider", "model", "base_url", "max_rounds", "timeout_seconds", "temperature")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("remove_key") and data.get("api_key"):
+            raise forms.ValidationError("Type a new key or remove the stored one, not both.")
+        return data
+
+    def key_change(self) -> str | None:
+        """What `profile_save` takes: None keeps the stored key, "" removes it, text replaces it."""
+        if self.cleaned_data.get("remove_key"):
+            return ""
+        return self.cleaned_data.get("api_key") or None
+
+
+@admin.register(ModelProfile)
+class ModelProfileAdmin(admin.ModelAdmin):
+    """Profiles may be edited here; the key only ever shows as set or not."""
+
+    form = ModelProfileAdminForm
+    list_display = ("name", "owner_label", "provider", "model", "base_url", "key_status", "updated_at")
+    list_filter = ("provider", ("owner", admin.RelatedOnlyFieldListFilter))
+    search_fields = ("name", "model", "base_url", "owner__username")
+    list_select_related = ("owner",)
+    readonly_fields = ("key_status", "created_at", "updated_at")
+    fieldsets = [
+        (None, {"fields": ("owner", "name", "provider", "model", "base_url")}),
+        ("API key", {"fields": ("key_status", "api_key", "remove_key")}),
+        ("Limits", {"fields": ("max_rounds", "timeout_seconds", "temperature")}),
+        ("History", {"fields": ("created_at", "updated_at")}),
+    ]
+
+    @admin.display(description="owner", ordering="owner__username")
+    def owner_label(self, profile: ModelProfile) -> str:
+        return profile.owner.get_username() if profile.owner else "site-wide"
+
+    @admin.display(description="key")
+    def key_status(self, profile: ModelProfile) -> str:
+        return "key set" if profile.has_api_key else "no key"
+
+    def save_model(self, request: HttpRequest, obj: ModelProfile, form: ModelProfileAdminForm, change: bool) -> None:
+        saved = services.profile_save(
+            owner=obj.owner, name=obj.name, provider=obj.provider, model=obj.model, base_url=obj.base_url,
+            api_key=form.key_change(), max_rounds=obj.max_rounds, timeout_seconds=obj.timeout_seconds,
+            temperature=obj.temperature, profile_id=obj.pk if change else None)
+        obj.pk = saved.pk
+
+    def delete_model(self, request: HttpRequest, obj: ModelProfile) -> None:
+        services.profile_delete(owner=obj.owner, profile_id=obj.pk)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ModelProfile]) -> None:
+        for profile in queryset.select_related("owner"):
+            self.delete_model(request, profile)
+
+
+@admin.register(RoleAssignment)
+class RoleAssignmentAdmin(ReadOnlyAdmin):
+    """People set their own roles under Settings → Models, the site's with `manage.py models`."""
+
+    list_display = ("role", "owner_label", "profile", "inject_datetime", "inject_mode", "tool_count", "updated_at")
+    list_filter = ("role", "inject_datetime", "inject_mode", ("owner", admin.RelatedOnlyFieldListFilter))
+    search_fields = ("role", "owner__username", "profile__name", "system_append")
+    list_select_related = ("owner", "profile")
+    fields = ("owner", "role", "profile", "system_append", "inject_datetime", "inject_mode", "tools", "updated_at")
+
+    @admin.display(description="owner", ordering="owner__username")
+    def owner_label(self, assignment: RoleAssignment) -> str:
+        return assignment.owner.get_username() if assignment.owner else "site-wide"
+
+    @admin.display(description="tools")
+    def tool_count(self, assignment: RoleAssignment) -> str:
+        return str(len(assignment.tools)) if assignment.tools else "all"
 
 
 @admin.register(ToolPolicy)

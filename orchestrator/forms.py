@@ -8,8 +8,9 @@ from django import forms
 from django.contrib.auth.models import AbstractBaseUser
 
 from . import selectors
-from .models import Memory
+from .models import Memory, ModelProfile, Persona
 from .policy import OVERRIDES, RiskPolicy, default_action
+from .roles import RoleConfig
 from .services import JobOptions
 from .tools.registry import RISKS, Tool
 
@@ -167,3 +168,110 @@ class TokenForm(forms.Form):
 class MemoryForm(forms.Form):
     content = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), max_length=10000)
     tier = forms.ChoiceField(choices=Memory.Tier.choices, initial=Memory.Tier.MID)
+
+
+# Every provider, in the order a person adding a profile most likely wants them.
+PROVIDER_LABELS = {"openai": "OpenAI-compatible", "gemini": "Google Gemini", "anthropic": "Anthropic Claude",
+                   "demo": "Demo (offline)"}
+
+
+class ProfileForm(forms.Form):
+    """A model profile. The key field never shows a key: not the stored one, not even the one just
+    typed when the form comes back with an error."""
+
+    name = forms.CharField(max_length=100, help_text="To tell your profiles apart, e.g. “local llama”.")
+    provider = forms.ChoiceField(choices=list(PROVIDER_LABELS.items()))
+    model = forms.CharField(max_length=200, help_text="As the provider names it, e.g. gpt-4o-mini, gemini-2.5-flash, "
+                                                      "claude-sonnet-4-6.")
+    base_url = forms.URLField(required=False, max_length=500, label="Base URL",
+                              help_text="Empty for the provider's own API. Ollama: http://localhost:11434/v1.")
+    api_key = forms.CharField(required=False, max_length=1000, label="API key",
+                              widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}))
+    remove_key = forms.BooleanField(required=False, label="Remove the stored key")
+    max_rounds = forms.IntegerField(required=False, min_value=1, max_value=100, label="Max tool rounds",
+                                    help_text="Empty for the default.")
+    timeout_seconds = forms.FloatField(required=False, min_value=1, max_value=3600, label="Timeout (seconds)",
+                                       help_text="Per model call.")
+    temperature = forms.FloatField(required=False, min_value=0, max_value=2, help_text="0 to 2; empty for the "
+                                                                                       "model's own.")
+
+    def __init__(self, *args: Any, has_key: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if has_key:
+            self.fields["api_key"].help_text = "A key is stored. Leave empty to keep the stored key."
+        else:
+            self.fields["api_key"].help_text = ("Stored encrypted, never shown again. Leave empty if the endpoint "
+                                                "needs none, or to use the server's key for this provider.")
+            del self.fields["remove_key"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("remove_key") and data.get("api_key"):
+            raise forms.ValidationError("Type a new key or remove the stored one, not both.")
+        return data
+
+    def key_change(self) -> str | None:
+        """What `profile_save` takes: None keeps the stored key, "" removes it, text replaces it."""
+        if self.cleaned_data.get("remove_key"):
+            return ""
+        return self.cleaned_data["api_key"] or None
+
+    @staticmethod
+    def initial_for(profile: ModelProfile) -> dict[str, Any]:
+        return {"name": profile.name, "provider": profile.provider, "model": profile.model,
+                "base_url": profile.base_url, "max_rounds": profile.max_rounds,
+                "timeout_seconds": profile.timeout_seconds, "temperature": profile.temperature}
+
+
+# The profile choice for "no profile": the model the server's environment names.
+ENVIRONMENT_DEFAULT = ""
+
+
+class RoleForm(forms.Form):
+    """Which profile plays a role, and how the role's system prompt is put together. The role's name
+    is typed only when adding one; an existing role's comes from the address."""
+
+    role = forms.SlugField(max_length=64, label="Role name",
+                           help_text="A chat role of your own, e.g. “poet”; a job picks it under Advanced.")
+    profile = forms.TypedChoiceField(coerce=int, empty_value=None, required=False, label="Model")
+    system_append = forms.CharField(required=False, max_length=10000, label="Add to the system prompt",
+                                    widget=forms.Textarea(attrs={"rows": 3}))
+    inject_datetime = forms.BooleanField(required=False, initial=True, label="Tell the model the date and time")
+    inject_mode = forms.BooleanField(required=False, initial=True, label="Tell the model the mode",
+                                     help_text="Chat, or off the record.")
+    tools = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple,
+                                      label="Tools this role may offer",
+                                      help_text="None ticked: every tool your tool settings allow.")
+
+    def __init__(self, *args: Any, user: AbstractBaseUser, tools: list[Tool], default_model: str,
+                 role: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if role is not None:
+            del self.fields["role"]
+        profiles = list(selectors.profiles_for_user(user))
+        yours = [(str(p.pk), f"{p.name} · {p.model_string}") for p in profiles if p.owner_id is not None]
+        site_wide = [(str(p.pk), f"{p.name} · {p.model_string}") for p in profiles if p.owner_id is None]
+        choices: list[Any] = [(ENVIRONMENT_DEFAULT, f"Environment default ({default_model})")]
+        if yours:
+            choices.append(("Your profiles", yours))
+        if site_wide:
+            choices.append(("Site-wide profiles", site_wide))
+        self.fields["profile"].choices = choices
+        self.fields["tools"].choices = [(tool.name, tool.name) for tool in tools]
+
+    @staticmethod
+    def initial_for(config: RoleConfig) -> dict[str, Any]:
+        return {"profile": config.profile_id, "system_append": config.system_append,
+                "inject_datetime": config.inject_datetime, "inject_mode": config.inject_mode,
+                "tools": list(config.tools)}
+
+
+class PersonaForm(forms.Form):
+    name = forms.SlugField(max_length=64, help_text="Letters, digits, - or _. Jobs pick a persona by this name.")
+    prompt = forms.CharField(required=False, max_length=20000, label="System prompt",
+                             widget=forms.Textarea(attrs={"rows": 5, "placeholder": "You are …"}))
+    is_default = forms.BooleanField(required=False, label="Use for my jobs unless I pick another")
+
+    @staticmethod
+    def initial_for(persona: Persona) -> dict[str, Any]:
+        return {"name": persona.name, "prompt": persona.prompt, "is_default": persona.is_default}

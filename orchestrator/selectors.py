@@ -8,11 +8,24 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
-from .models import ApiToken, Job, JobEvent, Memory, Persona, Session, ToolCall, ToolCallStatus, ToolPolicy
+from . import roles
+from .models import (
+    ApiToken,
+    Job,
+    JobEvent,
+    Memory,
+    ModelProfile,
+    Persona,
+    RoleAssignment,
+    Session,
+    ToolCall,
+    ToolCallStatus,
+    ToolPolicy,
+)
 from .context import SHORT_TERM_DAYS
 from .policy import RiskPolicy
 
@@ -166,3 +179,73 @@ def jobs_for_user_by_ids(user: AbstractBaseUser, job_ids: list[uuid.UUID]) -> Qu
 
 def awaiting_calls_of_job(job: Job) -> list[ToolCall]:
     return list(job.tool_calls.filter(status=ToolCallStatus.AWAITING).order_by("round", "position"))
+
+
+# --- Model profiles, roles and personas ----------------------------------------------------------
+
+def profiles_for_user(user: AbstractBaseUser) -> QuerySet[ModelProfile]:
+    """The user's own profiles, then the site-wide ones."""
+    return ModelProfile.objects.filter(Q(owner=user) | Q(owner=None)).order_by(F("owner").asc(nulls_last=True),
+                                                                               "name")
+
+
+def own_profile_for_user(user: AbstractBaseUser, profile_id: Any) -> ModelProfile:
+    """A profile the user may change: only their own."""
+    profile = ModelProfile.objects.filter(owner=user, pk=profile_id).first() if str(profile_id).isdigit() else None
+    if profile is None:
+        raise Http404("profile not found")
+    return profile
+
+
+def usable_profile_for_user(user: AbstractBaseUser, profile_id: Any) -> ModelProfile:
+    """A profile the user may use (and test): their own or a site-wide one."""
+    profile = (ModelProfile.objects.filter(Q(owner=user) | Q(owner=None), pk=profile_id).first()
+               if str(profile_id).isdigit() else None)
+    if profile is None:
+        raise Http404("profile not found")
+    return profile
+
+
+def role_names_for_user(user: AbstractBaseUser) -> list[str]:
+    """`orchestrator`, `chat`, and every role the user or the site has assigned."""
+    assigned = RoleAssignment.objects.filter(Q(owner=user) | Q(owner=None)).values_list("role", flat=True)
+    extra = sorted(set(assigned) - {roles.ORCHESTRATOR, roles.CHAT})
+    return [roles.ORCHESTRATOR, roles.CHAT, *extra]
+
+
+def role_configs_for_user(user: AbstractBaseUser) -> list[roles.RoleConfig]:
+    """The effective configuration of each of the user's roles, and where it comes from."""
+    return [roles.role_config(user, name) for name in role_names_for_user(user)]
+
+
+def role_for_user(user: AbstractBaseUser, role: str) -> roles.RoleConfig:
+    """The effective configuration of one of the user's roles (see `role_names_for_user`), else 404."""
+    if role not in role_names_for_user(user):
+        raise Http404("role not found")
+    return roles.role_config(user, role)
+
+
+def role_is_assigned_site_wide(role: str) -> bool:
+    return RoleAssignment.objects.filter(owner=None, role=role).exists()
+
+
+def own_assignment_for_user(user: AbstractBaseUser, role: str) -> RoleAssignment:
+    assignment = RoleAssignment.objects.filter(owner=user, role=role).select_related("profile").first()
+    if assignment is None:
+        raise Http404("assignment not found")
+    return assignment
+
+
+def own_personas_for_user(user: AbstractBaseUser) -> QuerySet[Persona]:
+    return Persona.objects.filter(owner=user).order_by("name")
+
+
+def site_personas() -> QuerySet[Persona]:
+    return Persona.objects.filter(owner=None).order_by("name")
+
+
+def own_persona_for_user(user: AbstractBaseUser, persona_id: Any) -> Persona:
+    persona = Persona.objects.filter(owner=user, pk=persona_id).first() if str(persona_id).isdigit() else None
+    if persona is None:
+        raise Http404("persona not found")
+    return persona

@@ -7,6 +7,7 @@ transaction on the locked job row: of two simultaneous decisions exactly one app
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
@@ -493,3 +495,36 @@ def persona_delete(*, owner: AbstractBaseUser | None, persona_id: int) -> None:
     deleted, _ = Persona.objects.filter(pk=persona_id, owner=owner).delete()
     if not deleted:
         raise NotFound("persona not found")
+
+
+# --- Connection checks -------------------------------------------------------------------------
+
+def profile_check(*, user: AbstractBaseUser, profile_id: int) -> str:
+    """Try a profile's endpoint and key with a cheap call; the provider's words either way.
+
+    Under ASGI the check runs on the server's event loop; under WSGI (and in tests) on a loop that
+    ends with this call. Either way the provider's check opens and closes a client of its own, so
+    nothing is left bound to a loop that is gone."""
+    from .providers import ProviderError, resolve
+    from .providers.base import CHECK_TIMEOUT
+
+    profile = selectors.usable_profile_for_user(user, profile_id)
+    try:
+        base_url, api_key = roles.credentials(profile.pk)
+        provider, model = resolve(profile.model_string, base_url=base_url, api_key=api_key)
+    except (crypto.SecretUnreadable, ProviderError) as error:
+        raise Invalid(str(error)) from None
+
+    # The SDKs' timeouts bound each network step; an endpoint trickling bytes could outlast them all.
+    deadline = CHECK_TIMEOUT * 1.5
+
+    async def check() -> str:
+        async with asyncio.timeout(deadline):
+            return await provider.check(model, timeout=CHECK_TIMEOUT)
+
+    try:
+        return async_to_sync(check)()
+    except ProviderError as error:
+        raise Invalid(error.message) from None
+    except TimeoutError:
+        raise Invalid(f"no complete answer within {deadline:g} seconds") from None

@@ -195,3 +195,16 @@ def test_the_models_command_lists_and_assigns(owner, capsys, monkeypatch):
     assert "orchestrator   openai:llama3.1" in out and "from site-wide (profile local)" in out
     assert "sk-from-env" not in out
     assert roles.credentials(ModelProfile.objects.get(name="local").pk)[1] == "sk-from-env"
+
+
+def test_the_assembled_prompts_stay_viewable_on_the_job_page_and_in_admin(owner, client, django_user_model,
+                                                                         default_persona):
+    services.role_assign(owner=owner, role="chat", profile_id=None, system_append="Sign as Cortex.")
+    job = services.job_submit(user=owner, task="Hello there")
+    client.force_login(owner)
+    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    assert "Sign as Cortex." in page and "Mode: chat." in page
+    admin = django_user_model.objects.create_superuser("root", password="root-password-1")
+    client.force_login(admin)
+    change = client.get(f"/admin/orchestrator/job/{job.pk}/change/").content.decode()
+    assert "Sign as Cortex." in change and default_persona.prompt in change

@@ -17,13 +17,25 @@ import anthropic
 import httpx2
 from anthropic.types import Message as AnthropicMessage
 
-from .base import DeltaCallback, Message, ModelRequest, ModelResponse, ModelToolCall, ProviderError, Usage
+from .base import (
+    CHECK_TIMEOUT,
+    DeltaCallback,
+    Message,
+    ModelRequest,
+    ModelResponse,
+    ModelToolCall,
+    ProviderError,
+    Usage,
+    check_report,
+)
 from .openai_compat import retry_after
 
 THINKING = "anthropic_thinking"
 # The Messages API requires max_tokens; this fits every current Claude model's output limit.
 DEFAULT_MAX_TOKENS = 4096
 DEFAULT_BASE_URL = "https://api.anthropic.com"
+# The most models the API lists on one page: one request sees the whole list.
+LIST_PAGE_SIZE = 1000
 
 
 class AnthropicProvider:
@@ -41,17 +53,37 @@ class AnthropicProvider:
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
-            # The engine retries durably with backoff; the SDK's own retries would hide Retry-After.
-            client = self._clients[loop] = anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self.base_url,
-                                                                    max_retries=0)
+            client = self._clients[loop] = self._new_client()
         return client
+
+    def _new_client(self) -> anthropic.AsyncAnthropic:
+        # The engine retries durably with backoff; the SDK's own retries would hide Retry-After.
+        return anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self.base_url, max_retries=0)
+
+    def _require_key(self) -> None:
+        if not self._api_key:
+            raise ProviderError("no API key for Anthropic: set ANTHROPIC_API_KEY or give the model profile a key")
 
     def label(self, model: str) -> str:
         return f"Claude · {model}"
 
+    async def check(self, model: str, *, timeout: float = CHECK_TIMEOUT) -> str:
+        self._require_key()
+        # A client of its own, closed here: a check may run on a short-lived event loop (a sync
+        # view's), where a cached client would be left holding connections of a closed loop.
+        async with self._new_client() as client:
+            try:
+                page = await client.models.list(limit=LIST_PAGE_SIZE, timeout=timeout)
+            except anthropic.NotFoundError as error:
+                raise ProviderError(f"{self.base_url} has no model list (404): is the base URL right?",
+                                    status=404) from error
+            except anthropic.APIError as error:
+                raise provider_error(error, self.base_url) from error
+        listed = None if page.has_next_page() else {entry.id for entry in page.data}
+        return check_report(self.base_url, model, listed)
+
     async def complete(self, request: ModelRequest, *, on_delta: DeltaCallback | None = None) -> ModelResponse:
-        if not self._api_key:
-            raise ProviderError("no API key for Anthropic: set ANTHROPIC_API_KEY or give the model profile a key")
+        self._require_key()
         kwargs = anthropic_request(request)
         try:
             if on_delta is not None:

@@ -16,12 +16,15 @@ Claude's signed thinking blocks). A provider must replay `extra` it recognises a
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 Message = dict[str, Any]
 DeltaCallback = Callable[[str], Awaitable[None]]
+
+# A connection check should answer while the person waits on the page, not after a model's timeout.
+CHECK_TIMEOUT = 15.0
 
 
 @dataclass
@@ -93,3 +96,19 @@ class Provider(Protocol):
     async def complete(self, request: ModelRequest, *, on_delta: DeltaCallback | None = None) -> ModelResponse:
         """One model turn. With `on_delta`, stream text as it arrives (where the backend can)."""
         ...
+
+    async def check(self, model: str, *, timeout: float = CHECK_TIMEOUT) -> str:
+        """A cheap authenticated call (listing the models) that says in plain words that the endpoint
+        and key work, and whether `model` is on offer; raises ProviderError saying what failed."""
+        ...
+
+
+def check_report(where: str, model: str, listed: Collection[str] | None) -> str:
+    """What a connection check found. `listed` is None when the endpoint's list was cut short, so
+    a model missing from it proves nothing."""
+    if listed is None:
+        return f"Connected to {where}."
+    if model in listed:
+        return f"Connected to {where}; {model} is available."
+    return (f"Connected to {where}, but {model} is not among the {len(listed)} models it lists: "
+            "check the model name.")

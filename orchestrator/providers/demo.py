@@ -10,7 +10,7 @@ import json
 import re
 
 from ..engine.state import FINAL_SUMMARY_HEADING
-from .base import DeltaCallback, ModelRequest, ModelResponse, ModelToolCall, Usage
+from .base import CHECK_TIMEOUT, DeltaCallback, ModelRequest, ModelResponse, ModelToolCall, Usage
 
 LABEL = "Demo model (offline, scripted)"
 ARITHMETIC = re.compile(r"(?<![\w.])(\(?-?\d[\d.\s()+\-*/%^]*[+\-*/%^][\d.\s()+\-*/%^]*\d\)?)")
@@ -21,6 +21,9 @@ class DemoProvider:
 
     def label(self, model: str) -> str:
         return LABEL
+
+    async def check(self, model: str, *, timeout: float = CHECK_TIMEOUT) -> str:
+        return "The demo model runs inside Cortex: there is nothing to connect to, and any model name works."
 
     async def complete(self, request: ModelRequest, *, on_delta: DeltaCallback | None = None) -> ModelResponse:
         task, results = _task_and_results(request.messages)

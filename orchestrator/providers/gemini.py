@@ -33,7 +33,17 @@ from google.genai import errors as genai_errors
 from google.genai import types
 from google.genai.client import AsyncClient
 
-from .base import DeltaCallback, Message, ModelRequest, ModelResponse, ModelToolCall, ProviderError, Usage
+from .base import (
+    CHECK_TIMEOUT,
+    DeltaCallback,
+    Message,
+    ModelRequest,
+    ModelResponse,
+    ModelToolCall,
+    ProviderError,
+    Usage,
+    check_report,
+)
 from .openai_compat import retry_after
 
 SIGNATURE = "gemini_thought_signature"
@@ -44,6 +54,8 @@ THOUGHTS = "gemini_thoughts"
 BLOCKED = frozenset({"SAFETY", "RECITATION", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY",
                      "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "MODEL_ARMOR"})
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+# The most models the API lists on one page: one request sees the whole list.
+LIST_PAGE_SIZE = 1000
 
 
 class GeminiProvider:
@@ -61,20 +73,44 @@ class GeminiProvider:
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
-            # Exactly one attempt, which also turns off the SDK's implicit retry of connection errors:
-            # the engine retries durably and honours Gemini's retry hint, which SDK retries would hide.
-            options = types.HttpOptions(base_url=self.base_url or None,
-                                        retry_options=types.HttpRetryOptions(attempts=1))
-            client = self._clients[loop] = genai.Client(api_key=self._api_key, vertexai=False,
-                                                        http_options=options)
+            client = self._clients[loop] = self._new_client()
         return client.aio
+
+    def _new_client(self) -> genai.Client:
+        # Exactly one attempt, which also turns off the SDK's implicit retry of connection errors:
+        # the engine retries durably and honours Gemini's retry hint, which SDK retries would hide.
+        options = types.HttpOptions(base_url=self.base_url or None, retry_options=types.HttpRetryOptions(attempts=1))
+        return genai.Client(api_key=self._api_key, vertexai=False, http_options=options)
+
+    def _require_key(self) -> None:
+        if not self._api_key:
+            raise ProviderError("no API key for Gemini: set GEMINI_API_KEY or give the model profile a key")
 
     def label(self, model: str) -> str:
         return f"Gemini · {model}"
 
+    async def check(self, model: str, *, timeout: float = CHECK_TIMEOUT) -> str:
+        self._require_key()
+        config = types.ListModelsConfig(page_size=LIST_PAGE_SIZE,
+                                        http_options=types.HttpOptions(timeout=max(1, round(timeout * 1000))))
+        # A client of its own, closed here: a check may run on a short-lived event loop (a sync
+        # view's), where a cached client would be left holding connections of a closed loop.
+        client = self._new_client()
+        try:
+            async with client.aio as aio:
+                pager = await aio.models.list(config=config)
+        except genai_errors.APIError as error:
+            raise provider_error(error) from error
+        except (httpx2.TransportError, httpx.TransportError) as error:
+            raise transport_error(error) from error
+        finally:
+            client.close()
+        listed = None if pager.config.get("page_token") else {
+            (entry.name or "").removeprefix("models/") for entry in pager.page}
+        return check_report(self.base_url or "Gemini", model.removeprefix("models/"), listed)
+
     async def complete(self, request: ModelRequest, *, on_delta: DeltaCallback | None = None) -> ModelResponse:
-        if not self._api_key:
-            raise ProviderError("no API key for Gemini: set GEMINI_API_KEY or give the model profile a key")
+        self._require_key()
         contents = to_gemini_contents(request.messages)
         config = gemini_config(request)
         try:
@@ -85,12 +121,8 @@ class GeminiProvider:
                                                                      config=config)
         except genai_errors.APIError as error:
             raise provider_error(error) from error
-        # google-genai lets its HTTP library's errors through unwrapped.
-        except (httpx2.TimeoutException, httpx.TimeoutException) as error:
-            raise ProviderError("Gemini did not answer in time", retryable=True) from error
         except (httpx2.TransportError, httpx.TransportError) as error:
-            raise ProviderError(f"the connection to Gemini failed ({type(error).__name__}: {error})",
-                                retryable=True) from error
+            raise transport_error(error) from error
         return from_gemini_response(response)
 
     async def _stream(self, model: str, contents: list[types.Content], config: types.GenerateContentConfig,
@@ -318,6 +350,13 @@ def _enum_name(value: Any) -> str:
 # --------------------------------------------------------------------------- #
 # Errors
 # --------------------------------------------------------------------------- #
+
+
+def transport_error(error: httpx2.TransportError | httpx.TransportError) -> ProviderError:
+    """google-genai lets its HTTP library's errors through unwrapped: plain words for them too."""
+    if isinstance(error, (httpx2.TimeoutException, httpx.TimeoutException)):
+        return ProviderError("Gemini did not answer in time", retryable=True)
+    return ProviderError(f"the connection to Gemini failed ({type(error).__name__}: {error})", retryable=True)
 
 
 def provider_error(error: genai_errors.APIError) -> ProviderError:

@@ -10,7 +10,17 @@ from typing import Any
 
 import openai
 
-from .base import DeltaCallback, Message, ModelRequest, ModelResponse, ModelToolCall, ProviderError, Usage
+from .base import (
+    CHECK_TIMEOUT,
+    DeltaCallback,
+    Message,
+    ModelRequest,
+    ModelResponse,
+    ModelToolCall,
+    ProviderError,
+    Usage,
+    check_report,
+)
 
 
 class OpenAIProvider:
@@ -28,13 +38,29 @@ class OpenAIProvider:
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
-            # The engine retries durably with backoff; the SDK's own retries would hide Retry-After.
-            client = self._clients[loop] = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key,
-                                                              max_retries=0)
+            client = self._clients[loop] = self._new_client()
         return client
+
+    def _new_client(self) -> openai.AsyncOpenAI:
+        # The engine retries durably with backoff; the SDK's own retries would hide Retry-After.
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=0)
 
     def label(self, model: str) -> str:
         return f"OpenAI-compatible · {model}"
+
+    async def check(self, model: str, *, timeout: float = CHECK_TIMEOUT) -> str:
+        # A client of its own, closed here: a check may run on a short-lived event loop (a sync
+        # view's), where a cached client would be left holding connections of a closed loop.
+        async with self._new_client() as client:
+            try:
+                page = await client.models.list(timeout=timeout)
+            except openai.NotFoundError as error:
+                raise ProviderError(f"{self.base_url} has no model list (404): is the base URL right? "
+                                    "OpenAI-compatible endpoints usually end in /v1.", status=404) from error
+            except openai.APIError as error:
+                raise provider_error(error, self.base_url) from error
+        listed = None if page.has_next_page() else {entry.id for entry in page.data}
+        return check_report(self.base_url, model, listed)
 
     async def complete(self, request: ModelRequest, *, on_delta: DeltaCallback | None = None) -> ModelResponse:
         kwargs: dict[str, Any] = {"model": request.model, "messages": to_openai_messages(request),
