@@ -189,7 +189,8 @@ class ToolCallAdmin(ReadOnlyAdmin):
     search_fields = ("job__task", "name", "call_id", "decided_by__username")
     list_select_related = ("job", "decided_by")
     date_hierarchy = "created_at"
-    fields = ("job_link", "call_id", "round", "position", "name", "risk", "verdict", "status", "interrupted",
+    fields = ("job_link", "call_id", "round", "position", "name", "risk", "verdict", "verdict_reason", "status",
+              "interrupted",
               "decision", "decided_by", "decided_at", "remember", "reason", "arguments", "original_arguments",
               "raw_arguments", "result", "is_error", "created_at", "started_at", "finished_at")
     readonly_fields = ("job_link", "arguments", "original_arguments")

@@ -181,6 +181,7 @@ class ToolCall(models.Model):
     original_args = models.JSONField(null=True, blank=True)
     risk = models.CharField(max_length=16, blank=True)
     verdict = models.CharField(max_length=16, choices=Verdict.choices)
+    verdict_reason = models.CharField(max_length=500, blank=True)  # why the policy decided so
     status = models.CharField(max_length=16, choices=ToolCallStatus.choices, db_index=True)
     interrupted = models.BooleanField(default=False)
     result = models.TextField(null=True, blank=True)
@@ -190,7 +191,7 @@ class ToolCall(models.Model):
     decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="tool_decisions")
     decided_at = models.DateTimeField(null=True, blank=True)
-    reason = models.TextField(blank=True)
+    reason = models.TextField(blank=True)  # the person's, when they deny
     remember = models.BooleanField(default=False)
 
     created_at = models.DateTimeField(auto_now_add=True)

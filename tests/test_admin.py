@@ -134,3 +134,13 @@ def test_people_without_staff_rights_are_kept_out(owner, decided_job):
     response = client.get(reverse("admin:orchestrator_job_changelist"))
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
     assert ToolCall.objects.get().decision == "edited"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_policys_reason_and_the_persons_reason_are_kept_apart(owner, engine, default_persona):
+    job = services.job_submit(user=owner, task="Write a note: buy milk")
+    async_to_sync(engine.run_until)(job.pk, "awaiting_confirmation")
+    services.job_deny(user=owner, job_id=job.pk, reason="not now")
+    call = job.tool_calls.get()
+    assert call.verdict_reason == "medium risk asks by default"
+    assert call.reason == "not now"

@@ -466,7 +466,7 @@ def _record_calls(job: Job, response: ModelResponse, memo: Memo) -> list[ToolCal
         else:
             decision, because = verdict(tool, policy, roles, job.approved_tools)
             call.verdict = decision
-            call.reason = because
+            call.verdict_reason = because[:500]
             if decision == "refuse":
                 call.status, call.is_error, call.finished_at = ToolCallStatus.REFUSED, True, timezone.now()
                 call.result = f"Error: {because}."
@@ -475,7 +475,7 @@ def _record_calls(job: Job, response: ModelResponse, memo: Memo) -> list[ToolCal
         rows.append(call)
     ToolCall.objects.bulk_create(rows)
     events.append(job, *[("tool.call", {"id": c.call_id, "name": c.name, "args": c.args, "risk": c.risk,
-                                        "verdict": c.verdict, "status": c.status, "reason": c.reason,
+                                        "verdict": c.verdict, "status": c.status, "reason": c.verdict_reason,
                                         "result": c.result}) for c in rows])
     return rows
 
