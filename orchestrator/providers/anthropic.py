@@ -8,9 +8,7 @@ returned, in the assistant message's `extra["anthropic_thinking"]`.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import weakref
 from typing import Any
 
 import anthropic
@@ -20,6 +18,7 @@ from anthropic.types import Message as AnthropicMessage
 from .base import (
     CHECK_TIMEOUT,
     DeltaCallback,
+    LoopClients,
     Message,
     ModelRequest,
     ModelResponse,
@@ -44,17 +43,11 @@ class AnthropicProvider:
     def __init__(self, *, base_url: str, api_key: str) -> None:
         self.base_url = base_url or DEFAULT_BASE_URL
         self._api_key = api_key
-        # Pooled connections belong to the event loop that opened them: one client per loop.
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anthropic.AsyncAnthropic] = \
-            weakref.WeakKeyDictionary()
+        self._clients = LoopClients(self._new_client)
 
     @property
     def client(self) -> anthropic.AsyncAnthropic:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            client = self._clients[loop] = self._new_client()
-        return client
+        return self._clients.get()
 
     def _new_client(self) -> anthropic.AsyncAnthropic:
         # The engine retries durably with backoff; the SDK's own retries would hide Retry-After.

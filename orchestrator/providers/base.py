@@ -16,9 +16,11 @@ Claude's signed thinking blocks). A provider must replay `extra` it recognises a
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 Message = dict[str, Any]
 DeltaCallback = Callable[[str], Awaitable[None]]
@@ -72,6 +74,25 @@ class ModelResponse:
         if self.extra:
             message["extra"] = self.extra
         return message
+
+
+C = TypeVar("C")
+
+
+class LoopClients(Generic[C]):
+    """SDK clients, one per running event loop: pooled connections belong to the loop that opened
+    them, and a client used from another loop fails (a test's loop, or `async_to_sync`)."""
+
+    def __init__(self, factory: Callable[[], C]) -> None:
+        self._factory = factory
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, C] = weakref.WeakKeyDictionary()
+
+    def get(self) -> C:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = self._clients[loop] = self._factory()
+        return client
 
 
 class ProviderError(Exception):

@@ -18,12 +18,10 @@ carrying the signature that came with them.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
 import re
-import weakref
 from typing import Any
 
 import httpx
@@ -36,6 +34,7 @@ from google.genai.client import AsyncClient
 from .base import (
     CHECK_TIMEOUT,
     DeltaCallback,
+    LoopClients,
     Message,
     ModelRequest,
     ModelResponse,
@@ -64,17 +63,11 @@ class GeminiProvider:
     def __init__(self, *, base_url: str, api_key: str) -> None:
         self.base_url = base_url
         self._api_key = api_key
-        # The SDK's HTTP pool belongs to the event loop that opened it: one client per loop.
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, genai.Client] = \
-            weakref.WeakKeyDictionary()
+        self._clients = LoopClients(self._new_client)
 
     @property
     def client(self) -> AsyncClient:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            client = self._clients[loop] = self._new_client()
-        return client.aio
+        return self._clients.get().aio
 
     def _new_client(self) -> genai.Client:
         # Exactly one attempt, which also turns off the SDK's implicit retry of connection errors:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import time
-import weakref
 from typing import Any
 
 import openai
@@ -13,6 +11,7 @@ import openai
 from .base import (
     CHECK_TIMEOUT,
     DeltaCallback,
+    LoopClients,
     Message,
     ModelRequest,
     ModelResponse,
@@ -29,17 +28,11 @@ class OpenAIProvider:
     def __init__(self, *, base_url: str, api_key: str) -> None:
         self.base_url = base_url
         self._api_key = api_key or "none"
-        # Pooled connections belong to the event loop that opened them: one client per loop.
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = \
-            weakref.WeakKeyDictionary()
+        self._clients = LoopClients(self._new_client)
 
     @property
     def client(self) -> openai.AsyncOpenAI:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            client = self._clients[loop] = self._new_client()
-        return client
+        return self._clients.get()
 
     def _new_client(self) -> openai.AsyncOpenAI:
         # The engine retries durably with backoff; the SDK's own retries would hide Retry-After.
