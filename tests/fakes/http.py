@@ -56,7 +56,7 @@ class ClientDisconnected(Exception):
 
 
 class _BadRequest(Exception):
-    pass
+    """A request the fake cannot parse: answered with 400."""
 
 
 # --------------------------------------------------------------------------- #

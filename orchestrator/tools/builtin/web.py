@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import ipaddress
 import socket
 import ssl
@@ -131,10 +132,8 @@ def check_address(ip: IPAddress | str, allow_private: bool) -> IPAddress:
 async def resolve_host(host: str, port: int) -> list[IPAddress]:
     """Every address `host` resolves to (an IP literal resolves to itself), without duplicates."""
     literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
+    with contextlib.suppress(ValueError):  # not a literal: look the name up
         return [ipaddress.ip_address(literal)]
-    except ValueError:
-        pass
     try:
         infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
