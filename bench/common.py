@@ -6,6 +6,7 @@ driver can read it among any other output.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import sys
@@ -56,12 +57,10 @@ def cpu_seconds() -> float:
 
 def peak_rss_mb() -> float:
     """Peak resident set size of this process (VmHWM), in MiB."""
-    try:
+    with contextlib.suppress(OSError):  # no /proc: fall back to getrusage
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
-    except OSError:
-        pass
     # Linux reports ru_maxrss in KiB, macOS in bytes.
     scale = 1 if sys.platform == "darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / (1024 * 1024)

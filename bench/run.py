@@ -45,7 +45,7 @@ DROPPED_PREFIXES = ("CORTEX_", "OPENAI_", "DJANGO_")
 
 
 class BenchError(RuntimeError):
-    pass
+    """A side that did not run its jobs as specified: the run is void."""
 
 
 def log(message: str) -> None:

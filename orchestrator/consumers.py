@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -61,8 +62,6 @@ def _events_after(job: Job, after: int) -> list[dict]:
 
 
 def _after(scope: dict) -> int:
-    from urllib.parse import parse_qs
-
     values = parse_qs(scope.get("query_string", b"").decode()).get("after", ["0"])
     try:
         return max(0, int(values[-1]))

@@ -69,6 +69,23 @@ class ApiClient:
         return self._call("delete", path)
 
 
+def signed_in(user) -> Client:
+    """A browser session of `user`, as if they had logged in."""
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def alice(owner) -> Client:
+    return signed_in(owner)
+
+
+@pytest.fixture
+def bob(outsider) -> Client:
+    return signed_in(outsider)
+
+
 @pytest.fixture
 def api(owner) -> ApiClient:
     return ApiClient(services.token_create(user=owner, name="tests")[1])

@@ -20,22 +20,6 @@ HTMX = {"HX-Request": "true"}
 NO_ID = "00000000-0000-0000-0000-000000000000"
 
 
-def signed_in(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
-def alice(owner) -> Client:
-    return signed_in(owner)
-
-
-@pytest.fixture
-def bob(outsider) -> Client:
-    return signed_in(outsider)
-
-
 @pytest.fixture
 def awaiting_job(owner, engine, default_persona):
     """A job of alice's paused on a gated call: the demo model writes a note (medium risk asks)."""

@@ -20,28 +20,13 @@ from orchestrator import roles, selectors, services
 from orchestrator.models import ModelProfile, Persona, RoleAssignment
 from orchestrator.providers import PROVIDERS
 from orchestrator.tools.registry import registry
+from tests.conftest import signed_in
 from tests.fakes.openai_fake import OpenAIFake
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 HTMX = {"HX-Request": "true"}
 KEY = "sk-live-do-not-leak-7f3a9c2e1b44"
-
-
-def signed_in(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
-def alice(owner) -> Client:
-    return signed_in(owner)
-
-
-@pytest.fixture
-def bob(outsider) -> Client:
-    return signed_in(outsider)
 
 
 @pytest.fixture
