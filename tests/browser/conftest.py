@@ -4,6 +4,7 @@ suite, a fresh signed-in browser context per test, and a check that no page logg
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +18,8 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+# The README's pictures are refreshed only on request, so a test run leaves the work tree clean.
+UPDATE_SCREENSHOTS = os.environ.get("CORTEX_UPDATE_SCREENSHOTS") == "1"
 
 
 class LiveServer:
@@ -138,6 +141,9 @@ def anonymous(chromium: Browser, app_server: LiveServer, transactional_db) -> It
 @pytest.fixture
 def screenshot() -> Callable[[Page, str], None]:
     def save(page: Page, name: str, **options) -> None:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), **options)
+        # Taken either way, so a page that cannot be drawn fails the walk that shows it.
+        image = page.screenshot(**options)
+        if UPDATE_SCREENSHOTS:
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            (SCREENSHOTS / f"{name}.png").write_bytes(image)
     return save
