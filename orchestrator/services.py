@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import re
 import secrets
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ from django.utils import timezone
 from . import context, crypto, events, roles, selectors
 from .models import (
     ACTIVE_STATUSES,
-    OPEN_CALL_STATUSES,
     ApiToken,
     Job,
     JobStatus,
@@ -42,6 +40,7 @@ from .models import (
 )
 from .policy import RiskPolicy
 from .tools.registry import ArgumentsInvalid, registry
+from .transitions import close_open_calls
 
 TOKEN_PREFIX = "ctx_"
 SLUG = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -341,24 +340,6 @@ def job_cancel(*, user: AbstractBaseUser, job_id: Any) -> Job:
     return job
 
 
-def close_open_calls(job: Job, status: str, result: str) -> None:
-    """Give every call without a result one, so the transcript stays well formed."""
-    now = timezone.now()
-    for call in job.tool_calls.filter(status__in=OPEN_CALL_STATUSES):
-        call.status = status
-        call.result = result
-        call.is_error = True
-        call.finished_at = now
-        call.save(update_fields=["status", "result", "is_error", "finished_at"])
-        events.append(job, ("tool.finished", finished_event(call)))
-
-
-def finished_event(call: ToolCall) -> dict[str, Any]:
-    result = call.result or ""
-    return {"id": call.call_id, "name": call.name, "status": call.status, "is_error": call.is_error,
-            "result": result[:4000], "truncated": len(result) > 4000, "duration_ms": call.duration_ms}
-
-
 # --- Memory --------------------------------------------------------------------------------------
 
 def memory_save(*, user: AbstractBaseUser, content: str, tier: str = Memory.Tier.MID,
@@ -385,12 +366,6 @@ def memory_update(*, user: AbstractBaseUser, memory_id: int, content: str, tier:
 
 def memory_delete(*, user: AbstractBaseUser, memory_id: int) -> None:
     selectors.memory_for_user(user, memory_id).delete()
-
-
-def tool_result_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 # --- Model profiles and roles ------------------------------------------------------------------

@@ -21,13 +21,14 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from .. import events, selectors
+from ..context import final_answer_brief
 from ..models import Job, JobStatus, Message, Session, ToolCall, ToolCallStatus
 from ..policy import RiskPolicy, offered, verdict
 from ..crypto import SecretUnreadable
 from ..roles import RoleConfig, credentials
 from ..providers.base import ModelResponse
-from ..services import close_open_calls, finished_event
 from ..tools.registry import ArgumentsInvalid, registry
+from ..transitions import close_open_calls, finished_event
 
 # A job whose executor died this many times in a row is poison: stop retrying it.
 MAX_CLAIMS = 20
@@ -283,32 +284,6 @@ def _final_answer_call(job: Job) -> CallModel:
     return _with_credentials(CallModel(
         model=chat.model, system=job.chat_system_prompt, messages=history + [{"role": "user", "content": brief}],
         purpose="final", round=job.rounds, timeout=chat.timeout, temperature=chat.temperature), chat)
-
-
-def final_answer_brief(task: str, loop: list[dict[str, Any]], summary: str) -> str:
-    """What the chat-role model reads: the task, what the tools did, and the orchestrator's summary.
-
-    Plain text rather than tool messages, so any backend can write the answer whichever backend
-    ran the tools."""
-    results = {m.get("tool_call_id"): m for m in loop if m.get("role") == "tool"}
-    lines = []
-    for message in loop:
-        for call in message.get("tool_calls") or ():
-            result = results.get(call["id"], {})
-            outcome = "failed or was not allowed" if result.get("is_error") else "returned"
-            content = str(result.get("content", ""))
-            lines.append(f"- {call['name']}({call.get('arguments') or '{}'}) {outcome}: "
-                         f"{content[:2000]}{' …' if len(content) > 2000 else ''}")
-    parts = [f"The person asked:\n{task}"]
-    if lines:
-        parts.append("Tool calls made while working on it:\n" + "\n".join(lines))
-    parts.append(f"{FINAL_SUMMARY_HEADING}\n{summary}")
-    parts.append("Write the final answer to the person. Rely on the tool results above; do not invent "
-                 "results; say plainly if something was denied or failed.")
-    return "\n\n".join(parts)
-
-
-FINAL_SUMMARY_HEADING = "The orchestrator's own summary:"
 
 
 def _offered_tools(job: Job, allowed: tuple[str, ...], memo: Memo) -> list[dict[str, Any]]:
