@@ -23,7 +23,7 @@ from django.db.models import Q
 
 from django.utils import timezone
 
-from . import context, crypto, events, roles, selectors
+from . import context, crypto, events, roles, selectors, transitions
 from .models import (
     ACTIVE_STATUSES,
     ApiToken,
@@ -40,7 +40,6 @@ from .models import (
 )
 from .policy import RiskPolicy
 from .tools.registry import ArgumentsInvalid, registry
-from .transitions import close_open_calls
 
 TOKEN_PREFIX = "ctx_"
 SLUG = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -192,9 +191,8 @@ def job_submit(*, user: AbstractBaseUser, task: str, session_id: str | None = No
             chat_system_prompt=prompt_for(chat) if options.respond_with_final else "",
         )
         job.save()
-        events.append(job, ("job.status", {"status": JobStatus.QUEUED, "task": task}))
+        transitions.queue(job)
         Job.objects.filter(pk=job.pk).update(last_seq=job.last_seq)
-        events.wake_executors()
     return job
 
 
@@ -245,13 +243,8 @@ def _awaiting_calls(job: Job, tool_call_id: str | None) -> list[ToolCall]:
 
 def _after_decision(job: Job) -> None:
     """Once no call awaits a person, hand the job back to the executors."""
-    if job.tool_calls.filter(status=ToolCallStatus.AWAITING).exists():
-        return
-    job.status = JobStatus.RUNNING
-    job.lease_owner = ""
-    job.lease_expires_at = None
-    events.append(job, ("job.status", {"status": JobStatus.RUNNING}))
-    events.wake_executors()
+    if not job.tool_calls.filter(status=ToolCallStatus.AWAITING).exists():
+        transitions.resume(job)
 
 
 def job_confirm(*, user: AbstractBaseUser, job_id: Any, tool_call_id: str | None = None,
@@ -287,8 +280,7 @@ def job_confirm(*, user: AbstractBaseUser, job_id: Any, tool_call_id: str | None
                 job.approved_tools = [*job.approved_tools, call.name]
             events.append(job, ("tool.decided", _decision_event(call, user)))
         _after_decision(job)
-        job.save(update_fields=["status", "lease_owner", "lease_expires_at", "approved_tools", "last_seq",
-                                "updated_at"])
+        job.save(update_fields=[*transitions.FIELDS, "approved_tools"])
     return job
 
 
@@ -311,7 +303,7 @@ def job_deny(*, user: AbstractBaseUser, job_id: Any, tool_call_id: str | None = 
                                      "is_error", "result"])
             events.append(job, ("tool.decided", _decision_event(call, user)))
         _after_decision(job)
-        job.save(update_fields=["status", "lease_owner", "lease_expires_at", "last_seq", "updated_at"])
+        job.save(update_fields=transitions.FIELDS)
     return job
 
 
@@ -326,17 +318,8 @@ def job_cancel(*, user: AbstractBaseUser, job_id: Any) -> Job:
         job = _locked_job(user, job_id)
         if job.status not in ACTIVE_STATUSES:
             raise Conflict(f"job is already {job.status}")
-        now = timezone.now()
-        close_open_calls(job, ToolCallStatus.CANCELLED, "The job was cancelled before this call finished.")
-        job.status = JobStatus.CANCELLED
-        job.completed_at = now
-        job.error = f"cancelled by {user.get_username()}"
-        job.lease_owner = ""
-        job.lease_expires_at = None
-        events.append(job, ("job.status", {"status": JobStatus.CANCELLED, "by": user.get_username()}))
-        job.save(update_fields=["status", "completed_at", "error", "lease_owner", "lease_expires_at", "last_seq",
-                                "updated_at"])
-        events.wake_executors(cancel=str(job.id))
+        transitions.cancel(job, by=user.get_username())
+        job.save(update_fields=transitions.FIELDS)
     return job
 
 

@@ -86,3 +86,34 @@ def test_the_check_sees_direct_relative_and_indirect_imports():
     assert "orchestrator.transitions" in imported_by("orchestrator.engine.state")  # from ..transitions import …
     seen = reachable_from("orchestrator.urls")
     assert chain(seen, "orchestrator.services").count("→") == 2  # urls → views (or api) → services
+
+
+TRANSITION_FIELDS = {"status", "started_at", "completed_at", "lease_owner", "lease_expires_at"}
+
+
+def status_changes(module: str) -> list[str]:
+    """Where `module` sets a job's status or lease itself, or appends a `job.status` event."""
+    path = MODULES[module]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        for target in targets:
+            if (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name)
+                    and target.value.id == "job" and target.attr in TRANSITION_FIELDS):
+                found.append(f"line {node.lineno}: job.{target.attr} = …")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "update":
+            found += [f"line {node.lineno}: update({keyword.arg}=…)" for keyword in node.keywords
+                      if keyword.arg in TRANSITION_FIELDS]
+        if isinstance(node, ast.Tuple) and node.elts and isinstance(node.elts[0], ast.Constant) \
+                and node.elts[0].value == "job.status":
+            found.append(f"line {node.lineno}: a job.status event")
+    return found
+
+
+@pytest.mark.parametrize("module", sorted(set(MODULES) - {"orchestrator.transitions"}))
+def test_job_statuses_change_only_in_the_transitions(module):
+    assert status_changes(module) == []
+
+
+def test_the_transitions_check_sees_what_it_looks_for():
+    assert len(status_changes("orchestrator.transitions")) >= 10
