@@ -28,7 +28,7 @@ from . import events
 from .models import OPEN_CALL_STATUSES, Job, JobStatus, Message, Session, ToolCall, ToolCallStatus
 
 # Every field a transition may change on the job.
-FIELDS = ("status", "error", "started_at", "completed_at", "response", "gemini_summary", "backend",
+FIELDS = ("status", "error", "started_at", "completed_at", "response", "orchestrator_summary", "backend",
           "backend_label", "host", "lease_owner", "lease_expires_at", "last_seq", "updated_at")
 
 
@@ -67,7 +67,7 @@ def complete(job: Job, *, response: str, backend: str, backend_label: str, summa
     off_record = bool(job.options.get("off_record"))
     job.status = JobStatus.COMPLETE
     job.response = response
-    job.gemini_summary = summary
+    job.orchestrator_summary = summary
     job.backend = backend
     job.backend_label = backend_label
     job.host = platform.node()

@@ -254,7 +254,7 @@ def _final_answer_call(job: Job) -> CallModel:
     chat = _role(job, "chat")
     history_length = job.options.get("history_messages", 0)
     history = job.transcript[:history_length]
-    brief = final_answer_brief(job.task, job.transcript[history_length + 1:], job.gemini_summary or "")
+    brief = final_answer_brief(job.task, job.transcript[history_length + 1:], job.orchestrator_summary or "")
     return _with_credentials(CallModel(
         model=chat.model, system=job.chat_system_prompt, messages=history + [{"role": "user", "content": brief}],
         purpose="final", round=job.rounds, timeout=chat.timeout, temperature=chat.temperature), chat)
@@ -325,7 +325,7 @@ def _record_turn(job: Job, action: CallModel, response: ModelResponse, backend: 
             transitions.fail(job, f"the chat model ({backend_label}) returned an empty answer")
         else:
             transitions.complete(job, response=response.text, backend=backend, backend_label=backend_label,
-                                 summary=job.gemini_summary)
+                                 summary=job.orchestrator_summary)
         job.save()
         return None
     calls = _round_calls(job)
@@ -336,7 +336,7 @@ def _record_turn(job: Job, action: CallModel, response: ModelResponse, backend: 
         if not response.text.strip():
             transitions.fail(job, f"the model ({backend_label}) returned an empty answer")
         elif job.options.get("respond_with_final", True):
-            job.gemini_summary = response.text  # the chat-role model writes the answer next
+            job.orchestrator_summary = response.text  # the chat-role model writes the answer next
         else:
             transitions.complete(job, response=response.text, backend=backend, backend_label=backend_label,
                                  summary=response.text)
