@@ -4,8 +4,9 @@
 
 Each transition acts on a job the caller's transaction has locked: it sets the status and the
 fields that go with it (start or completion time, error, the executor's lease), closes the calls
-the job leaves open, and appends the `job.status` event. The caller saves the job; a caller that
-saves only some fields saves at least `FIELDS`.
+the job leaves open, and appends the `job.status` event, which names the executor when one makes
+the transition. The caller saves the job; a caller that saves only some fields saves at least
+`FIELDS`.
 
 The lease functions act on rows: claiming runnable jobs for an executor, renewing its leases and
 releasing them, unfinished, to any executor.
@@ -48,8 +49,8 @@ def start(job: Job, *, owner: str) -> None:
 def pause(job: Job, *, awaiting: Sequence[ToolCall]) -> None:
     """running → awaiting_confirmation: the executor lets go until a person decides on `awaiting`."""
     job.status = JobStatus.AWAITING_CONFIRMATION
-    _drop_lease(job)
-    events.append(job, ("job.status", {"status": JobStatus.AWAITING_CONFIRMATION,
+    executor = _drop_lease(job)
+    events.append(job, ("job.status", {"status": JobStatus.AWAITING_CONFIRMATION, "executor": executor,
                                        "tools": [call.as_pending() for call in awaiting]}))
 
 
@@ -72,7 +73,7 @@ def complete(job: Job, *, response: str, backend: str, backend_label: str, summa
     job.backend_label = backend_label
     job.host = platform.node()
     job.completed_at = now
-    _drop_lease(job)
+    executor = _drop_lease(job)
     if job.session_id:
         Message.objects.bulk_create([
             Message(session_id=job.session_id, job=job, role=Message.Role.USER, content=job.task,
@@ -81,8 +82,8 @@ def complete(job: Job, *, response: str, backend: str, backend_label: str, summa
                     backend=backend, backend_label=backend_label, host=job.host, off_record=off_record),
         ])
         Session.objects.filter(pk=job.session_id).update(updated_at=now)
-    events.append(job, ("job.status", {"status": JobStatus.COMPLETE, "response": response,
-                                       "backend": backend, "backend_label": backend_label}))
+    events.append(job, ("job.status", {"status": JobStatus.COMPLETE, "response": response, "backend": backend,
+                                       "backend_label": backend_label, "executor": executor}))
 
 
 def fail(job: Job, error: str) -> None:
@@ -91,8 +92,8 @@ def fail(job: Job, error: str) -> None:
     job.status = JobStatus.ERROR
     job.error = error[:5000]
     job.completed_at = timezone.now()
-    _drop_lease(job)
-    events.append(job, ("job.status", {"status": JobStatus.ERROR, "error": job.error}))
+    executor = _drop_lease(job)
+    events.append(job, ("job.status", {"status": JobStatus.ERROR, "error": job.error, "executor": executor}))
 
 
 def cancel(job: Job, *, by: str) -> None:
@@ -108,9 +109,12 @@ def cancel(job: Job, *, by: str) -> None:
     events.wake_executors(cancel=str(job.id))
 
 
-def _drop_lease(job: Job) -> None:
+def _drop_lease(job: Job) -> str:
+    """Returns the executor that held the job ("" for none)."""
+    holder = job.lease_owner
     job.lease_owner = ""
     job.lease_expires_at = None
+    return holder
 
 
 # --- Leases --------------------------------------------------------------------------------------
