@@ -1,5 +1,7 @@
-"""Every write Cortex makes. Views, the API, consumers, admin actions, management commands and the
-engine all call these functions; none of them writes models directly.
+"""Every write a person or a client asks for. Views, the API, consumers, admin actions and
+management commands all call these functions; none of them writes models directly. The engine
+writes through `engine.state` and never imports this module; both change a job's status only
+through `transitions`.
 
 Decisions on a job (confirm, deny, cancel) are compare-and-set transitions inside one
 transaction on the locked job row: of two simultaneous decisions exactly one applies.
