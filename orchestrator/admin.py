@@ -153,8 +153,9 @@ class JobAdmin(ReadOnlyAdmin):
     date_hierarchy = "created_at"
     list_select_related = ("user",)
     fields = ("id", "user", "status", "task", "session", "persona", "options", "orchestrator_model", "chat_model",
-              "backend", "backend_label", "host", "response", "gemini_summary", "error", "rounds", "approved_tools",
-              "usage", "system_prompt", "chat_system_prompt", "created_at", "started_at", "completed_at")
+              "backend", "backend_label", "host", "response", "orchestrator_summary", "error", "rounds",
+              "approved_tools", "usage", "system_prompt", "chat_system_prompt", "created_at", "started_at",
+              "completed_at")
     inlines = [ToolCallInline, JobEventInline]
     actions = ["export_jobs", "export_decisions"]
 

@@ -178,7 +178,7 @@ def job_payload(job: Job) -> dict[str, Any]:
         "backend": job.backend or None,
         "backend_label": job.backend_label or None,
         "host": job.host or None,
-        "gemini_summary": job.gemini_summary,
+        "gemini_summary": job.orchestrator_summary,  # named as in the original API
         "error": job.error,
         "pending_confirmation": pending,
     }

@@ -1,4 +1,4 @@
-"""Assembling the system prompts a job's models see. Pure functions over plain data.
+"""Assembling the prompts a job's models see. Pure functions over plain data.
 
 Memory tiers, bounded by the request's `tier` and switched one by one by include_long/mid/short:
 - tier 1: long-term memories only (lasting facts about the person);
@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 TIER_ORDER = ("long", "mid", "short")
 TIER_TITLES = {"long": "Long term", "mid": "Mid term", "short": "Short term (this week)"}
@@ -63,3 +64,29 @@ def system_prompt(*, persona_prompt: str, memories: str = "", now: datetime | No
         parts.append("Mode: chat.")
     parts.append(system_append.strip())
     return "\n\n".join(part for part in parts if part)
+
+
+FINAL_SUMMARY_HEADING = "The orchestrator's own summary:"
+
+
+def final_answer_brief(task: str, loop: list[dict[str, Any]], summary: str) -> str:
+    """What the chat-role model reads: the task, what the tools did, and the orchestrator's summary.
+
+    Plain text rather than tool messages, so any backend can write the answer whichever backend
+    ran the tools."""
+    results = {m.get("tool_call_id"): m for m in loop if m.get("role") == "tool"}
+    lines = []
+    for message in loop:
+        for call in message.get("tool_calls") or ():
+            result = results.get(call["id"], {})
+            outcome = "failed or was not allowed" if result.get("is_error") else "returned"
+            content = str(result.get("content", ""))
+            lines.append(f"- {call['name']}({call.get('arguments') or '{}'}) {outcome}: "
+                         f"{content[:2000]}{' …' if len(content) > 2000 else ''}")
+    parts = [f"The person asked:\n{task}"]
+    if lines:
+        parts.append("Tool calls made while working on it:\n" + "\n".join(lines))
+    parts.append(f"{FINAL_SUMMARY_HEADING}\n{summary}")
+    parts.append("Write the final answer to the person. Rely on the tool results above; do not invent "
+                 "results; say plainly if something was denied or failed.")
+    return "\n\n".join(parts)

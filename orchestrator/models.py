@@ -96,7 +96,8 @@ class Job(models.Model):
     approved_tools = models.JSONField(default=list, blank=True)
 
     response = models.TextField(null=True, blank=True)
-    gemini_summary = models.TextField(null=True, blank=True)
+    # The orchestrator model's own summary, whichever provider wrote it (the API's `gemini_summary`).
+    orchestrator_summary = models.TextField(null=True, blank=True)
     backend = models.CharField(max_length=200, blank=True)
     backend_label = models.CharField(max_length=200, blank=True)
     host = models.CharField(max_length=200, blank=True)

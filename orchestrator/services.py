@@ -1,5 +1,7 @@
-"""Every write Cortex makes. Views, the API, consumers, admin actions, management commands and the
-engine all call these functions; none of them writes models directly.
+"""Every write a person or a client asks for. Views, the API, consumers, admin actions and
+management commands all call these functions; none of them writes models directly. The engine
+writes through `engine.state` and never imports this module; both change a job's status only
+through `transitions`.
 
 Decisions on a job (confirm, deny, cancel) are compare-and-set transitions inside one
 transaction on the locked job row: of two simultaneous decisions exactly one applies.
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import re
 import secrets
 from dataclasses import dataclass
@@ -24,10 +25,9 @@ from django.db.models import Q
 
 from django.utils import timezone
 
-from . import context, crypto, events, roles, selectors
+from . import context, crypto, events, roles, selectors, transitions
 from .models import (
     ACTIVE_STATUSES,
-    OPEN_CALL_STATUSES,
     ApiToken,
     Job,
     JobStatus,
@@ -193,9 +193,8 @@ def job_submit(*, user: AbstractBaseUser, task: str, session_id: str | None = No
             chat_system_prompt=prompt_for(chat) if options.respond_with_final else "",
         )
         job.save()
-        events.append(job, ("job.status", {"status": JobStatus.QUEUED, "task": task}))
+        transitions.queue(job)
         Job.objects.filter(pk=job.pk).update(last_seq=job.last_seq)
-        events.wake_executors()
     return job
 
 
@@ -246,13 +245,8 @@ def _awaiting_calls(job: Job, tool_call_id: str | None) -> list[ToolCall]:
 
 def _after_decision(job: Job) -> None:
     """Once no call awaits a person, hand the job back to the executors."""
-    if job.tool_calls.filter(status=ToolCallStatus.AWAITING).exists():
-        return
-    job.status = JobStatus.RUNNING
-    job.lease_owner = ""
-    job.lease_expires_at = None
-    events.append(job, ("job.status", {"status": JobStatus.RUNNING}))
-    events.wake_executors()
+    if not job.tool_calls.filter(status=ToolCallStatus.AWAITING).exists():
+        transitions.resume(job)
 
 
 def job_confirm(*, user: AbstractBaseUser, job_id: Any, tool_call_id: str | None = None,
@@ -288,8 +282,7 @@ def job_confirm(*, user: AbstractBaseUser, job_id: Any, tool_call_id: str | None
                 job.approved_tools = [*job.approved_tools, call.name]
             events.append(job, ("tool.decided", _decision_event(call, user)))
         _after_decision(job)
-        job.save(update_fields=["status", "lease_owner", "lease_expires_at", "approved_tools", "last_seq",
-                                "updated_at"])
+        job.save(update_fields=[*transitions.FIELDS, "approved_tools"])
     return job
 
 
@@ -312,7 +305,7 @@ def job_deny(*, user: AbstractBaseUser, job_id: Any, tool_call_id: str | None = 
                                      "is_error", "result"])
             events.append(job, ("tool.decided", _decision_event(call, user)))
         _after_decision(job)
-        job.save(update_fields=["status", "lease_owner", "lease_expires_at", "last_seq", "updated_at"])
+        job.save(update_fields=transitions.FIELDS)
     return job
 
 
@@ -327,36 +320,9 @@ def job_cancel(*, user: AbstractBaseUser, job_id: Any) -> Job:
         job = _locked_job(user, job_id)
         if job.status not in ACTIVE_STATUSES:
             raise Conflict(f"job is already {job.status}")
-        now = timezone.now()
-        close_open_calls(job, ToolCallStatus.CANCELLED, "The job was cancelled before this call finished.")
-        job.status = JobStatus.CANCELLED
-        job.completed_at = now
-        job.error = f"cancelled by {user.get_username()}"
-        job.lease_owner = ""
-        job.lease_expires_at = None
-        events.append(job, ("job.status", {"status": JobStatus.CANCELLED, "by": user.get_username()}))
-        job.save(update_fields=["status", "completed_at", "error", "lease_owner", "lease_expires_at", "last_seq",
-                                "updated_at"])
-        events.wake_executors(cancel=str(job.id))
+        transitions.cancel(job, by=user.get_username())
+        job.save(update_fields=transitions.FIELDS)
     return job
-
-
-def close_open_calls(job: Job, status: str, result: str) -> None:
-    """Give every call without a result one, so the transcript stays well formed."""
-    now = timezone.now()
-    for call in job.tool_calls.filter(status__in=OPEN_CALL_STATUSES):
-        call.status = status
-        call.result = result
-        call.is_error = True
-        call.finished_at = now
-        call.save(update_fields=["status", "result", "is_error", "finished_at"])
-        events.append(job, ("tool.finished", finished_event(call)))
-
-
-def finished_event(call: ToolCall) -> dict[str, Any]:
-    result = call.result or ""
-    return {"id": call.call_id, "name": call.name, "status": call.status, "is_error": call.is_error,
-            "result": result[:4000], "truncated": len(result) > 4000, "duration_ms": call.duration_ms}
 
 
 # --- Memory --------------------------------------------------------------------------------------
@@ -385,12 +351,6 @@ def memory_update(*, user: AbstractBaseUser, memory_id: int, content: str, tier:
 
 def memory_delete(*, user: AbstractBaseUser, memory_id: int) -> None:
     selectors.memory_for_user(user, memory_id).delete()
-
-
-def tool_result_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 # --- Model profiles and roles ------------------------------------------------------------------

@@ -84,21 +84,38 @@ def kill(process) -> None:
     process.wait(10)
 
 
+def rounds_answered(job: Job) -> list[int]:
+    """The round of each model answer the job recorded, in order."""
+    return [event.data["round"] for event in job.events.filter(type="model.turn").order_by("seq")]
+
+
+def calls_started(job: Job) -> list[str]:
+    """The id of each tool call the job marked started, in order."""
+    return [event.data["id"] for event in job.events.filter(type="tool.started").order_by("seq")]
+
+
+def finished_by(job: Job) -> str:
+    """The executor that made the job's final transition."""
+    return job.events.filter(type="job.status").order_by("-seq").first().data["executor"]
+
+
 def test_a_running_job_survives_its_executor_being_killed(fake, owner, default_persona, workers):
     fake.script_delay(30)  # the first model call hangs...
     fake.script_text("Finished by the second executor.")  # ...the retry answers
     job = services.job_submit(user=owner, options=LOOP_ONLY, task="Think slowly")
     first = workers()
     wait_until(lambda: fake.call_count >= 1, what="the first model call")
-    held_by = Job.objects.get(pk=job.pk).lease_owner
+    killed = Job.objects.get(pk=job.pk).lease_owner
     kill(first)
 
     workers()
     done = wait_until(lambda: job_in(job.pk, "complete", "error"), what="the job to finish")
     assert done.status == "complete", done.error
     assert done.response == "Finished by the second executor."
-    assert done.claims == 2 and held_by and held_by != ""
-    assert fake.call_count == 2
+    # However often a loaded host let a lease run out and the job be claimed again: another
+    # executor finished it, and the model's one answer was recorded once.
+    assert killed and finished_by(done) not in ("", killed)
+    assert rounds_answered(done) == [1]
 
 
 def test_a_non_idempotent_tool_cut_off_by_a_crash_is_not_run_again(fake, owner, default_persona, workers, trace):
@@ -115,7 +132,8 @@ def test_a_non_idempotent_tool_cut_off_by_a_crash_is_not_run_again(fake, owner, 
     assert trace_lines(trace) == ["charge order-1"]
     call = done.tool_calls.get()
     assert call.status == "interrupted" and call.interrupted
-    [result] = [m for m in fake.calls[1]["messages"] if m["role"] == "tool"]
+    assert calls_started(done) == ["pay"] and rounds_answered(done) == [1, 2]
+    [result] = [m for m in fake.calls[-1]["messages"] if m["role"] == "tool"]
     assert "interrupted by a restart" in result["content"] and "not run again" in result["content"]
 
 
@@ -132,6 +150,7 @@ def test_an_idempotent_tool_cut_off_by_a_crash_runs_again(fake, owner, default_p
     assert done.status == "complete", done.error
     assert trace_lines(trace) == ["lookup weather", "lookup weather"]
     assert done.tool_calls.get().status == "succeeded"
+    assert calls_started(done) == ["look", "look"] and rounds_answered(done) == [1, 2]
 
 
 def test_an_approved_call_cut_off_by_a_crash_goes_back_to_a_person(fake, owner, default_persona, workers, trace):
@@ -148,7 +167,7 @@ def test_an_approved_call_cut_off_by_a_crash_goes_back_to_a_person(fake, owner, 
     waiting = wait_until(lambda: job_in(job.pk, "awaiting_confirmation"), what="the job to ask again")
     call = waiting.tool_calls.get()
     assert call.status == "awaiting" and call.interrupted
-    assert trace_lines(trace) == ["gated order-2"]
+    assert trace_lines(trace) == ["gated order-2"] and calls_started(waiting) == ["gate"]
 
 
 def test_a_job_waiting_for_confirmation_survives_a_restart_of_the_server(owner, default_persona, workers):

@@ -253,6 +253,21 @@ async def test_the_inbox_fills_as_calls_wait(owner, engine, default_persona):
     assert "Nothing waits for you" in emptied
 
 
+async def test_the_user_stream_leaves_out_other_users_waiting_calls(owner, outsider, engine, default_persona):
+    theirs = await sync_to_async(services.job_submit)(user=outsider, task="Write a note: bob's secret plans")
+    await engine.run_until(theirs.pk, "awaiting_confirmation")
+    stream = await open_socket("/ws/me/?pending=0&inbox=", (await browser_for(owner)).headers())
+    assert await received(stream) == []  # the page said nothing waits, and for alice nothing does
+
+    mine = await sync_to_async(services.job_submit)(user=owner, task="Write a note: water the plants")
+    await engine.run_until(mine.pk, "awaiting_confirmation")
+    streamed = "".join(await received(stream))
+    await stream.disconnect()
+    assert 'aria-label="1 waiting"' in streamed
+    assert "water the plants" in streamed and "secret plans" not in streamed
+    assert streamed.count('class="confirm-job"') == 1
+
+
 async def test_the_user_stream_needs_a_signed_in_user():
     communicator = WebsocketCommunicator(application, "/ws/me/?pending=0", headers=[ORIGIN])
     connected, code = await communicator.connect(timeout=5)

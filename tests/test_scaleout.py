@@ -83,7 +83,6 @@ def test_two_workers_share_the_jobs_and_the_web_process_streams_their_events(clu
         assert job.events.filter(type="model.turn").count() == 3
         assert job.events.filter(type="tool.started").count() == 1
         assert str(int(job.task.split()[1].split("+")[0]) + 1) in job.response
-    assert set(Job.objects.filter(pk__in=job_ids).values_list("claims", flat=True)) == {1}
     executors = {event.data["executor"] for event in
                  JobEvent.objects.filter(job__in=job_ids, type="job.status", data__status="running")}
     assert len(executors) == 2, "both workers should have taken jobs"

@@ -387,14 +387,37 @@ def test_a_second_decision_gets_a_clear_message_not_an_error_page(alice, awaitin
     assert call.decision == "approved"
 
 
-def test_the_inbox_lists_my_pending_calls_across_jobs(owner, outsider, alice, awaiting_job, engine):
+@pytest.fixture
+def bobs_waiting_call(outsider, engine, default_persona):
+    """A call of bob's waiting for his decision: no one else may see it."""
+    job = services.job_submit(user=outsider, task="Write a note: bob's secret plans")
+    return async_to_sync(engine.run_until)(job.pk, "awaiting_confirmation").tool_calls.get()
+
+
+def counter_of(html: str) -> str:
+    return re.search(r'<span id="nav-confirmations"[^>]*>(\d+)</span>', html).group(1)
+
+
+def test_the_inbox_lists_my_pending_calls_across_jobs(alice, awaiting_job, bobs_waiting_call):
     first, second = awaiting_job("Write a note: one"), awaiting_job("Write a note: two")
-    other = services.job_submit(user=outsider, task="Write a note: bob's")
-    async_to_sync(engine.run_until)(other.pk, "awaiting_confirmation")
     html = alice.get(reverse("confirmations")).content.decode()
-    assert "Write a note: one" in html and "Write a note: two" in html and "bob" not in html.split("</header>")[1]
+    assert "Write a note: one" in html and "Write a note: two" in html
     pks = sorted(job.tool_calls.get().pk for job in (first, second))
-    assert f"inbox={','.join(map(str, pks))}" in html
+    assert re.search(r"inbox=([\d,]*)", html).group(1) == ",".join(map(str, pks))
+    assert html.count('class="confirm-job"') == 2
+
+
+def test_the_inbox_hides_other_users_waiting_calls(alice, bobs_waiting_call):
+    html = alice.get(reverse("confirmations")).content.decode()
+    assert "Nothing waits for you" in html
+    assert "secret plans" not in html and str(bobs_waiting_call.job_id) not in html
+    assert re.search(r"inbox=([\d,]*)", html).group(1) == ""
+
+
+def test_the_navigation_counter_counts_only_my_waiting_calls(alice, awaiting_job, bobs_waiting_call):
+    awaiting_job()
+    assert counter_of(alice.get(reverse("jobs")).content.decode()) == "1"
+    assert counter_of(alice.get(reverse("confirmations")).content.decode()) == "1"
 
 
 def test_an_empty_inbox_says_so(alice):

@@ -21,8 +21,7 @@ from django.db import close_old_connections, connections
 
 from .. import providers
 from ..providers import ModelRequest, ModelResponse, ProviderError
-from ..services import tool_result_text
-from ..tools.registry import ToolContext, ToolError, registry
+from ..tools.registry import ToolContext, ToolError, registry, tool_result_text
 from . import state
 
 logger = logging.getLogger(__name__)

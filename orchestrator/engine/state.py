@@ -8,26 +8,25 @@ executor's `owner` id and acts only while that owner still holds the job's lease
 from __future__ import annotations
 
 import json
-import platform
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 
-from .. import events, selectors
-from ..models import Job, JobStatus, Message, Session, ToolCall, ToolCallStatus
+from .. import events, selectors, transitions
+from ..context import final_answer_brief
+from ..models import Job, JobStatus, ToolCall, ToolCallStatus
 from ..policy import RiskPolicy, offered, verdict
 from ..crypto import SecretUnreadable
 from ..roles import RoleConfig, credentials
 from ..providers.base import ModelResponse
-from ..services import close_open_calls, finished_event
 from ..tools.registry import ArgumentsInvalid, registry
+from ..transitions import finished_event
 
 # A job whose executor died this many times in a row is poison: stop retrying it.
 MAX_CLAIMS = 20
@@ -93,16 +92,12 @@ def jobs_claim(*, owner: str, limit: int) -> list[str]:
     if limit <= 0:
         return []
     now = timezone.now()
-    claimable = (Q(status__in=[JobStatus.QUEUED, JobStatus.RUNNING])
-                 & (Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
-                 & (Q(not_before__isnull=True) | Q(not_before__lte=now)))
+    claimable = transitions.claimable(now)
     with transaction.atomic():
         ids = list(Job.objects.select_for_update(skip_locked=True).filter(claimable)
                    .order_by("created_at").values_list("id", flat=True)[:limit])
         if ids:
-            Job.objects.filter(id__in=ids).filter(claimable).update(
-                lease_owner=owner, lease_expires_at=now + timedelta(seconds=settings.CORTEX_LEASE_SECONDS),
-                claims=F("claims") + 1)
+            transitions.claim(Job.objects.filter(id__in=ids).filter(claimable), owner=owner, now=now)
     return [str(job_id) for job_id in ids]
 
 
@@ -110,8 +105,7 @@ def jobs_heartbeat(*, owner: str, job_ids: list[str]) -> set[str]:
     """Extend the leases still held; return the ids that are no longer ours or no longer running."""
     if not job_ids:
         return set()
-    expires = timezone.now() + timedelta(seconds=settings.CORTEX_LEASE_SECONDS)
-    Job.objects.filter(_held(owner, job_ids)).update(lease_expires_at=expires)
+    transitions.renew(Job.objects.filter(_held(owner, job_ids)))
     return jobs_lost(owner=owner, job_ids=job_ids)
 
 
@@ -128,7 +122,7 @@ def _held(owner: str, job_ids: list[str]) -> Q:
 
 
 def job_release(*, owner: str, job_id: str) -> None:
-    Job.objects.filter(id=job_id, lease_owner=owner).update(lease_owner="", lease_expires_at=None)
+    transitions.release(Job.objects.filter(id=job_id, lease_owner=owner))
 
 
 def _lock(owner: str, job_id: str) -> Job:
@@ -142,28 +136,14 @@ def _held_by(job: Job, owner: str) -> bool:
     return job.lease_owner == owner and job.status in (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
-def _release(job: Job) -> None:
-    job.lease_owner = ""
-    job.lease_expires_at = None
-
-
 def job_fail(*, owner: str, job_id: str, error: str) -> None:
     with transaction.atomic():
         try:
             job = _lock(owner, job_id)
         except LeaseLost:
             return
-        _fail(job, error)
+        transitions.fail(job, error)
         job.save()
-
-
-def _fail(job: Job, error: str) -> None:
-    close_open_calls(job, ToolCallStatus.CANCELLED, "The job failed before this call ran.")
-    job.status = JobStatus.ERROR
-    job.error = error[:5000]
-    job.completed_at = timezone.now()
-    _release(job)
-    events.append(job, ("job.status", {"status": JobStatus.ERROR, "error": job.error}))
 
 
 def _round_results(job: Job, calls: list[ToolCall]) -> list[dict[str, Any]]:
@@ -193,11 +173,9 @@ def _next_action(job: Job, owner: str, calls: list[ToolCall] | None = None, *, m
     them exactly as they stand in the database (spares reading them again)."""
     seq_before = job.last_seq
     if job.status == JobStatus.QUEUED:
-        job.status = JobStatus.RUNNING
-        job.started_at = timezone.now()
-        events.append(job, ("job.status", {"status": JobStatus.RUNNING, "executor": owner}))
+        transitions.start(job, owner=owner)
     if job.claims > MAX_CLAIMS:
-        _fail(job, f"gave up after {MAX_CLAIMS} executors stopped while running this job")
+        transitions.fail(job, f"gave up after {MAX_CLAIMS} executors stopped while running this job")
         job.save()
         return Stop("poison")
 
@@ -211,18 +189,15 @@ def _next_action(job: Job, owner: str, calls: list[ToolCall] | None = None, *, m
         ready.started_at = timezone.now()
         ready.save(update_fields=["status", "started_at"])
         events.append(job, ("tool.started", {"id": ready.call_id, "name": ready.name, "args": ready.args}))
-        # Only these can have changed since the job was locked (or last saved in this transaction);
-        # writing them alone spares re-encoding the transcript and options on every tool.
-        job.save(update_fields=["status", "started_at", "last_seq", "updated_at"])
+        # Only a transition's fields can have changed since the job was locked (or last saved in this
+        # transaction); writing them alone spares re-encoding the transcript and options on every tool.
+        job.save(update_fields=transitions.FIELDS)
         return RunTool(ready.pk, ready.call_id, ready.name, ready.args or {}, job.user_id,
                        job.user.get_username(), off_record=bool(job.options.get("off_record")))
 
     awaiting = [call for call in calls if call.status == ToolCallStatus.AWAITING]
     if awaiting:
-        job.status = JobStatus.AWAITING_CONFIRMATION
-        _release(job)
-        events.append(job, ("job.status", {"status": JobStatus.AWAITING_CONFIRMATION,
-                                           "tools": [call.as_pending() for call in awaiting]}))
+        transitions.pause(job, awaiting=awaiting)
         job.save()
         return Stop("awaiting confirmation")
 
@@ -231,7 +206,7 @@ def _next_action(job: Job, owner: str, calls: list[ToolCall] | None = None, *, m
     try:
         return _model_call(job, calls, memo)
     except SecretUnreadable as error:
-        _fail(job, f"cannot call the model: {error}")
+        transitions.fail(job, f"cannot call the model: {error}")
         job.save()
         return Stop("model settings unusable")
 
@@ -279,36 +254,10 @@ def _final_answer_call(job: Job) -> CallModel:
     chat = _role(job, "chat")
     history_length = job.options.get("history_messages", 0)
     history = job.transcript[:history_length]
-    brief = final_answer_brief(job.task, job.transcript[history_length + 1:], job.gemini_summary or "")
+    brief = final_answer_brief(job.task, job.transcript[history_length + 1:], job.orchestrator_summary or "")
     return _with_credentials(CallModel(
         model=chat.model, system=job.chat_system_prompt, messages=history + [{"role": "user", "content": brief}],
         purpose="final", round=job.rounds, timeout=chat.timeout, temperature=chat.temperature), chat)
-
-
-def final_answer_brief(task: str, loop: list[dict[str, Any]], summary: str) -> str:
-    """What the chat-role model reads: the task, what the tools did, and the orchestrator's summary.
-
-    Plain text rather than tool messages, so any backend can write the answer whichever backend
-    ran the tools."""
-    results = {m.get("tool_call_id"): m for m in loop if m.get("role") == "tool"}
-    lines = []
-    for message in loop:
-        for call in message.get("tool_calls") or ():
-            result = results.get(call["id"], {})
-            outcome = "failed or was not allowed" if result.get("is_error") else "returned"
-            content = str(result.get("content", ""))
-            lines.append(f"- {call['name']}({call.get('arguments') or '{}'}) {outcome}: "
-                         f"{content[:2000]}{' …' if len(content) > 2000 else ''}")
-    parts = [f"The person asked:\n{task}"]
-    if lines:
-        parts.append("Tool calls made while working on it:\n" + "\n".join(lines))
-    parts.append(f"{FINAL_SUMMARY_HEADING}\n{summary}")
-    parts.append("Write the final answer to the person. Rely on the tool results above; do not invent "
-                 "results; say plainly if something was denied or failed.")
-    return "\n\n".join(parts)
-
-
-FINAL_SUMMARY_HEADING = "The orchestrator's own summary:"
 
 
 def _offered_tools(job: Job, allowed: tuple[str, ...], memo: Memo) -> list[dict[str, Any]]:
@@ -373,10 +322,10 @@ def _record_turn(job: Job, action: CallModel, response: ModelResponse, backend: 
     if action.purpose == "final":
         events.append(job, ("model.turn", _turn_event(action, response, purpose="final")))
         if not response.text.strip():
-            _fail(job, f"the chat model ({backend_label}) returned an empty answer")
+            transitions.fail(job, f"the chat model ({backend_label}) returned an empty answer")
         else:
-            _complete(job, response=response.text, backend=backend, backend_label=backend_label,
-                      summary=job.gemini_summary)
+            transitions.complete(job, response=response.text, backend=backend, backend_label=backend_label,
+                                 summary=job.orchestrator_summary)
         job.save()
         return None
     calls = _round_calls(job)
@@ -385,14 +334,14 @@ def _record_turn(job: Job, action: CallModel, response: ModelResponse, backend: 
     events.append(job, ("model.turn", _turn_event(action, response)))
     if not response.tool_calls:
         if not response.text.strip():
-            _fail(job, f"the model ({backend_label}) returned an empty answer")
+            transitions.fail(job, f"the model ({backend_label}) returned an empty answer")
         elif job.options.get("respond_with_final", True):
-            job.gemini_summary = response.text  # the chat-role model writes the answer next
+            job.orchestrator_summary = response.text  # the chat-role model writes the answer next
         else:
-            _complete(job, response=response.text, backend=backend, backend_label=backend_label,
-                      summary=response.text)
+            transitions.complete(job, response=response.text, backend=backend, backend_label=backend_label,
+                                 summary=response.text)
     elif action.final_only:
-        _fail(job, f"no final answer after {settings.CORTEX_MAX_ROUNDS} rounds of tool calls")
+        transitions.fail(job, f"no final answer after {settings.CORTEX_MAX_ROUNDS} rounds of tool calls")
     else:
         job.rounds += 1
         calls = _record_calls(job, response, memo)
@@ -514,27 +463,3 @@ def record_retry(*, owner: str, job_id: str, attempt: int, wait: float, error: s
             return
         events.append(job, ("model.retry", {"attempt": attempt, "wait_seconds": round(wait, 2), "error": error}))
         job.save(update_fields=["last_seq", "updated_at"])
-
-
-def _complete(job: Job, *, response: str, backend: str, backend_label: str, summary: str | None) -> None:
-    """Store the answer and append the turn to the job's session."""
-    now = timezone.now()
-    off_record = bool(job.options.get("off_record"))
-    job.status = JobStatus.COMPLETE
-    job.response = response
-    job.gemini_summary = summary
-    job.backend = backend
-    job.backend_label = backend_label
-    job.host = platform.node()
-    job.completed_at = now
-    _release(job)
-    if job.session_id:
-        Message.objects.bulk_create([
-            Message(session_id=job.session_id, job=job, role=Message.Role.USER, content=job.task,
-                    off_record=off_record),
-            Message(session_id=job.session_id, job=job, role=Message.Role.ASSISTANT, content=response,
-                    backend=backend, backend_label=backend_label, host=job.host, off_record=off_record),
-        ])
-        Session.objects.filter(pk=job.session_id).update(updated_at=now)
-    events.append(job, ("job.status", {"status": JobStatus.COMPLETE, "response": response,
-                                       "backend": backend, "backend_label": backend_label}))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 
-from ..engine.state import FINAL_SUMMARY_HEADING
+from ..context import FINAL_SUMMARY_HEADING
 from .base import CHECK_TIMEOUT, DeltaCallback, ModelRequest, ModelResponse, ModelToolCall, Usage
 
 LABEL = "Demo model (offline, scripted)"

@@ -8,6 +8,7 @@ handler returns JSON-serialisable data (it becomes the tool result the model see
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -45,6 +46,13 @@ class ToolContext:
 
 
 Handler = Callable[..., Awaitable[Any]]
+
+
+def tool_result_text(value: Any) -> str:
+    """What the model reads of a handler's return value: text as it is, anything else as JSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,17 @@
+from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    """`gemini_summary` held any provider's summary; the API keeps the old name."""
+
+    dependencies = [
+        ('orchestrator', '0004_tool_call_verdict_reason'),
+    ]
+
+    operations = [
+        migrations.RenameField(
+            model_name='job',
+            old_name='gemini_summary',
+            new_name='orchestrator_summary',
+        ),
+    ]
