@@ -86,7 +86,9 @@ async def test_an_unknown_tool_goes_back_to_the_model_with_the_tools_it_has(fake
     job = await engine.run_until((await submit()).pk, "complete")
     [result] = tool_messages(fake.calls[1])
     assert "no tool named 'launch_rockets'" in result["content"] and "calculator" in result["content"]
-    assert (await calls_of(job))[0].status == "failed"
+    [call] = await calls_of(job)
+    assert (call.verdict, call.status) == ("refuse", "refused")
+    assert call.verdict_reason == "there is no tool named 'launch_rockets'"
 
 
 async def test_arguments_that_break_the_schema_go_back_as_an_error(fake, submit, engine):
