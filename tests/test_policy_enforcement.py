@@ -58,18 +58,25 @@ policies = st.fixed_dictionaries({
 allow_lists = st.one_of(st.just([]), st.lists(st.sampled_from(TOOLS), min_size=1, max_size=5, unique=True))
 
 
+def likely(favoured: set[str], anything: list[str]) -> st.SearchStrategy[str]:
+    """A name that is, about half the time, one of `favoured` (else any of `anything`): with names
+    drawn uniformly, most calls would be refused and little else would be tried."""
+    return st.one_of(st.sampled_from(sorted(favoured & set(TOOLS)) or TOOLS), st.sampled_from(anything))
+
+
 def model_turns(offered: set[str]) -> st.SearchStrategy[list[list[ModelToolCall]]]:
-    """Turns of tool calls, about half of them to tools the round offers, the rest to any name."""
-    names = st.one_of(st.sampled_from(sorted(offered & set(TOOLS)) or TOOLS), st.sampled_from(TOOLS + HALLUCINATED))
+    """Turns of tool calls to offered tools, other tools and names no tool has."""
     calls = st.builds(
         lambda name, call_id, variant: ModelToolCall(
             id=call_id, name=name,
             arguments="not json" if variant == 2 else json.dumps(ARGUMENTS.get(name, [{}, {}])[variant])),
-        name=names,
+        name=likely(offered, TOOLS + HALLUCINATED),
         call_id=st.sampled_from(["c1", "c2", ""]),  # repeated within a turn and across turns
         variant=st.sampled_from([0, 0, 1, 2]),
     )
     return st.lists(st.lists(calls, min_size=1, max_size=4), max_size=3)
+
+
 DECISIONS = ["approve", "approve for the job", "edit", "deny"]
 
 
@@ -90,6 +97,7 @@ def expected_offer(policy: dict, allow_list: list[str], groups: set[str]) -> set
 
 
 def expected_verdict(name: str, offered: set[str], policy: dict, approved: list[str]) -> str:
+    """What a call to `name` does, from the same rules."""
     if name not in offered:
         return "refuse"
     rule = policy["confirmations"].get(name, "default")
@@ -109,11 +117,13 @@ def alice(owner):
 
 @settings(max_examples=120, deadline=None, database=None, phases=[Phase.generate, Phase.shrink],
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(policy=policies, allow_list=allow_lists, groups=st.sets(st.sampled_from(GROUPS)),
-       approved=st.lists(st.sampled_from(TOOLS + ["launch_rockets"]), max_size=3, unique=True), data=st.data())
-def test_no_call_starts_unless_offered_and_run_or_approved_as_it_runs(alice, policy, allow_list, groups, approved,
-                                                                      data):
+@given(policy=policies, allow_list=allow_lists, groups=st.sets(st.sampled_from(GROUPS)), data=st.data())
+def test_no_call_starts_unless_offered_and_run_or_approved_as_it_runs(alice, policy, allow_list, groups, data):
     offered = expected_offer(policy, allow_list, groups)
+    # An approval matters only for a tool that would ask: favour those.
+    asking = {name for name in offered if expected_verdict(name, offered, policy, []) == "ask"}
+    approved = data.draw(st.lists(likely(asking, TOOLS + ["launch_rockets"]), max_size=3, unique=True),
+                         label="tools approved earlier for the rest of the job")
     script = data.draw(model_turns(offered), label="the model's turns")
     services.policy_update(user=alice, **policy)
     services.role_assign(owner=alice, role="orchestrator", profile_id=None, tools=allow_list)
