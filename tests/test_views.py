@@ -552,6 +552,15 @@ def test_the_preview_shows_the_effect_before_saving(owner, alice):
     assert not ToolPolicy.objects.filter(user=owner).exists()
 
 
+def test_the_preview_keeps_to_the_role_allow_list(owner, alice):
+    services.role_assign(owner=owner, role="orchestrator", profile_id=None, tools=["calculator"])
+    response = alice.post(reverse("settings-tools-preview"),
+                          policy_form(override_memory_save="include", confirm_memory_save="run"), headers=HTMX)
+    shown = effective_column(response.content.decode())
+    assert shown["memory_save"] == "Not offered (not on the orchestrator role's tool list)"
+    assert shown["calculator"] == "Offered, runs / Low risk runs by default"
+
+
 def test_the_preview_works_without_javascript(alice):
     response = alice.post(reverse("settings-tools-preview"), policy_form("low"))
     html = response.content.decode()
