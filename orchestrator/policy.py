@@ -1,10 +1,19 @@
-"""The three policy layers as pure functions over plain data.
+"""The tool policy: one pure function, `decide`, over plain data.
 
-1. Role: a tool may name the roles allowed to use it; others never see it.
-2. Risk: only tools at or below `max_risk` are offered, unless an override forces them in or out.
-3. Confirmation: per tool run / ask / never; by default low risk runs, medium and high ask.
+For one tool and one job it answers two questions: is the model offered the tool, and what
+happens when the model calls it (run, ask a person first, or never). The layers, in order:
 
-The engine and the settings page both call `effective_policy`, so what the page shows is what runs.
+1. Groups: a tool may name the permission groups allowed to use it; others are never offered it.
+2. The model role's allow-list: when the orchestrator role names tools, no other tool is offered.
+3. Risk: only tools at or below `max_risk` are offered, unless an override forces them in or out.
+4. Confirmation: per tool run / ask / never; by default low risk runs, medium and high ask. A
+   person may approve a tool for the rest of a job, which turns its "ask" into "run".
+
+The settings page shows what `decide` says, the engine offers the model what it offers and gives
+each call its verdict, so what the page shows is what the engine does. A tool that is not offered
+is never run: its action is always "never".
+
+This module must not import Django: it is exercised with plain data, exhaustively.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from .tools.registry import RISKS, Tool, risk_rank
 Override = Literal["default", "include", "exclude"]
 Confirmation = Literal["default", "run", "ask", "never"]
 Action = Literal["run", "ask", "never"]
+Verdict = Literal["run", "ask", "refuse"]
 
 OVERRIDES: tuple[str, ...] = ("default", "include", "exclude")
 CONFIRMATIONS: tuple[str, ...] = ("default", "run", "ask", "never")
@@ -30,6 +40,8 @@ class PolicyInvalid(ValueError):
 
 @dataclass(frozen=True)
 class RiskPolicy:
+    """A user's own settings: the highest risk offered, and per-tool overrides and confirmations."""
+
     max_risk: str = DEFAULT_MAX_RISK
     overrides: Mapping[str, str] = field(default_factory=dict)
     confirmations: Mapping[str, str] = field(default_factory=dict)
@@ -47,32 +59,80 @@ class RiskPolicy:
 
 
 @dataclass(frozen=True)
-class Effective:
-    tool: Tool
+class PolicyContext:
+    """Everything besides the tool that `decide` looks at.
+
+    `allow_list` is the orchestrator role's tool list (empty: no restriction); `approved` names
+    the tools a person approved for the rest of the job (empty outside a job)."""
+
+    policy: RiskPolicy = field(default_factory=RiskPolicy)
+    groups: frozenset[str] = frozenset()
+    allow_list: frozenset[str] = frozenset()
+    approved: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        # Callers hand over lists and tuples from the database; compare as sets from here on.
+        for name in ("groups", "allow_list", "approved"):
+            object.__setattr__(self, name, frozenset(getattr(self, name)))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the policy does with one tool: offered or not, and run, ask or never, each with why."""
+
+    name: str
+    tool: Tool | None  # None: no tool has this name
     offered: bool
     offered_because: str
     action: Action
     action_because: str
 
     @property
-    def name(self) -> str:
-        return self.tool.name
+    def verdict(self) -> Verdict:
+        """The engine's word for the action on a call: "refuse" is "never"."""
+        return "refuse" if self.action == "never" else self.action
+
+    @property
+    def because(self) -> str:
+        """The reason for the verdict, as the engine records it and the model reads it."""
+        if self.tool is None:
+            return self.offered_because
+        if self.action == "never":
+            return f"tool {self.name} is not allowed ({self.offered_because})"
+        return self.action_because
 
     @property
     def summary(self) -> str:
         if not self.offered:
             return f"Not offered ({self.offered_because})"
-        return {"run": "Offered, runs", "ask": "Offered, asks first", "never": "Never runs"}[self.action]
+        return "Offered, runs" if self.action == "run" else "Offered, asks first"
 
 
-def role_allows(tool: Tool, roles: Iterable[str]) -> bool:
-    return tool.roles is None or bool(tool.roles & set(roles))
+def decide(name: str, tool: Tool | None, context: PolicyContext) -> Decision:
+    """The policy's decision on the tool called `name`; `tool` is the registered tool of that name,
+    or None when there is none."""
+    if tool is None:
+        why = f"there is no tool named {name!r}"
+        return Decision(name, None, False, why, "never", why)
+    is_offered, offered_because = _offered(tool, context)
+    if not is_offered:
+        # Not offered means never run, whatever the confirmation rules or approvals say.
+        return Decision(name, tool, False, offered_because, "never", offered_because)
+    action, action_because = _confirmation(tool, context)
+    return Decision(name, tool, True, offered_because, action, action_because)
 
 
-def offered(tool: Tool, policy: RiskPolicy, roles: Iterable[str]) -> tuple[bool, str]:
-    """Whether the model is offered `tool`, and why."""
-    if not role_allows(tool, roles):
-        return False, "not for your role"
+def decide_all(tools: Iterable[Tool], context: PolicyContext) -> list[Decision]:
+    """`decide` for each tool, in the order given."""
+    return [decide(tool.name, tool, context) for tool in tools]
+
+
+def _offered(tool: Tool, context: PolicyContext) -> tuple[bool, str]:
+    policy = context.policy
+    if tool.groups is not None and not tool.groups & context.groups:
+        return False, "not for your groups"
+    if context.allow_list and tool.name not in context.allow_list:
+        return False, "not on the orchestrator role's tool list"
     override = policy.overrides.get(tool.name, "default")
     if override == "exclude":
         return False, "forced out"
@@ -85,42 +145,17 @@ def offered(tool: Tool, policy: RiskPolicy, roles: Iterable[str]) -> tuple[bool,
     return False, f"{tool.risk} risk above {policy.max_risk}"
 
 
-def default_action(tool: Tool) -> Action:
-    return "run" if tool.risk == "low" else "ask"
-
-
-def confirmation(tool: Tool, policy: RiskPolicy, approved_for_job: Iterable[str] = ()) -> tuple[Action, str]:
-    """What happens when the model calls `tool`: run it, ask a person first, or never run it."""
-    rule = policy.confirmations.get(tool.name, "default")
-    if rule == "never":
-        return "never", "set to never run"
-    if tool.name in set(approved_for_job):
+def _confirmation(tool: Tool, context: PolicyContext) -> tuple[Action, str]:
+    """What a call to an offered tool does (an offered tool is never set to "never")."""
+    if tool.name in context.approved:
         return "run", "approved for the rest of this job"
+    rule = context.policy.confirmations.get(tool.name, "default")
     if rule in ("run", "ask"):
         return rule, f"set to {rule}"
     action = default_action(tool)
     return action, f"{tool.risk} risk {'runs' if action == 'run' else 'asks'} by default"
 
 
-def effective_policy(tools: Iterable[Tool], policy: RiskPolicy, roles: Iterable[str]) -> list[Effective]:
-    roles = tuple(roles)
-    rows = []
-    for tool in tools:
-        is_offered, offered_because = offered(tool, policy, roles)
-        action, action_because = confirmation(tool, policy)
-        rows.append(Effective(tool, is_offered, offered_because, action, action_because))
-    return rows
-
-
-def verdict(tool: Tool | None, policy: RiskPolicy, roles: Iterable[str],
-            approved_for_job: Iterable[str] = ()) -> tuple[str, str]:
-    """The engine's decision for one call the model made: ("run" | "ask" | "refuse", reason)."""
-    if tool is None:
-        return "refuse", "unknown tool"
-    is_offered, because = offered(tool, policy, roles)
-    if not is_offered:
-        return "refuse", f"tool {tool.name} is not allowed ({because})"
-    action, because = confirmation(tool, policy, approved_for_job)
-    if action == "never":
-        return "refuse", f"tool {tool.name} is not allowed ({because})"
-    return action, because
+def default_action(tool: Tool) -> Action:
+    """What a call does when no rule is set for the tool (the settings page labels its default)."""
+    return "run" if tool.risk == "low" else "ask"

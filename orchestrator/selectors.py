@@ -4,6 +4,7 @@ user's object is a 404 by construction."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -27,7 +28,7 @@ from .models import (
     ToolPolicy,
 )
 from .context import SHORT_TERM_DAYS
-from .policy import RiskPolicy
+from .policy import PolicyContext, RiskPolicy
 
 
 def _uuid_or_404(value: Any) -> uuid.UUID:
@@ -135,14 +136,29 @@ def risk_policy_for_user(user: AbstractBaseUser) -> RiskPolicy:
                       confirmations=dict(stored.confirmations))
 
 
-def roles_for_user(user: AbstractBaseUser) -> list[str]:
-    roles = ["user"]
+def groups_for_user(user: AbstractBaseUser) -> list[str]:
+    """The permission groups a tool may be limited to: everyone is in "user", staff in "staff",
+    superusers in "admin", and each user in their Django groups."""
+    groups = ["user"]
     if user.is_staff:
-        roles.append("staff")
+        groups.append("staff")
     if user.is_superuser:
-        roles.append("admin")
-    roles.extend(user.groups.values_list("name", flat=True))
-    return roles
+        groups.append("admin")
+    groups.extend(user.groups.values_list("name", flat=True))
+    return groups
+
+
+def policy_context_for_user(user: AbstractBaseUser, *, policy: RiskPolicy | None = None,
+                            allow_list: Iterable[str] | None = None) -> PolicyContext:
+    """What `policy.decide` weighs besides the tool, for this user.
+
+    `policy`: settings not saved yet (a preview), instead of the stored ones. `allow_list`: the
+    orchestrator role's tool list a job was submitted with, instead of the user's current one."""
+    if allow_list is None:
+        allow_list = roles.role_config(user, roles.ORCHESTRATOR).tools
+    return PolicyContext(policy=risk_policy_for_user(user) if policy is None else policy,
+                         groups=frozenset(groups_for_user(user)),
+                         allow_list=frozenset(allow_list))
 
 
 # --- Reads for the web pages -------------------------------------------------------------------

@@ -40,7 +40,7 @@ from .forms import (
     override_field,
 )
 from .models import Job, JobStatus, Memory, ModelProfile, Persona, ToolCall
-from .policy import effective_policy
+from .policy import PolicyContext, decide_all
 from .tools.registry import registry
 
 JOBS_PER_PAGE = 20
@@ -383,20 +383,23 @@ def settings_home(request: HttpRequest) -> HttpResponse:
     return redirect("settings-tools")
 
 
-def _tool_rows(request: HttpRequest, form: ToolPolicyForm) -> list[tuple[str, list[dict[str, Any]]]]:
-    """The tools grouped by category, each with its fields and what the policy does with it."""
-    policy = form.policy() if form.is_bound and form.is_valid() else selectors.risk_policy_for_user(request.user)
-    effective = effective_policy(form.tools, policy, selectors.roles_for_user(request.user))
-    rows = [{"tool": row.tool, "effective": row, "override": form[override_field(row.tool)],
-             "confirmation": form[confirmation_field(row.tool)]} for row in effective]
+def _tool_rows(form: ToolPolicyForm, context: PolicyContext) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The tools by category, each with its fields and what the policy does with it: the very
+    decision the engine makes for a new job (outside a job, so nothing is approved for it yet)."""
+    rows = [{"tool": decision.tool, "effective": decision, "override": form[override_field(decision.tool)],
+             "confirmation": form[confirmation_field(decision.tool)]}
+            for decision in decide_all(form.tools, context)]
     return [(category, list(items)) for category, items in groupby(rows, key=lambda r: r["tool"].category)]
 
 
 def _tools_context(request: HttpRequest, form: ToolPolicyForm) -> dict[str, Any]:
-    groups = _tool_rows(request, form)
-    rows = [row for _, items in groups for row in items]
-    return {"section": "settings", "form": form, "groups": groups, "rows": rows,
-            "offered_count": sum(row["effective"].offered for row in rows)}
+    preview = form.policy() if form.is_bound and form.is_valid() else None
+    context = selectors.policy_context_for_user(request.user, policy=preview)
+    categories = _tool_rows(form, context)
+    rows = [row for _, items in categories for row in items]
+    return {"section": "settings", "form": form, "categories": categories, "rows": rows,
+            "offered_count": sum(row["effective"].offered for row in rows),
+            "allow_list": sorted(context.allow_list)}
 
 
 def _policy_form(request: HttpRequest, data: Any = None) -> ToolPolicyForm:

@@ -131,7 +131,7 @@ async def test_an_unknown_tool_goes_back_to_the_model_as_an_error(fake, submit, 
     [result] = results(fake.calls[1])
     assert result["tool_use_id"] == "toolu_x" and result["is_error"] is True
     assert "no tool named 'launch_rockets'" in result["content"]
-    assert (await calls_of(job))[0].status == "failed"
+    assert (await calls_of(job))[0].status == "refused"  # not offered, so refused like any such call
 
 
 async def test_arguments_that_break_the_schema_go_back_as_an_error(fake, submit, engine):

@@ -197,7 +197,7 @@ async def test_an_unknown_tool_goes_back_to_the_model_as_an_error(fake, submit, 
     [response] = responses(fake.calls[1])
     assert response["name"] == "launch_rockets"
     assert "no tool named 'launch_rockets'" in response["response"]["error"]
-    assert (await calls_of(job))[0].status == "failed"
+    assert (await calls_of(job))[0].status == "refused"  # not offered, so refused like any such call
 
 
 async def test_arguments_that_break_the_schema_go_back_as_an_error(fake, submit, engine):

@@ -1,14 +1,18 @@
 """The tool loop through the real `openai` SDK over real HTTP, against a fake Chat Completions server."""
 
 import asyncio
+import io
 import json
 import time
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.core.management import call_command
 
 from orchestrator import services
-from orchestrator.models import Job, JobEvent
+from orchestrator.engine.loop import workspace_for
+from orchestrator.models import Job, JobEvent, Memory
+from orchestrator.tools.registry import registry
 from tests.fakes.http import ToolCall as Call
 from tests.fakes.openai_fake import OpenAIFake
 
@@ -86,7 +90,9 @@ async def test_an_unknown_tool_goes_back_to_the_model_with_the_tools_it_has(fake
     job = await engine.run_until((await submit()).pk, "complete")
     [result] = tool_messages(fake.calls[1])
     assert "no tool named 'launch_rockets'" in result["content"] and "calculator" in result["content"]
-    assert (await calls_of(job))[0].status == "failed"
+    [call] = await calls_of(job)
+    assert (call.verdict, call.status) == ("refuse", "refused")
+    assert call.verdict_reason == "there is no tool named 'launch_rockets'"
 
 
 async def test_arguments_that_break_the_schema_go_back_as_an_error(fake, submit, engine):
@@ -220,3 +226,54 @@ async def test_cancel_stops_an_in_flight_model_call_within_a_second(fake, submit
     job = await sync_to_async(Job.objects.get)(pk=job.pk)
     assert job.status == "cancelled"
     assert "model.turn" not in await event_types(job)
+
+
+async def test_a_call_outside_the_role_allow_list_never_starts(fake, submit, engine, owner, settings):
+    """The acceptance case: only `calculator` is offered, and nothing else runs, whatever the rules say."""
+    await sync_to_async(call_command)("models", "assign", "orchestrator", "default", "--user", owner.username,
+                                      "--tools", "calculator", stdout=io.StringIO())
+    await sync_to_async(services.policy_update)(user=owner, max_risk="high", overrides={},
+                                                confirmations={"workspace_write": "run"})
+    workspace = workspace_for(owner.pk)
+    workspace.mkdir(parents=True)
+    (workspace / "diary.txt").write_text("dear diary")
+    fake.script_tool_calls(Call("memory_save", {"content": "the user keeps a diary"}, id="m1"),
+                           Call("workspace_read", {"path": "diary.txt"}, id="r1"),
+                           Call("workspace_write", {"path": "note.txt", "content": "written anyway"}, id="w1"))
+    fake.script_text("None of those tools are mine to use.")
+    job = await engine.run_until((await submit()).pk, "complete")
+
+    assert [t["function"]["name"] for t in fake.calls[0]["tools"]] == ["calculator"]
+    calls = await calls_of(job)
+    assert [(c.name, c.verdict, c.status, c.started_at) for c in calls] == [
+        ("memory_save", "refuse", "refused", None), ("workspace_read", "refuse", "refused", None),
+        ("workspace_write", "refuse", "refused", None)]
+    events = await sync_to_async(lambda: list(JobEvent.objects.filter(job=job).order_by("seq")))()
+    assert "tool.started" not in [event.type for event in events]
+    refusals = [event.data for event in events if event.type == "tool.call"]
+    assert [(e["name"], e["verdict"], e["reason"]) for e in refusals] == [
+        (name, "refuse", f"tool {name} is not allowed (not on the orchestrator role's tool list)")
+        for name in ("memory_save", "workspace_read", "workspace_write")]
+    assert not (workspace / "note.txt").exists()
+    assert await sync_to_async(Memory.objects.count)() == 0
+    results = tool_messages(fake.calls[1])
+    assert [r["tool_call_id"] for r in results] == ["m1", "r1", "w1"]
+    for result, called in zip(results, ("memory_save", "workspace_read", "workspace_write")):
+        assert result["content"].endswith(". The tools offered to you: calculator.")
+        assert "dear diary" not in result["content"]
+        others = set(registry.names()) - {"calculator", called}
+        assert not [name for name in others if name in result["content"]]
+
+
+async def test_an_unknown_name_is_told_only_the_tools_offered(fake, submit, engine, owner):
+    await sync_to_async(services.policy_update)(user=owner, max_risk="low", overrides={"http_get": "include"},
+                                                confirmations={"calculator": "never"})
+    fake.script_tool_calls(Call("launch_rockets", {}, id="x1"))
+    fake.script_text("No rockets.")
+    job = await engine.run_until((await submit()).pk, "complete")
+    offered = [t["function"]["name"] for t in fake.calls[0]["tools"]]
+    assert "http_get" in offered and "calculator" not in offered and "workspace_write" not in offered
+    [result] = tool_messages(fake.calls[1])
+    assert result["content"] == (f"Error: there is no tool named 'launch_rockets'. "
+                                 f"The tools offered to you: {', '.join(offered)}.")
+    assert (await calls_of(job))[0].status == "refused"

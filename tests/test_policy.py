@@ -1,96 +1,140 @@
-"""The three policy layers decide what the model is offered and what asks first."""
+"""One function, `decide`, says what the model is offered and what each call does."""
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from orchestrator.policy import PolicyInvalid, RiskPolicy, confirmation, effective_policy, offered, verdict
+from orchestrator.policy import PolicyContext, PolicyInvalid, RiskPolicy, decide, decide_all
 from orchestrator.tools.registry import Tool, ToolRegistry, tool
 
 tools = ToolRegistry()
 
 
-def _declare(name: str, risk: str, roles=None) -> Tool:
+def _declare(name: str, risk: str, groups=None) -> Tool:
     async def handler(ctx):
         return name
 
-    tool(name=name, category="test", description=name, risk=risk, idempotent=True, roles=roles, into=tools)(handler)
+    tool(name=name, category="test", description=name, risk=risk, idempotent=True, groups=groups,
+         into=tools)(handler)
     return tools.get(name)
 
 
 CLOCK = _declare("clock", "low")
 WRITE = _declare("write", "medium")
 SHELL = _declare("shell", "high")
-ADMIN_ONLY = _declare("admin_only", "low", roles=frozenset({"admin"}))
-USER = ["user"]
+ADMIN_ONLY = _declare("admin_only", "low", groups=frozenset({"admin"}))
+USER = frozenset({"user"})
 
 
-def test_it_offers_every_tool_up_to_high_risk_by_default():
-    policy = RiskPolicy()
-    assert [offered(t, policy, USER)[0] for t in (CLOCK, WRITE, SHELL)] == [True, True, True]
+def context(max_risk="high", overrides=None, confirmations=None, groups=USER, allow_list=(), approved=()):
+    return PolicyContext(policy=RiskPolicy(max_risk=max_risk, overrides=overrides or {},
+                                           confirmations=confirmations or {}),
+                         groups=groups, allow_list=allow_list, approved=approved)
 
 
-def test_max_risk_hides_riskier_tools():
-    policy = RiskPolicy(max_risk="low")
-    assert offered(CLOCK, policy, USER) == (True, "low risk within low")
-    assert offered(WRITE, policy, USER) == (False, "medium risk above low")
-    assert offered(SHELL, policy, USER)[0] is False
-    assert offered(WRITE, RiskPolicy(max_risk="medium"), USER)[0] is True
-    assert offered(SHELL, RiskPolicy(max_risk="medium"), USER)[0] is False
+# Each case: the tool, the inputs, then (offered, why offered or not, action, why that action).
+CASES = [
+    ("low risk runs by default", CLOCK, context(),
+     (True, "low risk within high", "run", "low risk runs by default")),
+    ("medium risk asks by default", WRITE, context(),
+     (True, "medium risk within high", "ask", "medium risk asks by default")),
+    ("high risk asks by default", SHELL, context(),
+     (True, "high risk within high", "ask", "high risk asks by default")),
+    ("at max_risk is offered", WRITE, context("medium"),
+     (True, "medium risk within medium", "ask", "medium risk asks by default")),
+    ("above max_risk is not offered", WRITE, context("low"),
+     (False, "medium risk above low", "never", "medium risk above low")),
+    ("force include beats max_risk", SHELL, context("low", overrides={"shell": "include"}),
+     (True, "forced in", "ask", "high risk asks by default")),
+    ("force exclude beats max_risk", CLOCK, context(overrides={"clock": "exclude"}),
+     (False, "forced out", "never", "forced out")),
+    ("a confirmation rule overrides the default", CLOCK, context(confirmations={"clock": "ask"}),
+     (True, "low risk within high", "ask", "set to ask")),
+    ("run is a confirmation rule too", WRITE, context(confirmations={"write": "run"}),
+     (True, "medium risk within high", "run", "set to run")),
+    ("never is not offered", CLOCK, context(confirmations={"clock": "never"}),
+     (False, "set to never run", "never", "set to never run")),
+    ("never beats force include", CLOCK, context(overrides={"clock": "include"}, confirmations={"clock": "never"}),
+     (False, "set to never run", "never", "set to never run")),
+    ("a tool for other groups is not offered", ADMIN_ONLY, context(overrides={"admin_only": "include"}),
+     (False, "not for your groups", "never", "not for your groups")),
+    ("a tool for one of your groups is", ADMIN_ONLY, context(groups={"user", "admin"}),
+     (True, "low risk within high", "run", "low risk runs by default")),
+    ("outside the allow-list is not offered", WRITE, context(allow_list=["clock"], confirmations={"write": "run"}),
+     (False, "not on the orchestrator role's tool list", "never", "not on the orchestrator role's tool list")),
+    ("outside the allow-list beats force include", SHELL, context(allow_list=["clock"], overrides={"shell": "include"}),
+     (False, "not on the orchestrator role's tool list", "never", "not on the orchestrator role's tool list")),
+    ("on the allow-list the other layers still apply", SHELL, context("low", allow_list=["shell"]),
+     (False, "high risk above low", "never", "high risk above low")),
+    ("an approval for the job turns ask into run", SHELL, context(approved=["shell"]),
+     (True, "high risk within high", "run", "approved for the rest of this job")),
+    ("an approval beats an explicit ask", CLOCK, context(confirmations={"clock": "ask"}, approved=["clock"]),
+     (True, "low risk within high", "run", "approved for the rest of this job")),
+    ("an approval never beats never", SHELL, context(confirmations={"shell": "never"}, approved=["shell"]),
+     (False, "set to never run", "never", "set to never run")),
+    ("an approval never offers a tool above max_risk", SHELL, context("low", approved=["shell"]),
+     (False, "high risk above low", "never", "high risk above low")),
+    ("an approval never offers a tool outside the allow-list", SHELL, context(allow_list=["clock"],
+                                                                              approved=["shell"]),
+     (False, "not on the orchestrator role's tool list", "never", "not on the orchestrator role's tool list")),
+    ("an approval never offers an excluded tool", SHELL, context(overrides={"shell": "exclude"}, approved=["shell"]),
+     (False, "forced out", "never", "forced out")),
+    ("an approval never offers a tool for other groups", ADMIN_ONLY, context(approved=["admin_only"]),
+     (False, "not for your groups", "never", "not for your groups")),
+]
 
 
-def test_force_include_offers_a_tool_above_max_risk():
-    policy = RiskPolicy(max_risk="low", overrides={"shell": "include"})
-    assert offered(SHELL, policy, USER) == (True, "forced in")
+@pytest.mark.parametrize(("tool_", "inputs", "expected"), [case[1:] for case in CASES], ids=[c[0] for c in CASES])
+def test_it_decides_each_case_with_its_reasons(tool_, inputs, expected):
+    decision = decide(tool_.name, tool_, inputs)
+    assert (decision.offered, decision.offered_because, decision.action, decision.action_because) == expected
+    assert decision.name == tool_.name and decision.tool is tool_
 
 
-def test_force_exclude_hides_a_tool_within_max_risk():
-    policy = RiskPolicy(max_risk="high", overrides={"clock": "exclude"})
-    assert offered(CLOCK, policy, USER) == (False, "forced out")
+def test_an_unknown_name_is_neither_offered_nor_run():
+    decision = decide("launch_rockets", None, context(confirmations={"launch_rockets": "run"},
+                                                      approved=["launch_rockets"]))
+    assert (decision.offered, decision.action, decision.verdict) == (False, "never", "refuse")
+    assert decision.because == "there is no tool named 'launch_rockets'"
 
 
-def test_the_role_layer_wins_over_force_include():
-    policy = RiskPolicy(overrides={"admin_only": "include"})
-    assert offered(ADMIN_ONLY, policy, USER) == (False, "not for your role")
-    assert offered(ADMIN_ONLY, policy, ["user", "admin"])[0] is True
+def test_the_verdict_is_the_action_with_never_as_refuse():
+    assert (decide("clock", CLOCK, context()).verdict, decide("clock", CLOCK, context()).because) == (
+        "run", "low risk runs by default")
+    assert decide("write", WRITE, context()).verdict == "ask"
+    refused = decide("write", WRITE, context("low"))
+    assert (refused.verdict, refused.because) == ("refuse", "tool write is not allowed (medium risk above low)")
 
 
-def test_low_risk_runs_and_medium_and_high_ask_by_default():
-    policy = RiskPolicy()
-    assert confirmation(CLOCK, policy)[0] == "run"
-    assert confirmation(WRITE, policy)[0] == "ask"
-    assert confirmation(SHELL, policy)[0] == "ask"
+def test_every_tool_that_is_not_offered_never_runs():
+    for max_risk in ("low", "medium", "high"):
+        for rule in ("default", "run", "ask", "never"):
+            for override in ("default", "include", "exclude"):
+                for allow_list in ((), ("clock",), ("shell",)):
+                    inputs = context(max_risk, overrides={"shell": override}, confirmations={"shell": rule},
+                                     allow_list=allow_list, approved=["shell"])
+                    decision = decide("shell", SHELL, inputs)
+                    assert decision.offered == (decision.action != "never")
 
 
-def test_confirmation_rules_override_the_default():
-    policy = RiskPolicy(confirmations={"clock": "ask", "write": "run"})
-    assert confirmation(CLOCK, policy)[0] == "ask"
-    assert confirmation(WRITE, policy)[0] == "run"
-
-
-def test_never_is_neither_offered_nor_run():
-    policy = RiskPolicy(confirmations={"clock": "never"})
-    assert offered(CLOCK, policy, USER)[0] is False
-    assert verdict(CLOCK, policy, USER)[0] == "refuse"
-
-
-def test_approval_for_the_rest_of_the_job_skips_asking_but_not_never():
-    assert confirmation(SHELL, RiskPolicy(), approved_for_job=["shell"])[0] == "run"
-    assert confirmation(SHELL, RiskPolicy(confirmations={"shell": "never"}), approved_for_job=["shell"])[0] == "never"
-
-
-def test_verdict_refuses_unknown_and_unoffered_tools():
-    assert verdict(None, RiskPolicy(), USER)[0] == "refuse"
-    decision, reason = verdict(SHELL, RiskPolicy(max_risk="low"), USER)
-    assert decision == "refuse" and "high risk above low" in reason
-    assert verdict(WRITE, RiskPolicy(), USER)[0] == "ask"
-    assert verdict(CLOCK, RiskPolicy(), USER)[0] == "run"
-
-
-def test_effective_policy_summarises_each_tool():
-    rows = {row.name: row for row in effective_policy(tools, RiskPolicy(max_risk="medium"), USER)}
+def test_the_summary_is_what_the_settings_page_shows():
+    rows = {row.name: row for row in decide_all(tools, context("medium", allow_list=["clock", "write", "shell"]))}
     assert rows["clock"].summary == "Offered, runs"
     assert rows["write"].summary == "Offered, asks first"
     assert rows["shell"].summary == "Not offered (high risk above medium)"
-    assert rows["admin_only"].offered is False
+    assert rows["admin_only"].summary == "Not offered (not for your groups)"
+
+
+def test_decide_all_keeps_the_order_it_is_given():
+    assert [row.name for row in decide_all([SHELL, CLOCK], context())] == ["shell", "clock"]
+
+
+def test_the_inputs_may_be_any_collections():
+    inputs = PolicyContext(groups=["user"], allow_list=("clock",), approved=iter(["clock"]))
+    assert inputs.groups == frozenset({"user"}) and inputs.approved == frozenset({"clock"})
+    assert decide("clock", CLOCK, inputs).action_because == "approved for the rest of this job"
 
 
 @pytest.mark.parametrize("bad", [
@@ -101,3 +145,9 @@ def test_effective_policy_summarises_each_tool():
 def test_it_rejects_invalid_policies(bad):
     with pytest.raises(PolicyInvalid):
         RiskPolicy(**bad)
+
+
+def test_the_policy_module_does_not_need_django():
+    # Pure means plain data in, plain data out: importing it must not pull Django in.
+    code = "import sys, orchestrator.policy; assert not any(m.split('.')[0] == 'django' for m in sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)

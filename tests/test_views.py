@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
+import io
 import re
+from html import unescape
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 
 from orchestrator import services
+from orchestrator.engine import state
+from orchestrator.providers.base import ModelResponse, ModelToolCall
 from orchestrator.models import ApiToken, Job, JobStatus, Memory, ToolPolicy
 from orchestrator.tools.registry import registry
 
@@ -505,6 +510,49 @@ def test_the_tools_page_shows_every_tool_with_its_effective_policy(alice):
     assert "Default (asks)" in html and "Force include" in html and "Never" in html
 
 
+def effective_column(html: str) -> dict[str, str]:
+    """Each tool's effective cell as a person reads it: the summary, then why."""
+    cells = re.findall(r'<span id="effective-(\w+)"[^>]*>(.*?</span>)\s*</span>', html, re.S)
+    return {name: " / ".join(unescape(part.strip()) for part in re.findall(r">([^<]+)<", cell) if part.strip())
+            for name, cell in cells}
+
+
+def test_the_effective_column_shows_the_decision_the_engine_makes(owner, alice):
+    call_command("models", "assign", "orchestrator", "default", "--user", owner.username,
+                 "--tools", "calculator,current_time,workspace_write,memory_delete", stdout=io.StringIO())
+    services.policy_update(user=owner, max_risk="low", overrides={"current_time": "exclude"},
+                           confirmations={"memory_save": "run", "calculator": "ask"})
+    html = alice.get(reverse("settings-tools")).content.decode()
+    shown = effective_column(html)
+    assert shown["calculator"] == "Offered, asks first / Set to ask"
+    assert shown["current_time"] == "Not offered (forced out)"
+    assert shown["workspace_write"] == "Not offered (medium risk above low)"
+    assert shown["memory_save"] == "Not offered (not on the orchestrator role's tool list)"
+    assert "Your orchestrator role offers only" in html
+
+    # The engine, for a job of this user: it offers exactly the tools shown as offered, and gives a
+    # call to each tool the verdict and the reason the page shows.
+    job = services.job_submit(user=owner, task="Use every tool")
+    assert state.jobs_claim(owner="page-check", limit=1) == [str(job.pk)]
+    offer = state.next_action(owner="page-check", job_id=str(job.pk))
+    assert [spec["name"] for spec in offer.tools] == [name for name in shown if shown[name].startswith("Offered")]
+    arguments = {"calculator": '{"expression": "1+1"}'}
+    response = ModelResponse(text="", tool_calls=[
+        ModelToolCall(id=f"c{n}", name=tool.name, arguments=arguments.get(tool.name, "{}"))
+        for n, tool in enumerate(registry)])
+    state.record_turn_and_continue(owner="page-check", job_id=str(job.pk), action=offer, response=response,
+                                   backend="openai:test", backend_label="test")
+    for call in job.tool_calls.all():
+        summary = shown[call.name]
+        if summary.startswith("Not offered"):
+            assert (call.verdict, call.status) == ("refuse", "refused")
+            assert call.verdict_reason.startswith(f"tool {call.name} is not allowed (")
+            assert summary == "Not offered (" + call.verdict_reason.removeprefix(f"tool {call.name} is not allowed (")
+        else:
+            assert (call.verdict, call.status, summary) == ("ask", "awaiting", "Offered, asks first / Set to ask")
+            assert call.verdict_reason == "set to ask"
+
+
 def policy_form(max_risk: str = "high", **changes: str) -> dict[str, str]:
     data = {"max_risk": max_risk}
     for tool in registry:
@@ -525,6 +573,15 @@ def test_the_preview_shows_the_effect_before_saving(owner, alice):
     assert re.search(r'id="effective-calculator"[^>]*>\s*<span class="effective-summary">Offered, asks first', html)
     assert "not saved yet" in html
     assert not ToolPolicy.objects.filter(user=owner).exists()
+
+
+def test_the_preview_keeps_to_the_role_allow_list(owner, alice):
+    services.role_assign(owner=owner, role="orchestrator", profile_id=None, tools=["calculator"])
+    response = alice.post(reverse("settings-tools-preview"),
+                          policy_form(override_memory_save="include", confirm_memory_save="run"), headers=HTMX)
+    shown = effective_column(response.content.decode())
+    assert shown["memory_save"] == "Not offered (not on the orchestrator role's tool list)"
+    assert shown["calculator"] == "Offered, runs / Low risk runs by default"
 
 
 def test_the_preview_works_without_javascript(alice):

@@ -58,3 +58,10 @@ async def gated_charge(ctx: ToolContext, label: str, seconds: float = 0) -> dict
       idempotent=True, timeout=5)
 async def explode(ctx: ToolContext) -> dict:
     raise RuntimeError("boom")
+
+
+@tool(name="audit_export", category="testing", description="Exports the audit log (test double): auditors only.",
+      risk="low", idempotent=True, groups=frozenset({"auditors"}))
+async def audit_export(ctx: ToolContext) -> dict:
+    _append(ctx, "audit export")
+    return {"exported": True}

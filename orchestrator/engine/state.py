@@ -21,11 +21,11 @@ from django.utils import timezone
 from .. import events, selectors, transitions
 from ..context import final_answer_brief
 from ..models import Job, JobStatus, ToolCall, ToolCallStatus
-from ..policy import RiskPolicy, offered, verdict
+from ..policy import Decision, PolicyContext, decide, decide_all
 from ..crypto import SecretUnreadable
-from ..roles import RoleConfig, credentials
+from ..roles import ORCHESTRATOR, RoleConfig, credentials
 from ..providers.base import ModelResponse
-from ..tools.registry import ArgumentsInvalid, registry
+from ..tools.registry import ArgumentsInvalid, Tool, registry
 from ..transitions import finished_event
 
 # A job whose executor died this many times in a row is poison: stop retrying it.
@@ -72,19 +72,22 @@ Action = Stop | RunTool | CallModel
 
 @dataclass
 class Memo:
-    """What one drive of a job reads once: its owner's tool policy and roles.
+    """What one drive of a job reads once: its owner's tool policy and groups, and the allow-list
+    of the orchestrator role the job was submitted with.
 
-    A policy change reaches a running job the next time an executor picks it up (after a
+    The tools offered to the model and the verdict on each call it then makes come from this one
+    reading, so a call is judged against the very list the model was offered in that round. A
+    policy change reaches a running job the next time an executor picks it up (after a
     confirmation, for instance), not in the middle of a drive."""
 
-    policy: RiskPolicy | None = None
-    roles: list[str] = field(default_factory=list)
+    context: PolicyContext | None = None
 
-    def policy_of(self, job: Job) -> tuple[RiskPolicy, list[str]]:
-        if self.policy is None:
-            self.policy = selectors.risk_policy_for_user(job.user)
-            self.roles = selectors.roles_for_user(job.user)
-        return self.policy, self.roles
+    def policy_of(self, job: Job) -> PolicyContext:
+        if self.context is None:
+            self.context = selectors.policy_context_for_user(job.user, allow_list=_role(job, ORCHESTRATOR).tools)
+        # Standing approvals belong to the job, not its owner; they only turn "ask" into "run"
+        # for an offered tool, so they never change what is offered.
+        return replace(self.context, approved=frozenset(job.approved_tools))
 
 
 def jobs_claim(*, owner: str, limit: int) -> list[str]:
@@ -221,7 +224,7 @@ def _model_call(job: Job, calls: list[ToolCall], memo: Memo) -> CallModel:
     orchestrator = _role(job, "orchestrator")
     messages = job.transcript + _round_results(job, calls)
     final_only = job.rounds >= (orchestrator.max_rounds or settings.CORTEX_MAX_ROUNDS)
-    tools = [] if final_only else _offered_tools(job, orchestrator.tools, memo)
+    tools = [] if final_only else _offered_tools(job, memo)
     if final_only:
         messages = messages + [{"role": "user", "content": (
             "The tool budget for this task is used up. Answer now with what you have.")}]
@@ -260,11 +263,13 @@ def _final_answer_call(job: Job) -> CallModel:
         purpose="final", round=job.rounds, timeout=chat.timeout, temperature=chat.temperature), chat)
 
 
-def _offered_tools(job: Job, allowed: tuple[str, ...], memo: Memo) -> list[dict[str, Any]]:
-    """What the policy offers this user, narrowed to the role's allow-list when it has one."""
-    policy, user_roles = memo.policy_of(job)
-    return [tool.spec() for tool in registry
-            if offered(tool, policy, user_roles)[0] and (not allowed or tool.name in allowed)]
+def _offered_tools(job: Job, memo: Memo) -> list[dict[str, Any]]:
+    """The declarations of the tools the policy offers this job (see `Memo`)."""
+    return [decision.tool.spec() for decision in _offer(job, memo)]
+
+
+def _offer(job: Job, memo: Memo) -> list[Decision]:
+    return [decision for decision in decide_all(registry, memo.policy_of(job)) if decision.offered]
 
 
 def _recover_interrupted(job: Job, calls: list[ToolCall]) -> None:
@@ -388,45 +393,50 @@ def _add_usage(usage: dict[str, int], response: ModelResponse) -> dict[str, int]
 
 
 def _record_calls(job: Job, response: ModelResponse, memo: Memo) -> list[ToolCall]:
-    policy, roles = memo.policy_of(job)
+    """A row for each call the model made, with the policy's verdict on it.
+
+    A call to anything the job was not offered in this round is refused, whatever its name and
+    whatever the confirmation rules or approvals say. Its error result lists only the tools that
+    were offered: the model learns nothing about the others."""
+    context = memo.policy_of(job)
+    offered = ", ".join(decision.name for decision in _offer(job, memo)) or "none"
     rows = []
     for position, model_call in enumerate(response.tool_calls):
-        tool = registry.get(model_call.name)
+        decision = decide(model_call.name, registry.get(model_call.name), context)
         call = ToolCall(job=job, call_id=model_call.id, round=job.rounds, position=position,
                         name=model_call.name[:200], raw_arguments=model_call.arguments,
-                        risk=tool.risk if tool else "")
-        problem = None
-        try:
-            parsed = json.loads(model_call.arguments) if model_call.arguments.strip() else {}
-        except json.JSONDecodeError as error:
-            parsed, problem = None, f"the arguments are not valid JSON ({error.msg} at position {error.pos})"
-        call.args = parsed
-        if tool is None:
-            problem = (f"there is no tool named {model_call.name!r}. "
-                       f"Available tools: {', '.join(registry.names())}")
-        elif problem is None:
-            try:
-                tool.validate(parsed)
-            except ArgumentsInvalid as error:
-                problem = str(error)
-        if problem is not None:
+                        risk=decision.tool.risk if decision.tool else "")
+        call.args, problem = _arguments(model_call.arguments, decision.tool)
+        if decision.verdict == "refuse":
+            call.verdict, call.verdict_reason = ToolCall.Verdict.REFUSE, decision.because[:500]
+            call.status, call.is_error, call.finished_at = ToolCallStatus.REFUSED, True, timezone.now()
+            call.result = f"Error: {decision.because}. The tools offered to you: {offered}."
+        elif problem is not None:
             call.verdict, call.status = ToolCall.Verdict.REFUSE, ToolCallStatus.FAILED
             call.result, call.is_error, call.finished_at = f"Error: {problem}", True, timezone.now()
         else:
-            decision, because = verdict(tool, policy, roles, job.approved_tools)
-            call.verdict = decision
-            call.verdict_reason = because[:500]
-            if decision == "refuse":
-                call.status, call.is_error, call.finished_at = ToolCallStatus.REFUSED, True, timezone.now()
-                call.result = f"Error: {because}."
-            else:
-                call.status = ToolCallStatus.READY if decision == "run" else ToolCallStatus.AWAITING
+            call.verdict, call.verdict_reason = decision.verdict, decision.because[:500]
+            call.status = ToolCallStatus.READY if decision.verdict == "run" else ToolCallStatus.AWAITING
         rows.append(call)
     ToolCall.objects.bulk_create(rows)
     events.append(job, *[("tool.call", {"id": c.call_id, "name": c.name, "args": c.args, "risk": c.risk,
                                         "verdict": c.verdict, "status": c.status, "reason": c.verdict_reason,
                                         "result": c.result}) for c in rows])
     return rows
+
+
+def _arguments(raw: str, tool: Tool | None) -> tuple[Any, str | None]:
+    """The call's arguments as parsed (None if they are not JSON), and what is wrong with them."""
+    try:
+        parsed = json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError as error:
+        return None, f"the arguments are not valid JSON ({error.msg} at position {error.pos})"
+    if tool is not None:
+        try:
+            tool.validate(parsed)
+        except ArgumentsInvalid as error:
+            return parsed, str(error)
+    return parsed, None
 
 
 def finish_call_and_continue(*, owner: str, job_id: str, call_pk: int, result: str, is_error: bool,

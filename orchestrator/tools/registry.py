@@ -65,7 +65,7 @@ class Tool:
     idempotent: bool
     timeout: float
     handler: Handler = field(repr=False, compare=False)
-    roles: frozenset[str] | None = None  # None: every role may use it
+    groups: frozenset[str] | None = None  # the permission groups that may use it; None: everyone
 
     def validate(self, args: Any) -> dict[str, Any]:
         """Check `args` against the JSON schema; return them or raise ArgumentsInvalid."""
@@ -128,7 +128,7 @@ def tool(
     idempotent: bool,
     parameters: dict[str, Any] | None = None,
     timeout: float = 10.0,
-    roles: frozenset[str] | None = None,
+    groups: frozenset[str] | None = None,
     into: ToolRegistry | None = None,
 ) -> Callable[[Handler], Handler]:
     """Declare an async handler as a tool in the global registry (or `into`)."""
@@ -146,7 +146,7 @@ def tool(
                 idempotent=idempotent,
                 timeout=timeout,
                 handler=handler,
-                roles=roles,
+                groups=groups,
             )
         )
         return handler
