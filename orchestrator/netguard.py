@@ -14,6 +14,7 @@ import socket
 from urllib.parse import urlsplit
 
 import anyio
+from django.conf import settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -93,7 +94,7 @@ def check_address(ip: IPAddress | str, allow_private: bool) -> IPAddress:
     what, always_refused = verdict
     if allow_private and not always_refused:
         return address
-    raise AddressRefused(f"refused to connect to {address}: it is {what}; only public addresses may be fetched")
+    raise AddressRefused(f"refused to connect to {address}: it is {what}; only public addresses may be reached")
 
 
 async def resolve_host(host: str, port: int) -> list[IPAddress]:
@@ -135,3 +136,9 @@ async def check_url(url: str, *, allow_private: bool) -> list[IPAddress]:
     """The addresses `url`'s host resolves to, if every one of them may be reached; else raise."""
     host, port = _host_and_port(url)
     return await checked_addresses(host, port, allow_private)
+
+
+async def check_endpoint(url: str) -> None:
+    """A model endpoint someone typed, checked under the site's setting. Run right before every
+    connection to it: a name that resolved to a public address yesterday may not today."""
+    await check_url(url, allow_private=settings.CORTEX_HTTP_ALLOW_PRIVATE)

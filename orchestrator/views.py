@@ -524,7 +524,7 @@ def _save_profile(request: HttpRequest, form: ProfileForm, profile: ModelProfile
     data = form.cleaned_data
     try:
         saved = services.profile_save(
-            owner=request.user, name=data["name"], provider=data["provider"], model=data["model"],
+            by=request.user, owner=request.user, name=data["name"], provider=data["provider"], model=data["model"],
             base_url=data["base_url"], api_key=form.key_change(), max_rounds=data["max_rounds"],
             timeout_seconds=data["timeout_seconds"], temperature=data["temperature"],
             profile_id=profile.pk if profile else None)
@@ -558,7 +558,7 @@ def profile_edit(request: HttpRequest, profile_id: int) -> HttpResponse:
 @require_POST
 def profile_delete(request: HttpRequest, profile_id: int) -> HttpResponse:
     profile = selectors.own_profile_for_user(request.user, profile_id)
-    services.profile_delete(owner=request.user, profile_id=profile.pk)
+    services.profile_delete(by=request.user, owner=request.user, profile_id=profile.pk)
     messages.success(request, f"Profile “{profile.name}” deleted; roles that used it fall back to the default.")
     return _redirect(request, reverse("settings-models"))
 
@@ -587,7 +587,7 @@ def _save_role(request: HttpRequest, form: RoleForm, role: str | None) -> HttpRe
     data = form.cleaned_data
     role = role or data["role"]
     try:
-        services.role_assign(owner=request.user, role=role, profile_id=data["profile"],
+        services.role_assign(by=request.user, owner=request.user, role=role, profile_id=data["profile"],
                              system_append=data["system_append"], inject_datetime=data["inject_datetime"],
                              inject_mode=data["inject_mode"], tools=data["tools"])
     except services.ServiceError as error:
@@ -620,7 +620,7 @@ def role_edit(request: HttpRequest, role: str) -> HttpResponse:
 @require_POST
 def role_unassign(request: HttpRequest, role: str) -> HttpResponse:
     assignment = selectors.own_assignment_for_user(request.user, role)
-    services.role_unassign(owner=request.user, role=assignment.role)
+    services.role_unassign(by=request.user, owner=request.user, role=assignment.role)
     fallback = "the site-wide setting" if selectors.role_is_assigned_site_wide(role) else "the environment default"
     messages.success(request, f"Your setting for “{role}” was removed; it falls back to {fallback}.")
     return _redirect(request, reverse("settings-models"))
