@@ -4,6 +4,7 @@ redirect after a write), so every form works without JavaScript."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
 from itertools import groupby
@@ -11,15 +12,16 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth import REDIRECT_FIELD_NAME
+from django.contrib.auth.decorators import login_required as django_login_required
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.paginator import Paginator
 from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import redirect, render, resolve_url
 from django.template.loader import render_to_string
 from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, retarget
 
@@ -47,6 +49,24 @@ JOBS_PER_PAGE = 20
 SESSIONS_PER_PAGE = 20
 # The memory being edited has its own field ids, apart from the "add a memory" form on the same page.
 EDIT_PREFIX = "edit"
+
+
+def login_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Django's, except for an htmx request from someone signed out (their session ended, in another
+    tab or by expiring): the whole page goes to the sign-in page, and from there back to the page
+    they were on. Django's redirect would be followed inside the swap, putting the sign-in page in
+    place of a card, and would come back to the address htmx posted to, which takes no GET."""
+    checked = django_login_required(view)
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if request.htmx and not request.user.is_authenticated:
+            page = request.htmx.current_url_abs_path or reverse("jobs")  # only a page of ours
+            return HttpResponseClientRedirect(f"{resolve_url(settings.LOGIN_URL)}?"
+                                              f"{urlencode({REDIRECT_FIELD_NAME: page})}")
+        return checked(request, *args, **kwargs)
+
+    return wrapper
 
 
 def _redirect(request: HttpRequest, url: str) -> HttpResponse:
