@@ -346,8 +346,8 @@ class ModelProfileAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: ModelProfile, form: ModelProfileAdminForm, change: bool) -> None:
         saved = services.profile_save(
             by=request.user, owner=obj.owner, name=obj.name, provider=obj.provider, model=obj.model,
-            base_url=obj.base_url, api_key=form.key_change(), max_rounds=obj.max_rounds, timeout_seconds=obj.timeout_seconds,
-            temperature=obj.temperature, profile_id=obj.pk if change else None)
+            base_url=obj.base_url, api_key=form.key_change(), max_rounds=obj.max_rounds,
+            timeout_seconds=obj.timeout_seconds, temperature=obj.temperature, profile_id=obj.pk if change else None)
         obj.pk = saved.pk
 
     def delete_model(self, request: HttpRequest, obj: ModelProfile) -> None:
