@@ -1,7 +1,9 @@
 """WebSocket streams for the browser: HTML fragments that htmx's ws extension swaps out of band.
 
 Like the JSON stream, the event log is the stream and the channel layer only rings a doorbell;
-on every doorbell a consumer re-reads what changed.
+on every doorbell a consumer re-reads what changed (see streams.py for what every stream shares:
+joining before reading, periodic catch-up, surviving a failing channel layer, ending with the
+session).
 
 - `/ws/jobs/<id>/html/?after=<seq>`: the job page. Timeline entries are appended exactly once:
   the page renders every event up to a cursor and the socket starts after it; each message
@@ -18,7 +20,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import uuid
-from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async

@@ -206,3 +206,16 @@ def test_a_job_checks_the_endpoint_before_every_call(owner, settings, mallory_fa
     job = async_to_sync(engine.run_until)(job.pk, "error")
     assert "is not allowed: refused to connect to 127.0.0.1" in job.error
     assert mallory_fake.requests == []
+
+
+def test_the_admin_applies_the_same_rules(staff, owner):
+    staff.is_superuser = True
+    staff.save()
+    admin = signed_in(staff)
+    add = reverse("admin:orchestrator_modelprofile_add")
+    response = admin.post(add, {"owner": owner.pk, "name": "alices", "provider": "openai", "model": "m",
+                                "base_url": "http://127.0.0.1:11434/v1"})
+    assert response.status_code == 200 and "refused to connect to 127.0.0.1" in response.content.decode()
+    response = admin.post(add, {"owner": "", "name": "site-ollama", "provider": "openai", "model": "m",
+                                "base_url": "http://127.0.0.1:11434/v1"})
+    assert response.status_code == 302 and ModelProfile.objects.filter(name="site-ollama", owner=None).exists()
