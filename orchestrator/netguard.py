@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import socket
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -97,15 +98,13 @@ def check_address(ip: IPAddress | str, allow_private: bool) -> IPAddress:
     raise AddressRefused(f"refused to connect to {address}: it is {what}; only public addresses may be reached")
 
 
-async def resolve_host(host: str, port: int) -> list[IPAddress]:
-    """Every address `host` resolves to (an IP literal resolves to itself), without duplicates."""
-    literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    with contextlib.suppress(ValueError):  # not a literal: look the name up
-        return [ipaddress.ip_address(literal)]
-    try:
-        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
-        raise HostUnknown(f"cannot resolve host {host!r}: {exc}") from None
+def _literal(host: str) -> IPAddress | None:
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+    return None
+
+
+def _addresses(host: str, infos: list[tuple[Any, ...]]) -> list[IPAddress]:
     addresses: list[IPAddress] = []
     for _family, _type, _proto, _canon, sockaddr in infos:
         address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
@@ -114,6 +113,28 @@ async def resolve_host(host: str, port: int) -> list[IPAddress]:
     if not addresses:
         raise HostUnknown(f"host {host!r} has no addresses")
     return addresses
+
+
+async def resolve_host(host: str, port: int) -> list[IPAddress]:
+    """Every address `host` resolves to (an IP literal resolves to itself), without duplicates."""
+    if (literal := _literal(host)) is not None:
+        return [literal]
+    try:
+        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise HostUnknown(f"cannot resolve host {host!r}: {exc}") from None
+    return _addresses(host, infos)
+
+
+def resolve_host_blocking(host: str, port: int) -> list[IPAddress]:
+    """`resolve_host` for synchronous code (saving a form), where no event loop may be started."""
+    if (literal := _literal(host)) is not None:
+        return [literal]
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise HostUnknown(f"cannot resolve host {host!r}: {exc}") from None
+    return _addresses(host, infos)
 
 
 async def checked_addresses(host: str, port: int, allow_private: bool) -> list[IPAddress]:
@@ -136,6 +157,13 @@ async def check_url(url: str, *, allow_private: bool) -> list[IPAddress]:
     """The addresses `url`'s host resolves to, if every one of them may be reached; else raise."""
     host, port = _host_and_port(url)
     return await checked_addresses(host, port, allow_private)
+
+
+def check_endpoint_blocking(url: str) -> None:
+    """`check_endpoint` for synchronous code."""
+    host, port = _host_and_port(url)
+    for address in resolve_host_blocking(host, port):
+        check_address(address, settings.CORTEX_HTTP_ALLOW_PRIVATE)
 
 
 async def check_endpoint(url: str) -> None:

@@ -412,7 +412,7 @@ def profile_endpoint_check(*, owner: AbstractBaseUser | None, base_url: str) -> 
     if not base_url or not roles.endpoint_is_guarded(owner):
         return
     try:
-        async_to_sync(netguard.check_endpoint)(base_url)
+        netguard.check_endpoint_blocking(base_url)
     except netguard.Unreachable as error:
         raise Invalid(f"the base URL cannot be used: {error}") from None
 

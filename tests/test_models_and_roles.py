@@ -47,7 +47,8 @@ def test_a_profile_key_is_not_readable_in_the_database(profile):
 
 
 def test_saving_a_profile_without_a_key_keeps_the_stored_one(owner, profile):
-    services.profile_save(by=owner, owner=owner, name="local", provider="openai", model="llama3.2", profile_id=profile.pk)
+    services.profile_save(by=owner, owner=owner, name="local", provider="openai", model="llama3.2",
+                          profile_id=profile.pk)
     assert roles.credentials(profile.pk).api_key == "sk-profile-key"
 
 

@@ -29,8 +29,8 @@ def test_a_profile_is_added_tested_assigned_and_runs_a_job(sign_in, owner, defau
                                                           screenshot):
     endpoint.script_text("The fake endpoint says hello.")
     # Something set for the whole site, shown read-only beside alice's own.
-    team = services.profile_save(by=None, owner=None, name="team-claude", provider="anthropic", model="claude-sonnet-4-6",
-                                 temperature=0.3)
+    team = services.profile_save(by=None, owner=None, name="team-claude", provider="anthropic",
+                                 model="claude-sonnet-4-6", temperature=0.3)
     services.role_assign(by=None, owner=None, role="chat", profile_id=team.pk)
     page = sign_in(owner)
     page.goto("/settings/models/")
