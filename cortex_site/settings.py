@@ -7,6 +7,7 @@ layer, jobs run inside the web process). Bad values fail loudly at start-up.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
@@ -71,6 +72,17 @@ def env_model(name: str, default: str) -> str:
     if not sep or not provider or not model:
         raise ImproperlyConfigured(f"{name} must look like provider:model (e.g. openai:gpt-4o-mini), not {value!r}")
     return value
+
+
+def env_proxy_ssl_header(name: str) -> tuple[str, str] | None:
+    """`X-Forwarded-Proto`: the header a TLS-terminating proxy sets to `https`, as Django's
+    SECURE_PROXY_SSL_HEADER spells it (`HTTP_X_FORWARDED_PROTO`). Empty: no proxy says so."""
+    raw = env_str(name).strip()
+    if not raw:
+        return None
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", raw):
+        raise ImproperlyConfigured(f"{name} must be a header name such as X-Forwarded-Proto, not {raw!r}")
+    return "HTTP_" + raw.upper().replace("-", "_"), "https"
 
 
 def database_from_url(url: str) -> dict:
@@ -235,6 +247,12 @@ SESSION_COOKIE_SECURE = env_bool("CORTEX_SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# Behind HTTPS (see "In production" in the README). Off by default: the embedded setup is plain HTTP.
+SECURE_PROXY_SSL_HEADER = env_proxy_ssl_header("CORTEX_PROXY_SSL_HEADER")
+SECURE_SSL_REDIRECT = env_bool("CORTEX_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = env_int("CORTEX_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("CORTEX_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("CORTEX_HSTS_PRELOAD", False)
 
 from django.utils.csp import CSP  # noqa: E402  (settings module: keep the import next to its use)
 

@@ -305,6 +305,11 @@ class ModelProfileAdminForm(OwnedForm):
         data = super().clean()
         if data.get("remove_key") and data.get("api_key"):
             raise forms.ValidationError("Type a new key or remove the stored one, not both.")
+        if data.get("base_url"):
+            try:
+                services.profile_endpoint_check(owner=data.get("owner"), base_url=data["base_url"])
+            except services.ServiceError as error:
+                self.add_error("base_url", error.message)
         return data
 
     def key_change(self) -> str | None:
@@ -341,13 +346,13 @@ class ModelProfileAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: ModelProfile, form: ModelProfileAdminForm, change: bool) -> None:
         saved = services.profile_save(
-            owner=obj.owner, name=obj.name, provider=obj.provider, model=obj.model, base_url=obj.base_url,
-            api_key=form.key_change(), max_rounds=obj.max_rounds, timeout_seconds=obj.timeout_seconds,
-            temperature=obj.temperature, profile_id=obj.pk if change else None)
+            by=request.user, owner=obj.owner, name=obj.name, provider=obj.provider, model=obj.model,
+            base_url=obj.base_url, api_key=form.key_change(), max_rounds=obj.max_rounds,
+            timeout_seconds=obj.timeout_seconds, temperature=obj.temperature, profile_id=obj.pk if change else None)
         obj.pk = saved.pk
 
     def delete_model(self, request: HttpRequest, obj: ModelProfile) -> None:
-        services.profile_delete(owner=obj.owner, profile_id=obj.pk)
+        services.profile_delete(by=request.user, owner=obj.owner, profile_id=obj.pk)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ModelProfile]) -> None:
         for profile in queryset.select_related("owner"):

@@ -10,11 +10,24 @@ class OrchestratorConfig(AppConfig):
     verbose_name = "Cortex orchestrator"
 
     def ready(self) -> None:
+        from django.contrib.auth.signals import user_logged_out
+
         # Importing a tool module registers its tools.
         from .tools import builtin  # noqa: F401
+
+        user_logged_out.connect(_close_session_streams, dispatch_uid="cortex-close-session-streams")
 
         for module in settings.CORTEX_TOOL_MODULES:
             try:
                 import_module(module)
             except ImportError as error:
                 raise ImproperlyConfigured(f"CORTEX_TOOL_MODULES: cannot import {module!r}: {error}") from error
+
+
+def _close_session_streams(sender, request, user, **kwargs) -> None:
+    """Signing out ends the session's open streams too, not only its pages."""
+    from .streams import close_session_streams
+
+    session_key = getattr(getattr(request, "session", None), "session_key", None)
+    if session_key:
+        close_session_streams(session_key)

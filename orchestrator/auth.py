@@ -13,7 +13,7 @@ from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
-from django.http.request import validate_host
+from django.http.request import split_domain_port, validate_host
 
 from . import services
 
@@ -25,14 +25,44 @@ def _header(scope: dict, name: bytes) -> str | None:
     return None
 
 
-def origin_allowed(origin: str) -> bool:
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _forwarded_https(scope: dict) -> bool:
+    """The proxy in front said the browser's connection is HTTPS (SECURE_PROXY_SSL_HEADER)."""
+    if not settings.SECURE_PROXY_SSL_HEADER:
+        return False
+    name, value = settings.SECURE_PROXY_SSL_HEADER
+    return _header(scope, name.removeprefix("HTTP_").replace("_", "-").lower().encode()) == value
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an origin, the port spelled out even where the URL leaves it implied."""
+    parsed = urlparse(url)
+    if parsed.scheme not in DEFAULT_PORTS or not parsed.hostname:
+        return None
+    try:
+        port = parsed.port
+    except ValueError:
+        return None
+    return parsed.scheme, parsed.hostname.lower(), port or DEFAULT_PORTS[parsed.scheme]
+
+
+def origin_allowed(origin: str, scope: dict) -> bool:
+    """The page that opened the socket is ours: an entry of CSRF_TRUSTED_ORIGINS exactly, or the very
+    scheme, host and port the socket was opened on (its Host header, on an allowed host). Another
+    port on the same host is another site, and may not read a signed-in person's streams."""
     if origin in settings.CSRF_TRUSTED_ORIGINS:
         return True
-    parsed = urlparse(origin)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+    host = _header(scope, b"host")
+    if not host:
         return False
-    hostname = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
-    return validate_host(hostname, settings.ALLOWED_HOSTS)
+    domain, port = split_domain_port(host)
+    if not domain or not validate_host(domain, settings.ALLOWED_HOSTS):
+        return False
+    scheme = "https" if scope.get("scheme") in ("wss", "https") or _forwarded_https(scope) else "http"
+    ours = (scheme, domain.removeprefix("[").removesuffix("]"), int(port) if port else DEFAULT_PORTS[scheme])
+    return _origin(origin) == ours
 
 
 class TokenOrSessionAuth:
@@ -51,7 +81,7 @@ class TokenOrSessionAuth:
             scope = dict(scope, user=user or AnonymousUser(), auth_method="token")
             return await self.plain(scope, receive, send)
         origin = _header(scope, b"origin")
-        if origin is None or not origin_allowed(origin):
+        if origin is None or not origin_allowed(origin, scope):
             return await self._refuse(send)
         return await self.inner(dict(scope, auth_method="session"), receive, send)
 

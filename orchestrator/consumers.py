@@ -1,4 +1,5 @@
-"""WebSocket streams. The event log is the stream; the channel layer only rings a doorbell."""
+"""The JSON event stream. The event log is the stream; the channel layer only rings a doorbell
+(see streams.py for what every stream shares)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from django.http import Http404
 
 from . import events, selectors
 from .models import Job
+from .streams import LogStream
 
 
-class JobEventsConsumer(AsyncJsonWebsocketConsumer):
+class JobEventsConsumer(LogStream, AsyncJsonWebsocketConsumer):
     """`/ws/jobs/<id>/?after=<seq>`: every event after `seq`, then live ones, none skipped or repeated."""
 
     async def connect(self) -> None:
@@ -22,31 +24,28 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=4401)
             return
         try:
-            self.job = await database_sync_to_async(selectors.job_for_user)(user, self.scope["url_route"]["kwargs"]["job_id"])
+            self.job = await database_sync_to_async(selectors.job_for_user)(
+                user, self.scope["url_route"]["kwargs"]["job_id"])
         except Http404:
             await self.close(code=4404)
             return
         self.last_seq = _after(self.scope)
         self.lock = asyncio.Lock()
-        self.group = events.job_group(self.job.id)
         # Join before reading the log, so an event committed in between still rings.
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.join(events.job_group(self.job.id))
         await self.accept()
-        await self.send_new_events()
+        await self.read_log()
+        self.start_catching_up()
 
     async def disconnect(self, code: int) -> None:
-        if hasattr(self, "group"):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
-
-    async def doorbell(self, message: dict) -> None:
-        await self.send_new_events()
+        await self.leave()
 
     async def receive_json(self, content, **kwargs) -> None:
         # Clients may ask to catch up explicitly (e.g. after a doorbell was dropped).
         if isinstance(content, dict) and content.get("type") == "catch_up":
-            await self.send_new_events()
+            await self.read_log()
 
-    async def send_new_events(self) -> None:
+    async def read_log(self) -> None:
         async with self.lock:
             while True:
                 batch = await database_sync_to_async(_events_after)(self.job, self.last_seq)

@@ -1,7 +1,9 @@
 """WebSocket streams for the browser: HTML fragments that htmx's ws extension swaps out of band.
 
 Like the JSON stream, the event log is the stream and the channel layer only rings a doorbell;
-on every doorbell a consumer re-reads what changed.
+on every doorbell a consumer re-reads what changed (see streams.py for what every stream shares:
+joining before reading, periodic catch-up, surviving a failing channel layer, ending with the
+session).
 
 - `/ws/jobs/<id>/html/?after=<seq>`: the job page. Timeline entries are appended exactly once:
   the page renders every event up to a cursor and the socket starts after it; each message
@@ -18,7 +20,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import uuid
-from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
@@ -31,6 +32,7 @@ from django.urls import reverse
 
 from . import events, job_page, selectors
 from .models import JobEvent
+from .streams import LogStream
 
 BATCH = 500
 MAX_WATCHED_JOBS = 100
@@ -51,12 +53,11 @@ def _csrf_token(scope: dict) -> str:
     return get_token(request)
 
 
-class HtmlStream(AsyncWebsocketConsumer):
+class HtmlStream(LogStream, AsyncWebsocketConsumer):
     """Checks who is asking before accepting, then sends what `render` returns on every doorbell,
-    and every `catch_up_seconds` in case a doorbell was lost (the channel layer may drop them)."""
+    and every `catch_up_seconds` in case a doorbell was lost (see streams.py)."""
 
     group: str
-    catch_up_seconds: float = 15.0
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -70,26 +71,15 @@ class HtmlStream(AsyncWebsocketConsumer):
             return
         self.lock = asyncio.Lock()
         # Join before the first read, so an event committed in between still rings.
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.join(self.group)
         await self.accept()
-        await self.send_changes()
-        self.catching_up = asyncio.create_task(self.catch_up())
+        await self.read_log()
+        self.start_catching_up()
 
     async def disconnect(self, code: int) -> None:
-        if hasattr(self, "catching_up"):
-            self.catching_up.cancel()
-        if hasattr(self, "group"):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        await self.leave()
 
-    async def doorbell(self, message: dict[str, Any]) -> None:
-        await self.send_changes()
-
-    async def catch_up(self) -> None:
-        while True:
-            await asyncio.sleep(self.catch_up_seconds)
-            await self.send_changes()
-
-    async def send_changes(self) -> None:
+    async def read_log(self) -> None:
         # One reader at a time: the cursor and what was last sent belong to this connection.
         async with self.lock:
             try:

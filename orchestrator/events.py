@@ -77,8 +77,11 @@ def ring(*groups: str, message: dict[str, Any] | None = None) -> None:
         return
 
     async def send_all() -> None:
-        for group in groups:
-            await layer.group_send(group, message)
+        try:
+            for group in groups:
+                await layer.group_send(group, message)
+        except Exception:  # a doorbell is best effort: listeners also poll the log
+            logger.warning("could not ring %s", groups, exc_info=True)
 
     loop = _loop
     try:
@@ -90,10 +93,7 @@ def ring(*groups: str, message: dict[str, Any] | None = None) -> None:
     elif loop is not None and loop.is_running() and not loop.is_closed():
         asyncio.run_coroutine_threadsafe(send_all(), loop)
     else:
-        try:
-            async_to_sync(send_all)()
-        except Exception:  # a doorbell is best effort: listeners also poll the log
-            logger.warning("could not ring %s", groups, exc_info=True)
+        async_to_sync(send_all)()
 
 
 def wake_executors(**data: Any) -> None:

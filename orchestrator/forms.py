@@ -201,7 +201,8 @@ class ProfileForm(forms.Form):
             self.fields["api_key"].help_text = "A key is stored. Leave empty to keep the stored key."
         else:
             self.fields["api_key"].help_text = ("Stored encrypted, never shown again. Leave empty if the endpoint "
-                                                "needs none, or to use the server's key for this provider.")
+                                                "needs none; with no base URL, the server's own key for this "
+                                                "provider is used.")
             del self.fields["remove_key"]
 
     def clean(self) -> dict[str, Any]:

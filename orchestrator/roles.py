@@ -73,11 +73,28 @@ def profiles_for_user(user: AbstractBaseUser):
     return ModelProfile.objects.filter(Q(owner=user) | Q(owner=None)).order_by("owner", "name")
 
 
-def credentials(profile_id: int | None) -> tuple[str | None, str | None]:
-    """(base_url, api_key) of a profile, decrypted only for the call; (None, None) for defaults."""
+@dataclass(frozen=True)
+class Credentials:
+    """Where a profile's model calls go and with which key. `public_only`: the address was typed by
+    someone who may not reach the server's own network, so every connection to it is checked."""
+
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    public_only: bool = False
+
+
+def endpoint_is_guarded(owner: AbstractBaseUser | None) -> bool:
+    """A person's own profile points where they typed; only site-wide profiles (which only staff
+    write) and staff's own may reach private addresses such as an Ollama on localhost."""
+    return owner is not None and not owner.is_staff
+
+
+def credentials(profile_id: int | None) -> Credentials:
+    """A profile's endpoint and key, decrypted only for the call; the environment's for defaults."""
     if profile_id is None:
-        return None, None
-    profile = ModelProfile.objects.filter(pk=profile_id).first()
+        return Credentials()
+    profile = ModelProfile.objects.select_related("owner").filter(pk=profile_id).first()
     if profile is None:
         raise crypto.SecretUnreadable("the model profile this job was submitted with no longer exists")
-    return profile.base_url or None, crypto.decrypt(profile.api_key_encrypted) or None
+    return Credentials(base_url=profile.base_url or None, api_key=crypto.decrypt(profile.api_key_encrypted) or None,
+                       public_only=bool(profile.base_url) and endpoint_is_guarded(profile.owner))

@@ -25,7 +25,7 @@ from django.db.models import Q
 
 from django.utils import timezone
 
-from . import context, crypto, events, roles, selectors, transitions
+from . import context, crypto, events, netguard, roles, selectors, transitions
 from .models import (
     ACTIVE_STATUSES,
     ApiToken,
@@ -355,11 +355,37 @@ def memory_delete(*, user: AbstractBaseUser, memory_id: int) -> None:
 
 # --- Model profiles and roles ------------------------------------------------------------------
 
-def profile_save(*, owner: AbstractBaseUser | None, name: str, provider: str, model: str, base_url: str = "",
-                 api_key: str | None = None, max_rounds: int | None = None, timeout_seconds: float | None = None,
-                 temperature: float | None = None, profile_id: int | None = None) -> ModelProfile:
-    """Create or update a profile. `api_key=None` keeps the stored key; "" removes it."""
+def _may_change_model_settings(by: AbstractBaseUser | None, owner: AbstractBaseUser | None) -> None:
+    """Site-wide model settings are for staff (and the operator: `by` None, the command line); a
+    person's own are theirs."""
+    if by is None or by.is_staff:
+        return
+    if owner is None:
+        raise Forbidden("only staff may change site-wide model settings")
+    if owner.pk != by.pk:
+        raise Forbidden("you may only change your own model settings")
+
+
+def profile_endpoint_check(*, owner: AbstractBaseUser | None, base_url: str) -> None:
+    """A person's own endpoint must be public (unless the site allows private addresses): the server
+    connects to it, and must not be steered into its own network."""
+    if not base_url or not roles.endpoint_is_guarded(owner):
+        return
+    try:
+        netguard.check_endpoint_blocking(base_url)
+    except netguard.Unreachable as error:
+        raise Invalid(f"the base URL cannot be used: {error}") from None
+
+
+def profile_save(*, by: AbstractBaseUser | None, owner: AbstractBaseUser | None, name: str, provider: str,
+                 model: str, base_url: str = "", api_key: str | None = None, max_rounds: int | None = None,
+                 timeout_seconds: float | None = None, temperature: float | None = None,
+                 profile_id: int | None = None) -> ModelProfile:
+    """Create or update a profile (site-wide when `owner` is None) on behalf of `by` (None: the
+    operator). `api_key=None` keeps the stored key; "" removes it."""
     from .providers import PROVIDERS
+
+    _may_change_model_settings(by, owner)
 
     name, model, base_url = (name or "").strip(), (model or "").strip(), (base_url or "").strip()
     if not name or len(name) > 100:
@@ -376,6 +402,7 @@ def profile_save(*, owner: AbstractBaseUser | None, name: str, provider: str, mo
         raise Invalid("the timeout must be between 1 and 3600 seconds")
     if temperature is not None and not 0 <= temperature <= 2:
         raise Invalid("the temperature must be between 0 and 2")
+    profile_endpoint_check(owner=owner, base_url=base_url)
     if profile_id is not None:
         profile = ModelProfile.objects.filter(pk=profile_id, owner=owner).first()
         if profile is None:
@@ -393,15 +420,18 @@ def profile_save(*, owner: AbstractBaseUser | None, name: str, provider: str, mo
     return profile
 
 
-def profile_delete(*, owner: AbstractBaseUser | None, profile_id: int) -> None:
+def profile_delete(*, by: AbstractBaseUser | None, owner: AbstractBaseUser | None, profile_id: int) -> None:
+    _may_change_model_settings(by, owner)
     deleted, _ = ModelProfile.objects.filter(pk=profile_id, owner=owner).delete()
     if not deleted:
         raise NotFound("profile not found")
 
 
-def role_assign(*, owner: AbstractBaseUser | None, role: str, profile_id: int | None,
+def role_assign(*, by: AbstractBaseUser | None, owner: AbstractBaseUser | None, role: str, profile_id: int | None,
                 system_append: str = "", inject_datetime: bool = True, inject_mode: bool = True,
                 tools: list[str] | None = None) -> RoleAssignment:
+    """Which profile plays `role` (site-wide when `owner` is None), on behalf of `by` (None: the operator)."""
+    _may_change_model_settings(by, owner)
     if not SLUG.fullmatch(role or ""):
         raise Invalid("a role is a short name of letters, digits, - or _")
     profile = None
@@ -421,7 +451,8 @@ def role_assign(*, owner: AbstractBaseUser | None, role: str, profile_id: int | 
     return assignment
 
 
-def role_unassign(*, owner: AbstractBaseUser | None, role: str) -> None:
+def role_unassign(*, by: AbstractBaseUser | None, owner: AbstractBaseUser | None, role: str) -> None:
+    _may_change_model_settings(by, owner)
     RoleAssignment.objects.filter(owner=owner, role=role).delete()
 
 
@@ -470,8 +501,8 @@ def profile_check(*, user: AbstractBaseUser, profile_id: int) -> str:
 
     profile = selectors.usable_profile_for_user(user, profile_id)
     try:
-        base_url, api_key = roles.credentials(profile.pk)
-        provider, model = resolve(profile.model_string, base_url=base_url, api_key=api_key)
+        found = roles.credentials(profile.pk)
+        provider, model = resolve(profile.model_string, base_url=found.base_url, api_key=found.api_key)
     except (crypto.SecretUnreadable, ProviderError) as error:
         raise Invalid(str(error)) from None
 
@@ -480,10 +511,14 @@ def profile_check(*, user: AbstractBaseUser, profile_id: int) -> str:
 
     async def check() -> str:
         async with asyncio.timeout(deadline):
+            if found.public_only:
+                await netguard.check_endpoint(found.base_url or "")
             return await provider.check(model, timeout=CHECK_TIMEOUT)
 
     try:
         return async_to_sync(check)()
+    except netguard.Unreachable as error:
+        raise Invalid(f"the base URL cannot be used: {error}") from None
     except ProviderError as error:
         raise Invalid(error.message) from None
     except TimeoutError:

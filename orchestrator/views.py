@@ -4,6 +4,7 @@ redirect after a write), so every form works without JavaScript."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
 from itertools import groupby
@@ -11,15 +12,16 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth import REDIRECT_FIELD_NAME
+from django.contrib.auth.decorators import login_required as django_login_required
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.paginator import Paginator
 from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import redirect, render, resolve_url
 from django.template.loader import render_to_string
 from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, retarget
 
@@ -47,6 +49,24 @@ JOBS_PER_PAGE = 20
 SESSIONS_PER_PAGE = 20
 # The memory being edited has its own field ids, apart from the "add a memory" form on the same page.
 EDIT_PREFIX = "edit"
+
+
+def login_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Django's, except for an htmx request from someone signed out (their session ended, in another
+    tab or by expiring): the whole page goes to the sign-in page, and from there back to the page
+    they were on. Django's redirect would be followed inside the swap, putting the sign-in page in
+    place of a card, and would come back to the address htmx posted to, which takes no GET."""
+    checked = django_login_required(view)
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if request.htmx and not request.user.is_authenticated:
+            page = request.htmx.current_url_abs_path or reverse("jobs")  # only a page of ours
+            return HttpResponseClientRedirect(f"{resolve_url(settings.LOGIN_URL)}?"
+                                              f"{urlencode({REDIRECT_FIELD_NAME: page})}")
+        return checked(request, *args, **kwargs)
+
+    return wrapper
 
 
 def _redirect(request: HttpRequest, url: str) -> HttpResponse:
@@ -527,7 +547,7 @@ def _save_profile(request: HttpRequest, form: ProfileForm, profile: ModelProfile
     data = form.cleaned_data
     try:
         saved = services.profile_save(
-            owner=request.user, name=data["name"], provider=data["provider"], model=data["model"],
+            by=request.user, owner=request.user, name=data["name"], provider=data["provider"], model=data["model"],
             base_url=data["base_url"], api_key=form.key_change(), max_rounds=data["max_rounds"],
             timeout_seconds=data["timeout_seconds"], temperature=data["temperature"],
             profile_id=profile.pk if profile else None)
@@ -561,7 +581,7 @@ def profile_edit(request: HttpRequest, profile_id: int) -> HttpResponse:
 @require_POST
 def profile_delete(request: HttpRequest, profile_id: int) -> HttpResponse:
     profile = selectors.own_profile_for_user(request.user, profile_id)
-    services.profile_delete(owner=request.user, profile_id=profile.pk)
+    services.profile_delete(by=request.user, owner=request.user, profile_id=profile.pk)
     messages.success(request, f"Profile “{profile.name}” deleted; roles that used it fall back to the default.")
     return _redirect(request, reverse("settings-models"))
 
@@ -590,7 +610,7 @@ def _save_role(request: HttpRequest, form: RoleForm, role: str | None) -> HttpRe
     data = form.cleaned_data
     role = role or data["role"]
     try:
-        services.role_assign(owner=request.user, role=role, profile_id=data["profile"],
+        services.role_assign(by=request.user, owner=request.user, role=role, profile_id=data["profile"],
                              system_append=data["system_append"], inject_datetime=data["inject_datetime"],
                              inject_mode=data["inject_mode"], tools=data["tools"])
     except services.ServiceError as error:
@@ -623,7 +643,7 @@ def role_edit(request: HttpRequest, role: str) -> HttpResponse:
 @require_POST
 def role_unassign(request: HttpRequest, role: str) -> HttpResponse:
     assignment = selectors.own_assignment_for_user(request.user, role)
-    services.role_unassign(owner=request.user, role=assignment.role)
+    services.role_unassign(by=request.user, owner=request.user, role=assignment.role)
     fallback = "the site-wide setting" if selectors.role_is_assigned_site_wide(role) else "the environment default"
     messages.success(request, f"Your setting for “{role}” was removed; it falls back to {fallback}.")
     return _redirect(request, reverse("settings-models"))

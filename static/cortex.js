@@ -31,4 +31,12 @@
   }
   document.addEventListener("htmx:wsOpen", markStream("live"));
   document.addEventListener("htmx:wsClose", markStream("offline"));
+
+  // The server closes a stream with 4401 when its session ended (signed out in another tab, or
+  // expired): load the page again, which leads to the sign-in page and from there back here.
+  document.addEventListener("htmx:wsClose", function (event) {
+    if (event.detail && event.detail.event && event.detail.event.code === 4401) {
+      window.location.reload();
+    }
+  });
 })();

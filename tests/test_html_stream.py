@@ -21,6 +21,7 @@ from orchestrator.engine import state
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ORIGIN = (b"origin", b"http://127.0.0.1:8000")
+HOST = (b"host", b"127.0.0.1:8000")
 
 
 class Browser:
@@ -33,7 +34,7 @@ class Browser:
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         cookie = "; ".join(f"{name}={morsel.value}" for name, morsel in self.client.cookies.items())
-        return [(b"cookie", cookie.encode()), ORIGIN]
+        return [(b"cookie", cookie.encode()), HOST, ORIGIN]
 
     def page(self, url: str) -> str:
         return self.client.get(url).content.decode()
@@ -195,8 +196,9 @@ async def test_the_job_stream_is_only_for_the_owner_from_our_origin(owner, outsi
     cases = [
         ((await browser_for(outsider)).headers(), 4404),
         ([], 4403),
-        ([(b"origin", b"http://127.0.0.1:8000")], 4401),
-        ([(await browser_for(owner)).headers()[0], (b"origin", b"https://evil.example")], 4403),
+        ([HOST, ORIGIN], 4401),
+        ([(await browser_for(owner)).headers()[0], HOST, (b"origin", b"https://evil.example")], 4403),
+        ([(await browser_for(owner)).headers()[0], HOST, (b"origin", b"http://127.0.0.1:8001")], 4403),
     ]
     for headers, expected in cases:
         communicator = WebsocketCommunicator(application, path, headers=headers)
@@ -269,7 +271,7 @@ async def test_the_user_stream_leaves_out_other_users_waiting_calls(owner, outsi
 
 
 async def test_the_user_stream_needs_a_signed_in_user():
-    communicator = WebsocketCommunicator(application, "/ws/me/?pending=0", headers=[ORIGIN])
+    communicator = WebsocketCommunicator(application, "/ws/me/?pending=0", headers=[HOST, ORIGIN])
     connected, code = await communicator.connect(timeout=5)
     assert not connected and code == 4401
 

@@ -18,6 +18,13 @@ from tests.fakes.openai_fake import OpenAIFake
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.fixture(autouse=True)
+def _fakes_on_loopback_are_reachable(settings):
+    """The fake providers listen on 127.0.0.1, which people's own profiles may reach only when the
+    site allows private addresses (see test_endpoint_safety.py for when it does not)."""
+    settings.CORTEX_HTTP_ALLOW_PRIVATE = True
+
+
 @pytest.fixture
 def fake():
     with OpenAIFake(expect_key="sk-profile-key") as server:
@@ -26,7 +33,7 @@ def fake():
 
 @pytest.fixture
 def profile(owner, fake):
-    return services.profile_save(owner=owner, name="local", provider="openai", model="llama3.1",
+    return services.profile_save(by=owner, owner=owner, name="local", provider="openai", model="llama3.1",
                                  base_url=fake.base_url, api_key="sk-profile-key", max_rounds=3)
 
 
@@ -35,12 +42,14 @@ def test_a_profile_key_is_not_readable_in_the_database(profile):
         cursor.execute("SELECT * FROM orchestrator_modelprofile")
         rows = json.dumps(cursor.fetchall(), default=str)
     assert "sk-profile-key" not in rows and "fernet1:" in rows
-    assert roles.credentials(profile.pk) == (profile.base_url, "sk-profile-key")
+    credentials = roles.credentials(profile.pk)
+    assert (credentials.base_url, credentials.api_key) == (profile.base_url, "sk-profile-key")
 
 
 def test_saving_a_profile_without_a_key_keeps_the_stored_one(owner, profile):
-    services.profile_save(owner=owner, name="local", provider="openai", model="llama3.2", profile_id=profile.pk)
-    assert roles.credentials(profile.pk)[1] == "sk-profile-key"
+    services.profile_save(by=owner, owner=owner, name="local", provider="openai", model="llama3.2",
+                          profile_id=profile.pk)
+    assert roles.credentials(profile.pk).api_key == "sk-profile-key"
 
 
 @pytest.mark.parametrize("field,value", [("provider", "skynet"), ("model", ""), ("base_url", "ftp://x"),
@@ -48,17 +57,17 @@ def test_saving_a_profile_without_a_key_keeps_the_stored_one(owner, profile):
 def test_invalid_profiles_are_refused(owner, field, value):
     fields = {"name": "p", "provider": "openai", "model": "m", "base_url": "", **{field: value}}
     with pytest.raises(services.Invalid):
-        services.profile_save(owner=owner, **fields)
+        services.profile_save(by=owner, owner=owner, **fields)
 
 
 def test_a_users_assignment_wins_over_the_site_wide_one_which_wins_over_the_environment(owner, outsider, profile,
                                                                                          settings):
     settings.CORTEX_ORCHESTRATOR_MODEL = "demo:env-default"
     assert roles.role_config(owner, "orchestrator").model == "demo:env-default"
-    site = services.profile_save(owner=None, name="site", provider="openai", model="site-model")
-    services.role_assign(owner=None, role="orchestrator", profile_id=site.pk, system_append="Site rules.")
+    site = services.profile_save(by=None, owner=None, name="site", provider="openai", model="site-model")
+    services.role_assign(by=None, owner=None, role="orchestrator", profile_id=site.pk, system_append="Site rules.")
     assert roles.role_config(outsider, "orchestrator").model == "openai:site-model"
-    services.role_assign(owner=owner, role="orchestrator", profile_id=profile.pk)
+    services.role_assign(by=owner, owner=owner, role="orchestrator", profile_id=profile.pk)
     mine = roles.role_config(owner, "orchestrator")
     assert (mine.model, mine.label_source, mine.max_rounds) == ("openai:llama3.1", "yours", 3)
     assert roles.role_config(outsider, "orchestrator").system_append == "Site rules."
@@ -66,13 +75,13 @@ def test_a_users_assignment_wins_over_the_site_wide_one_which_wins_over_the_envi
 
 def test_a_user_cannot_assign_someone_elses_profile(outsider, profile):
     with pytest.raises(services.NotFound):
-        services.role_assign(owner=outsider, role="chat", profile_id=profile.pk)
+        services.role_assign(by=outsider, owner=outsider, role="chat", profile_id=profile.pk)
 
 
 def test_role_settings_shape_the_stored_prompts(owner, profile, default_persona):
-    services.role_assign(owner=owner, role="orchestrator", profile_id=profile.pk, system_append="Use tools.",
+    services.role_assign(by=owner, owner=owner, role="orchestrator", profile_id=profile.pk, system_append="Use tools.",
                          inject_datetime=False, inject_mode=True)
-    services.role_assign(owner=owner, role="poet", profile_id=None, system_append="Answer in verse.",
+    services.role_assign(by=owner, owner=owner, role="poet", profile_id=None, system_append="Answer in verse.",
                          inject_mode=False)
     Memory.objects.create(user=owner, tier="long", content="Likes haiku")
     job = services.job_submit(user=owner, task="Hi", options=services.JobOptions(chat_role="poet", tier=1))
@@ -86,7 +95,7 @@ def test_role_settings_shape_the_stored_prompts(owner, profile, default_persona)
 
 
 def test_the_role_allow_list_narrows_the_offered_tools(owner, profile, engine, fake, default_persona):
-    services.role_assign(owner=owner, role="orchestrator", profile_id=profile.pk, tools=["calculator"])
+    services.role_assign(by=owner, owner=owner, role="orchestrator", profile_id=profile.pk, tools=["calculator"])
     fake.script_text("No tools needed.")
     job = services.job_submit(user=owner, task="Hi", options=services.JobOptions(respond_with_final=False))
     async_to_sync(engine.run_until)(job.pk, "complete")
@@ -94,7 +103,7 @@ def test_the_role_allow_list_narrows_the_offered_tools(owner, profile, engine, f
 
 
 def test_orchestrator_and_chat_on_different_backends(owner, profile, engine, fake, api, default_persona):
-    services.role_assign(owner=owner, role="orchestrator", profile_id=profile.pk)
+    services.role_assign(by=owner, owner=owner, role="orchestrator", profile_id=profile.pk)
     fake.script_tool_calls(Call("calculator", {"expression": "6*7"}, id="c1"))
     fake.script_text("The product is 42.")
     job_id = api.post("/orchestrate", {"task": "What is six times seven?"}).json()["job_id"]
@@ -108,7 +117,7 @@ def test_orchestrator_and_chat_on_different_backends(owner, profile, engine, fak
 
 
 def test_respond_with_final_false_returns_the_orchestrators_own_answer(owner, profile, engine, fake, api):
-    services.role_assign(owner=owner, role="orchestrator", profile_id=profile.pk)
+    services.role_assign(by=owner, owner=owner, role="orchestrator", profile_id=profile.pk)
     fake.script_text("Quick answer.")
     job_id = api.post("/orchestrate", {"task": "Quick", "respond_with_claude": False}).json()["job_id"]
     async_to_sync(engine.run_until)(job_id, "complete")
@@ -119,7 +128,7 @@ def test_respond_with_final_false_returns_the_orchestrators_own_answer(owner, pr
 
 async def test_a_watcher_receives_deltas_that_add_up_to_the_stored_answer(owner, profile, engine, fake,
                                                                          default_persona):
-    await sync_to_async(services.role_assign)(owner=owner, role="chat", profile_id=profile.pk)
+    await sync_to_async(services.role_assign)(by=owner, owner=owner, role="chat", profile_id=profile.pk)
     pieces = [f"piece {n}, " for n in range(30)] + ["the end."]
     fake.script_text(chunks=pieces, chunk_delay=0.01)
     job = await sync_to_async(services.job_submit)(user=owner, task="Tell me a long story")
@@ -140,8 +149,8 @@ async def test_a_watcher_receives_deltas_that_add_up_to_the_stored_answer(owner,
 
 
 def test_usage_is_recorded_per_model_call_and_per_job(owner, profile, engine, fake, default_persona):
-    services.role_assign(owner=owner, role="orchestrator", profile_id=profile.pk)
-    services.role_assign(owner=owner, role="chat", profile_id=profile.pk)
+    services.role_assign(by=owner, owner=owner, role="orchestrator", profile_id=profile.pk)
+    services.role_assign(by=owner, owner=owner, role="chat", profile_id=profile.pk)
     fake.script_text("Loop answer.")
     fake.script_text("Final answer.")
     job = services.job_submit(user=owner, task="Hi")
@@ -194,12 +203,12 @@ def test_the_models_command_lists_and_assigns(owner, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "orchestrator   openai:llama3.1" in out and "from site-wide (profile local)" in out
     assert "sk-from-env" not in out
-    assert roles.credentials(ModelProfile.objects.get(name="local").pk)[1] == "sk-from-env"
+    assert roles.credentials(ModelProfile.objects.get(name="local").pk).api_key == "sk-from-env"
 
 
 def test_the_assembled_prompts_stay_viewable_on_the_job_page_and_in_admin(owner, client, django_user_model,
                                                                          default_persona):
-    services.role_assign(owner=owner, role="chat", profile_id=None, system_append="Sign as Cortex.")
+    services.role_assign(by=owner, owner=owner, role="chat", profile_id=None, system_append="Sign as Cortex.")
     job = services.job_submit(user=owner, task="Hello there")
     client.force_login(owner)
     page = client.get(f"/jobs/{job.pk}/").content.decode()

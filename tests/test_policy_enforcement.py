@@ -126,7 +126,7 @@ def test_no_call_starts_unless_offered_and_run_or_approved_as_it_runs(alice, pol
                          label="tools approved earlier for the rest of the job")
     script = data.draw(model_turns(offered), label="the model's turns")
     services.policy_update(user=alice, **policy)
-    services.role_assign(owner=alice, role="orchestrator", profile_id=None, tools=allow_list)
+    services.role_assign(by=None, owner=alice, role="orchestrator", profile_id=None, tools=allow_list)
     alice.groups.set(Group.objects.filter(name__in=groups))
     job = services.job_submit(user=alice, task="Do things", options=services.JobOptions(respond_with_final=False))
     # Approvals a person gave earlier in the job ("for the rest of this job").

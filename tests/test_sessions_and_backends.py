@@ -13,14 +13,21 @@ from tests.fakes.http import ToolCall as Call
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.fixture(autouse=True)
+def _fakes_on_loopback_are_reachable(settings):
+    """The fake providers listen on 127.0.0.1, which people's own profiles may reach only when the
+    site allows private addresses (see test_endpoint_safety.py for when it does not)."""
+    settings.CORTEX_HTTP_ALLOW_PRIVATE = True
+
+
 def test_gemini_runs_the_tools_and_claude_writes_the_answer(owner, api, engine, default_persona):
     with GeminiFake(expect_key="g-key") as gemini, AnthropicFake(expect_key="a-key") as claude:
-        loop = services.profile_save(owner=owner, name="loop", provider="gemini", model="gemini-3-pro",
+        loop = services.profile_save(by=owner, owner=owner, name="loop", provider="gemini", model="gemini-3-pro",
                                      base_url=gemini.root_url, api_key="g-key")
-        writer = services.profile_save(owner=owner, name="writer", provider="anthropic",
+        writer = services.profile_save(by=owner, owner=owner, name="writer", provider="anthropic",
                                        model="claude-sonnet-4-6", base_url=claude.root_url, api_key="a-key")
-        services.role_assign(owner=owner, role="orchestrator", profile_id=loop.pk)
-        services.role_assign(owner=owner, role="chat", profile_id=writer.pk, system_append="Be warm.")
+        services.role_assign(by=owner, owner=owner, role="orchestrator", profile_id=loop.pk)
+        services.role_assign(by=owner, owner=owner, role="chat", profile_id=writer.pk, system_append="Be warm.")
         gemini.script_tool_calls(Call("calculator", {"expression": "6*7"}), Call("current_time", {}))
         gemini.script_text("It is 42, computed just now.")
         claude.script_text("Six times seven is 42.")

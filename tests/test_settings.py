@@ -1,5 +1,7 @@
 """Settings come from the environment and fail loudly on bad values."""
 
+import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +75,48 @@ def test_a_secret_key_is_generated_once_and_kept(tmp_path):
     key_file = tmp_path / "secret_key"
     assert len(key_file.read_text().strip()) >= 50
     assert key_file.stat().st_mode & 0o077 == 0
+
+
+def documented_production_environment() -> dict[str, str]:
+    """The variables of the README's "In production" block."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### In production", 1)[1]
+    block = section.split("```sh", 1)[1].split("```", 1)[0]
+    return dict(re.findall(r"^(CORTEX_[A-Z_]+)=(\S+)", block, re.MULTILINE))
+
+
+def test_check_deploy_is_clean_under_the_documented_production_environment(tmp_path):
+    env = documented_production_environment()
+    assert {"CORTEX_SECURE_COOKIES", "CORTEX_SSL_REDIRECT", "CORTEX_HSTS_SECONDS",
+            "CORTEX_PROXY_SSL_HEADER"} <= set(env)
+    env["CORTEX_SECRET_KEY"] = secrets.token_urlsafe(50)
+    result = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "DEBUG"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "CORTEX_VAR_DIR": str(tmp_path), **env})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout
+    assert "WARNINGS" not in result.stdout + result.stderr
+
+
+def test_the_embedded_defaults_are_plain_http(settings):
+    assert not settings.SECURE_SSL_REDIRECT and settings.SECURE_HSTS_SECONDS == 0
+    assert settings.SECURE_PROXY_SSL_HEADER is None
+
+
+def test_the_proxy_header_is_spelled_as_django_reads_it(monkeypatch):
+    monkeypatch.setenv("CORTEX_PROXY_SSL_HEADER", "X-Forwarded-Proto")
+    assert cortex_settings.env_proxy_ssl_header("CORTEX_PROXY_SSL_HEADER") == ("HTTP_X_FORWARDED_PROTO", "https")
+
+
+@pytest.mark.parametrize("variable,value,message", [
+    ("CORTEX_HSTS_SECONDS", "a year", "CORTEX_HSTS_SECONDS must be an integer"),
+    ("CORTEX_HSTS_SECONDS", "-1", "CORTEX_HSTS_SECONDS must be at least 0"),
+    ("CORTEX_SSL_REDIRECT", "sometimes", "CORTEX_SSL_REDIRECT must be true or false"),
+    ("CORTEX_HSTS_PRELOAD", "sure", "CORTEX_HSTS_PRELOAD must be true or false"),
+    ("CORTEX_PROXY_SSL_HEADER", "X-Forwarded-Proto: https", "CORTEX_PROXY_SSL_HEADER must be a header name"),
+])
+def test_production_settings_refuse_bad_values(tmp_path, variable, value, message):
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "CORTEX_VAR_DIR": str(tmp_path), variable: value},
+                            timeout=60)
+    assert result.returncode != 0 and message in result.stderr

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import orchestrator.tools.builtin  # noqa: F401  (registers the tools)
+from orchestrator import netguard
 from orchestrator.tools.builtin import web
 from orchestrator.tools.builtin.workspace import MAX_READ_BYTES, MAX_WRITE_BYTES, resolve_in_workspace
 from orchestrator.tools.registry import ArgumentsInvalid, ToolContext, ToolError, registry
@@ -425,29 +426,29 @@ def test_the_workspace_schemas_reject_bad_arguments() -> None:
     ],
 )
 def test_check_address_refuses_non_public_addresses(address: str) -> None:
-    with pytest.raises(web.AddressRefused):
-        web.check_address(address, allow_private=False)
+    with pytest.raises(netguard.AddressRefused):
+        netguard.check_address(address, allow_private=False)
 
 
 @pytest.mark.parametrize(
     "address", ["93.184.215.14", "8.8.8.8", "2606:4700:4700::1111", "::ffff:8.8.8.8", "2002:808:808::1"]
 )
 def test_check_address_allows_public_addresses(address: str) -> None:
-    assert web.check_address(address, allow_private=False) == ipaddress.ip_address(address)
+    assert netguard.check_address(address, allow_private=False) == ipaddress.ip_address(address)
 
 
 def test_allowing_private_addresses_still_refuses_unspecified_and_multicast() -> None:
     for address in ("127.0.0.1", "10.0.0.1", "::1", "fd00::1", "::ffff:192.168.0.1"):
-        web.check_address(address, allow_private=True)
+        netguard.check_address(address, allow_private=True)
     for address in ("0.0.0.0", "::", "224.0.0.1", "ff02::1", "::ffff:0.0.0.0"):
-        with pytest.raises(web.AddressRefused):
-            web.check_address(address, allow_private=True)
+        with pytest.raises(netguard.AddressRefused):
+            netguard.check_address(address, allow_private=True)
 
 
 async def test_resolve_host_returns_every_address_of_a_name() -> None:
-    assert await web.resolve_host("127.0.0.1", 80) == [ipaddress.ip_address("127.0.0.1")]
-    assert await web.resolve_host("[::1]", 80) == [ipaddress.ip_address("::1")]
-    addresses = await web.resolve_host("localhost", 80)
+    assert await netguard.resolve_host("127.0.0.1", 80) == [ipaddress.ip_address("127.0.0.1")]
+    assert await netguard.resolve_host("[::1]", 80) == [ipaddress.ip_address("::1")]
+    addresses = await netguard.resolve_host("localhost", 80)
     assert addresses and all(a.is_loopback for a in addresses)
 
 
@@ -484,7 +485,7 @@ async def test_it_refuses_a_host_when_any_of_its_addresses_is_private(
     async def resolve(host: str, port: int) -> list[Any]:
         return [ipaddress.ip_address("93.184.215.14"), ipaddress.ip_address("10.0.0.1")]
 
-    monkeypatch.setattr(web, "resolve_host", resolve)
+    monkeypatch.setattr(netguard, "resolve_host", resolve)
     with pytest.raises(ToolError, match="10.0.0.1"):
         await call(ctx, "http_get", url="http://mixed.test/")
 
@@ -666,14 +667,14 @@ async def test_it_refuses_a_redirect_to_another_scheme(open_ctx: ToolContext, se
 @pytest.fixture
 def only_the_test_server_is_public(monkeypatch: pytest.MonkeyPatch) -> None:
     """Treat 127.0.0.1 as if it were a public address, and nothing else private."""
-    real_check = web.check_address
+    real_check = netguard.check_address
 
     def check(ip: Any, allow_private: bool) -> Any:
         if str(ip) == "127.0.0.1":
             return ipaddress.ip_address(ip)
         return real_check(ip, allow_private)
 
-    monkeypatch.setattr(web, "check_address", check)
+    monkeypatch.setattr(netguard, "check_address", check)
 
 
 @pytest.mark.parametrize(
@@ -699,7 +700,7 @@ async def test_it_connects_to_the_address_it_checked(
         lookups.append(host)
         return [ipaddress.ip_address("127.0.0.1")]
 
-    monkeypatch.setattr(web, "resolve_host", resolve)
+    monkeypatch.setattr(netguard, "resolve_host", resolve)
     port = server.rsplit(":", 1)[1]
     result = await call(open_ctx, "http_get", url=f"http://rebind.test:{port}/host")
     assert result["body"] == f"rebind.test:{port}"
@@ -790,7 +791,7 @@ def tls_server(tls_material: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -
             return [ipaddress.ip_address("127.0.0.1")]
         raise AssertionError(f"unexpected lookup of {host}")
 
-    monkeypatch.setattr(web, "resolve_host", resolve)
+    monkeypatch.setattr(netguard, "resolve_host", resolve)
     monkeypatch.setattr(web, "_ssl_context", lambda: ssl.create_default_context(cafile=str(tls_material["ca"])))
     try:
         yield httpd.server_port

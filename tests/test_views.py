@@ -576,7 +576,7 @@ def test_the_preview_shows_the_effect_before_saving(owner, alice):
 
 
 def test_the_preview_keeps_to_the_role_allow_list(owner, alice):
-    services.role_assign(owner=owner, role="orchestrator", profile_id=None, tools=["calculator"])
+    services.role_assign(by=None, owner=owner, role="orchestrator", profile_id=None, tools=["calculator"])
     response = alice.post(reverse("settings-tools-preview"),
                           policy_form(override_memory_save="include", confirm_memory_save="run"), headers=HTMX)
     shown = effective_column(response.content.decode())

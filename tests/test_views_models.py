@@ -25,6 +25,13 @@ from tests.fakes.openai_fake import OpenAIFake
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+
+@pytest.fixture(autouse=True)
+def _fakes_on_loopback_are_reachable(settings):
+    """The fake providers listen on 127.0.0.1, which people's own profiles may reach only when the
+    site allows private addresses (see test_endpoint_safety.py for when it does not)."""
+    settings.CORTEX_HTTP_ALLOW_PRIVATE = True
+
 HTMX = {"HX-Request": "true"}
 KEY = "sk-live-do-not-leak-7f3a9c2e1b44"
 
@@ -39,9 +46,9 @@ def fake():
 @pytest.fixture
 def objects(owner, fake):
     """One of each of alice's objects that has its own address."""
-    profile = services.profile_save(owner=owner, name="workbench", provider="openai", model="gpt-4o-mini",
+    profile = services.profile_save(by=owner, owner=owner, name="workbench", provider="openai", model="gpt-4o-mini",
                                     base_url=fake.base_url, api_key=KEY, max_rounds=4)
-    services.role_assign(owner=owner, role="poet", profile_id=profile.pk, system_append="Answer in verse.")
+    services.role_assign(by=owner, owner=owner, role="poet", profile_id=profile.pk, system_append="Answer in verse.")
     persona = services.persona_save(owner=owner, name="pirate", prompt="Speak like a pirate.")
     return {"profile": profile.pk, "role": "poet", "persona": persona.pk}
 
@@ -68,7 +75,8 @@ def unchanged(objects: dict) -> bool:
     profile = ModelProfile.objects.get(pk=objects["profile"])
     assignment = RoleAssignment.objects.get(role="poet")
     persona = Persona.objects.get(pk=objects["persona"])
-    return (profile.name, profile.model, roles.credentials(profile.pk)[1]) == ("workbench", "gpt-4o-mini", KEY) and (
+    key = roles.credentials(profile.pk).api_key
+    return (profile.name, profile.model, key) == ("workbench", "gpt-4o-mini", KEY) and (
         assignment.profile_id, assignment.system_append) == (objects["profile"], "Answer in verse.") and (
         persona.name, persona.prompt, persona.is_default) == ("pirate", "Speak like a pirate.", False)
 
@@ -114,7 +122,7 @@ def test_another_users_profile_cannot_be_assigned_to_a_role(objects, outsider, b
 
 
 def test_site_wide_profiles_can_be_used_and_tested_but_not_changed(objects, outsider, bob, fake):
-    site = services.profile_save(owner=None, name="shared", provider="openai", model="gpt-4o",
+    site = services.profile_save(by=None, owner=None, name="shared", provider="openai", model="gpt-4o",
                                  base_url=fake.base_url, api_key=KEY)
     html = bob.get(reverse("settings-models")).content.decode()
     assert "shared" in html and "Site-wide" in html and "workbench" not in html
@@ -180,7 +188,7 @@ def test_a_stored_key_appears_in_no_response(owner, alice, root, fake):
                                                      "base_url": fake.base_url, "api_key": KEY})
     assert created.status_code == 302
     profile = ModelProfile.objects.get(owner=owner)
-    assert roles.credentials(profile.pk)[1] == KEY and profile.api_key_encrypted
+    assert roles.credentials(profile.pk).api_key == KEY and profile.api_key_encrypted
     edit = reverse("profile-edit", args=[profile.pk])
     bodies = {
         "page": alice.get(reverse("settings-models"), follow=True),
@@ -217,7 +225,7 @@ def test_a_stored_key_appears_in_no_response(owner, alice, root, fake):
     assert "Leave empty to keep the stored key." in bodies["edit form"].content.decode()
     assert "there is already a profile named" in bodies["failed create"].content.decode()
     assert "Type a new key or remove the stored one, not both." in bodies["both key fields"].content.decode()
-    assert roles.credentials(profile.pk)[1] == KEY
+    assert roles.credentials(profile.pk).api_key == KEY
 
 
 # --- Profiles -----------------------------------------------------------------------------------
@@ -250,10 +258,10 @@ def test_a_profile_is_added_listed_edited_and_deleted(owner, alice):
     alice.post(reverse("profile-edit", args=[profile.pk]), profile_data(model="llama3.1", max_rounds="5"))
     profile.refresh_from_db()
     assert profile.model == "llama3.1" and profile.max_rounds == 5 and profile.temperature is None
-    assert roles.credentials(profile.pk)[1] == "sk-first"
+    assert roles.credentials(profile.pk).api_key == "sk-first"
 
     alice.post(reverse("profile-edit", args=[profile.pk]), profile_data(api_key="sk-second"))
-    assert roles.credentials(profile.pk)[1] == "sk-second"
+    assert roles.credentials(profile.pk).api_key == "sk-second"
     alice.post(reverse("profile-edit", args=[profile.pk]), profile_data(remove_key="on"))
     profile.refresh_from_db()
     assert not profile.has_api_key
@@ -307,14 +315,14 @@ def test_a_connection_test_reports_success_in_place(objects, alice, fake):
 
 
 def test_a_connection_test_reports_a_rejected_key_in_plain_words(owner, alice, fake):
-    profile = services.profile_save(owner=owner, name="wrong", provider="openai", model="gpt-4o-mini",
+    profile = services.profile_save(by=owner, owner=owner, name="wrong", provider="openai", model="gpt-4o-mini",
                                     base_url=fake.base_url, api_key="sk-wrong-key-123456")
     html = alice.post(reverse("profile-check", args=[profile.pk]), headers=HTMX).content.decode()
     assert "check-failed" in html and "the API key was rejected (401)" in html
 
 
 def test_a_connection_test_reports_an_unreachable_endpoint(owner, alice):
-    profile = services.profile_save(owner=owner, name="gone", provider="openai", model="m",
+    profile = services.profile_save(by=owner, owner=owner, name="gone", provider="openai", model="m",
                                     base_url="http://127.0.0.1:9/v1")
     html = alice.post(reverse("profile-check", args=[profile.pk]), headers=HTMX).content.decode()
     assert "could not connect to the model at http://127.0.0.1:9/v1" in html
@@ -374,7 +382,7 @@ def trickling_endpoint() -> Iterator[str]:
 
 def test_a_check_that_never_finishes_is_cut_off(owner, alice, trickling_endpoint, monkeypatch):
     monkeypatch.setattr("orchestrator.providers.base.CHECK_TIMEOUT", 0.4)
-    profile = services.profile_save(owner=owner, name="slow", provider="openai", model="m",
+    profile = services.profile_save(by=owner, owner=owner, name="slow", provider="openai", model="m",
                                     base_url=trickling_endpoint)
     started = time.monotonic()
     html = alice.post(reverse("profile-check", args=[profile.pk]), headers=HTMX).content.decode()
@@ -408,9 +416,9 @@ def role_row(html: str, role: str) -> str:
 
 def test_the_roles_show_the_effective_model_and_where_it_comes_from(owner, objects, alice, settings):
     settings.CORTEX_ORCHESTRATOR_MODEL = "demo:env-orchestrator"
-    site = services.profile_save(owner=None, name="shared", provider="openai", model="gpt-4o")
-    services.role_assign(owner=None, role="chat", profile_id=site.pk)
-    services.role_assign(owner=None, role="summary", profile_id=None, inject_mode=False)
+    site = services.profile_save(by=None, owner=None, name="shared", provider="openai", model="gpt-4o")
+    services.role_assign(by=None, owner=None, role="chat", profile_id=site.pk)
+    services.role_assign(by=None, owner=None, role="summary", profile_id=None, inject_mode=False)
     html = alice.get(reverse("settings-models")).content.decode()
     assert re.findall(r'<tr id="role-([\w-]+)"', html) == ["orchestrator", "chat", "poet", "summary"]
     assert "demo:env-orchestrator" in role_row(html, "orchestrator")
@@ -457,7 +465,7 @@ def test_a_custom_chat_role_is_added_and_removed(owner, alice):
 
 
 def test_removing_my_setting_falls_back_to_the_site_wide_one(owner, objects, alice):
-    services.role_assign(owner=None, role="poet", profile_id=None, system_append="Site verse.")
+    services.role_assign(by=None, owner=None, role="poet", profile_id=None, system_append="Site verse.")
     alice.post(reverse("role-unassign", args=["poet"]))
     config = roles.role_config(owner, "poet")
     assert (config.label_source, config.system_append) == ("site-wide", "Site verse.")
@@ -530,7 +538,7 @@ def test_an_admin_sets_a_key_without_ever_seeing_one(root, owner):
         "api_key": KEY})
     assert response.status_code == 302
     profile = ModelProfile.objects.get(name="site-gemini")
-    assert profile.owner is None and roles.credentials(profile.pk)[1] == KEY
+    assert profile.owner is None and roles.credentials(profile.pk).api_key == KEY
 
     change = reverse("admin:orchestrator_modelprofile_change", args=[profile.pk])
     page = root.get(change).content.decode()
@@ -538,7 +546,7 @@ def test_an_admin_sets_a_key_without_ever_seeing_one(root, owner):
     root.post(change, {"name": "site-gemini", "provider": "gemini", "model": "gemini-3-pro-preview",
                        "base_url": "", "api_key": ""})
     profile.refresh_from_db()
-    assert profile.model == "gemini-3-pro-preview" and roles.credentials(profile.pk)[1] == KEY
+    assert profile.model == "gemini-3-pro-preview" and roles.credentials(profile.pk).api_key == KEY
     root.post(change, {"name": "site-gemini", "provider": "gemini", "model": "m", "base_url": "",
                        "remove_key": "on"})
     profile.refresh_from_db()
@@ -546,8 +554,8 @@ def test_an_admin_sets_a_key_without_ever_seeing_one(root, owner):
 
 
 def test_the_admin_keeps_profile_names_unique_per_owner(root, owner):
-    services.profile_save(owner=owner, name="local", provider="demo", model="demo")
-    other = services.profile_save(owner=owner, name="other", provider="demo", model="demo")
+    services.profile_save(by=owner, owner=owner, name="local", provider="demo", model="demo")
+    other = services.profile_save(by=owner, owner=owner, name="other", provider="demo", model="demo")
     response = root.post(reverse("admin:orchestrator_modelprofile_change", args=[other.pk]),
                          {"name": "local", "provider": "demo", "model": "demo", "base_url": ""})
     assert response.status_code == 200 and "already exists" in response.content.decode()

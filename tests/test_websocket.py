@@ -8,6 +8,7 @@ from django.test import Client
 
 from cortex_site.asgi import application
 from orchestrator import services
+from orchestrator.auth import origin_allowed
 from orchestrator.models import JobEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -107,10 +108,66 @@ async def test_a_session_cookie_needs_our_own_origin(owner, awaiting_job):
     missing, connected, code = await connect(path, [(b"cookie", cookie)])
     assert not connected and code == 4403
 
-    ours, connected, _ = await connect(path, [(b"cookie", cookie), (b"origin", b"http://127.0.0.1:8000")])
+    ours, connected, _ = await connect(path, [(b"cookie", cookie), (b"host", b"127.0.0.1:8000"),
+                                              (b"origin", b"http://127.0.0.1:8000")])
     assert connected
     assert len(await receive_all(ours)) == job.last_seq
     await ours.disconnect()
+
+
+HOST = "127.0.0.1:8000"
+
+
+@pytest.mark.parametrize(("scheme", "host", "origin", "allowed"), [
+    ("ws", HOST, "http://127.0.0.1:8000", True),
+    ("ws", HOST, "http://127.0.0.1:8001", False),  # another web app on the same host
+    ("ws", HOST, "http://127.0.0.1", False),
+    ("ws", HOST, "https://127.0.0.1:8000", False),
+    ("ws", "localhost", "http://localhost:80", True),
+    ("ws", "localhost:80", "http://localhost", True),
+    ("ws", "localhost", "http://localhost:8080", False),
+    ("wss", "localhost", "https://localhost", True),
+    ("wss", "localhost:443", "https://localhost", True),
+    ("wss", "localhost", "http://localhost", False),
+    ("wss", "localhost", "https://localhost:8443", False),
+    ("ws", "[::1]:8000", "http://[::1]:8000", True),
+    ("ws", "[::1]:8000", "http://[::1]:9000", False),
+    ("ws", "evil.example", "http://evil.example", False),  # not an allowed host
+    ("ws", HOST, "null", False),
+    ("ws", HOST, "http://127.0.0.1:notaport", False),
+])
+def test_an_origin_must_match_the_scheme_host_and_port_of_the_socket(scheme, host, origin, allowed):
+    scope = {"type": "websocket", "scheme": scheme, "headers": [(b"host", host.encode())]}
+    assert origin_allowed(origin, scope) is allowed
+
+
+def test_trusted_origins_match_exactly(settings):
+    settings.CSRF_TRUSTED_ORIGINS = ["https://cortex.example.org"]
+    scope = {"type": "websocket", "scheme": "ws", "headers": [(b"host", b"127.0.0.1:8000")]}
+    assert origin_allowed("https://cortex.example.org", scope)
+    assert not origin_allowed("https://cortex.example.org:8443", scope)
+    assert not origin_allowed("http://cortex.example.org", scope)
+
+
+def test_behind_a_tls_proxy_the_forwarded_scheme_counts(settings):
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    settings.ALLOWED_HOSTS = ["cortex.example.org"]
+    forwarded = {"type": "websocket", "scheme": "ws",
+                 "headers": [(b"host", b"cortex.example.org"), (b"x-forwarded-proto", b"https")]}
+    assert origin_allowed("https://cortex.example.org", forwarded)
+    assert not origin_allowed("http://cortex.example.org", forwarded)
+    plain = {"type": "websocket", "scheme": "ws", "headers": [(b"host", b"cortex.example.org")]}
+    assert not origin_allowed("https://cortex.example.org", plain)
+
+
+async def test_a_session_cookie_from_another_port_is_refused(owner, awaiting_job):
+    job = await awaiting_job()
+    browser = Client()
+    await sync_to_async(browser.force_login)(owner)
+    cookie = f"sessionid={browser.cookies['sessionid'].value}".encode()
+    other, connected, code = await connect(f"/ws/jobs/{job.pk}/", [
+        (b"cookie", cookie), (b"host", b"127.0.0.1:8000"), (b"origin", b"http://127.0.0.1:8001")])
+    assert not connected and code == 4403
 
 
 async def test_events_are_appended_with_the_change_they_describe(owner, awaiting_job):

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.db import close_old_connections, connections
 
-from .. import providers
+from .. import netguard, providers
 from ..providers import ModelRequest, ModelResponse, ProviderError
 from ..tools.registry import ToolContext, ToolError, registry, tool_result_text
 from . import state
@@ -91,6 +91,8 @@ async def call_model(action: state.CallModel, *, job_id: str, owner: str,
     attempts = settings.CORTEX_MODEL_ATTEMPTS
     for attempt in range(1, attempts + 1):
         try:
+            if action.public_only:
+                await endpoint_allowed(action.base_url or "")
             async with asyncio.timeout(timeout + 5):
                 response = await provider.complete(request, on_delta=deltas.add if deltas else None)
             if deltas:
@@ -111,6 +113,15 @@ async def call_model(action: state.CallModel, *, job_id: str, owner: str,
             await deltas.reset()
         await asyncio.sleep(wait)
     raise AssertionError("unreachable")
+
+
+async def endpoint_allowed(base_url: str) -> None:
+    try:
+        await netguard.check_endpoint(base_url)
+    except netguard.HostUnknown as error:
+        raise ProviderError(str(error), retryable=True) from None
+    except netguard.Unreachable as error:
+        raise ProviderError(f"the model endpoint {base_url} is not allowed: {error}") from None
 
 
 class DeltaBuffer:

@@ -65,6 +65,7 @@ class CallModel:
     temperature: float | None = None
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)
+    public_only: bool = False  # the endpoint is checked against private addresses before each call
 
 
 Action = Stop | RunTool | CallModel
@@ -243,8 +244,8 @@ def _role(job: Job, name: str) -> RoleConfig:
 
 
 def _with_credentials(action: CallModel, role: RoleConfig) -> CallModel:
-    base_url, api_key = credentials(role.profile_id)
-    return replace(action, base_url=base_url, api_key=api_key)
+    found = credentials(role.profile_id)
+    return replace(action, base_url=found.base_url, api_key=found.api_key, public_only=found.public_only)
 
 
 def _orchestrator_finished(job: Job) -> bool:

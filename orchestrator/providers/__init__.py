@@ -42,13 +42,23 @@ def resolve(value: str, *, base_url: str | None = None, api_key: str | None = No
     so connections are reused across jobs."""
     choice = parse_model(value)
     if choice.provider == "openai":
-        return _openai(base_url or settings.OPENAI_BASE_URL, api_key or settings.OPENAI_API_KEY), choice.model
+        return _openai(*_endpoint(base_url, api_key, settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY)), choice.model
     if choice.provider == "gemini":
-        return _gemini(base_url or settings.CORTEX_GEMINI_BASE_URL, api_key or settings.GEMINI_API_KEY), choice.model
-    if choice.provider == "anthropic":
-        return (_anthropic(base_url or settings.CORTEX_ANTHROPIC_BASE_URL, api_key or settings.ANTHROPIC_API_KEY),
+        return (_gemini(*_endpoint(base_url, api_key, settings.CORTEX_GEMINI_BASE_URL, settings.GEMINI_API_KEY)),
                 choice.model)
+    if choice.provider == "anthropic":
+        return (_anthropic(*_endpoint(base_url, api_key, settings.CORTEX_ANTHROPIC_BASE_URL,
+                                      settings.ANTHROPIC_API_KEY)), choice.model)
     return _demo(), choice.model
+
+
+def _endpoint(base_url: str | None, api_key: str | None, env_base_url: str, env_key: str) -> tuple[str, str]:
+    """(base URL, key) for a call. The environment's key goes only to the endpoint the environment
+    configures (its base URL, or the provider's own when it names none), never to an address a
+    person typed: there a profile's own key is sent, or none."""
+    if base_url and base_url.rstrip("/") != env_base_url.rstrip("/"):
+        return base_url, api_key or ""
+    return env_base_url, api_key or env_key
 
 
 @lru_cache(maxsize=1)

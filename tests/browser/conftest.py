@@ -51,14 +51,22 @@ def workspaces(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def app_server(django_db_setup, workspaces, tmp_path_factory) -> Iterator[LiveServer]:
     """Stopped when the module ends: its executor would otherwise take other tests' jobs."""
-    # Only the built-in tools: the screenshots show the app as its users see it.
-    env = process_env(CORTEX_POLL_SECONDS="0.2", CORTEX_WORKSPACE_ROOT=str(workspaces), CORTEX_TOOL_MODULES="")
+    # Only the built-in tools: the screenshots show the app as its users see it. The fake model
+    # servers listen on 127.0.0.1, which people's own profiles reach only when private addresses are allowed.
+    env = process_env(CORTEX_POLL_SECONDS="0.2", CORTEX_WORKSPACE_ROOT=str(workspaces), CORTEX_TOOL_MODULES="",
+                      CORTEX_HTTP_ALLOW_PRIVATE="true")
     server = LiveServer(env, tmp_path_factory.mktemp("server") / "serve.log")
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fakes_on_loopback_are_reachable(settings):
+    """As in the server: profiles the tests save for people may point at the fakes on 127.0.0.1."""
+    settings.CORTEX_HTTP_ALLOW_PRIVATE = True
 
 
 @pytest.fixture(scope="module")

@@ -29,9 +29,9 @@ def test_a_profile_is_added_tested_assigned_and_runs_a_job(sign_in, owner, defau
                                                           screenshot):
     endpoint.script_text("The fake endpoint says hello.")
     # Something set for the whole site, shown read-only beside alice's own.
-    team = services.profile_save(owner=None, name="team-claude", provider="anthropic", model="claude-sonnet-4-6",
-                                 temperature=0.3)
-    services.role_assign(owner=None, role="chat", profile_id=team.pk)
+    team = services.profile_save(by=None, owner=None, name="team-claude", provider="anthropic",
+                                 model="claude-sonnet-4-6", temperature=0.3)
+    services.role_assign(by=None, owner=None, role="chat", profile_id=team.pk)
     page = sign_in(owner)
     page.goto("/settings/models/")
     expect(page.locator("#role-orchestrator")).to_contain_text("Environment")
@@ -85,7 +85,7 @@ def test_a_profile_is_added_tested_assigned_and_runs_a_job(sign_in, owner, defau
 
 
 def test_the_connection_test_works_without_javascript(sign_in, owner):
-    profile = services.profile_save(owner=owner, name="unreachable", provider="openai", model="m",
+    profile = services.profile_save(by=owner, owner=owner, name="unreachable", provider="openai", model="m",
                                     base_url="http://127.0.0.1:9/v1")
     page = sign_in(owner, javascript=False)
     page.goto("/settings/models/")

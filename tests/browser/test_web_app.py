@@ -140,9 +140,9 @@ def test_edit_the_arguments_and_the_edited_call_runs(sign_in, owner, default_per
 def scripted_model(transactional_db, owner) -> Iterator[OpenAIFake]:
     """Alice's orchestrator is a fake OpenAI-compatible server that each test scripts."""
     with OpenAIFake() as model:
-        profile = services.profile_save(owner=owner, name="scripted", provider="openai", model="gpt-4o-mini",
+        profile = services.profile_save(by=owner, owner=owner, name="scripted", provider="openai", model="gpt-4o-mini",
                                         base_url=model.base_url, api_key="sk-test")
-        services.role_assign(owner=owner, role="orchestrator", profile_id=profile.pk)
+        services.role_assign(by=owner, owner=owner, role="orchestrator", profile_id=profile.pk)
         yield model
 
 

@@ -7,6 +7,7 @@
                                  [--tools a,b]
     manage.py models unassign ROLE [--user NAME]
 
+The operator at the command line may change every profile and role (`by=None` in the services).
 Keys are read from an environment variable, never from the command line (it would land in the
 shell history and the process list).
 """
@@ -92,9 +93,10 @@ class Command(BaseCommand):
             if api_key is None:
                 raise CommandError(f"the environment variable {api_key_env} is not set")
         existing = ModelProfile.objects.filter(owner=owner, name=name).first()
-        profile = services.profile_save(owner=owner, name=name, provider=provider, model=model, base_url=base_url,
-                                        api_key=api_key, max_rounds=max_rounds, timeout_seconds=timeout,
-                                        temperature=temperature, profile_id=existing.pk if existing else None)
+        profile = services.profile_save(by=None, owner=owner, name=name, provider=provider, model=model,
+                                        base_url=base_url, api_key=api_key, max_rounds=max_rounds,
+                                        timeout_seconds=timeout, temperature=temperature,
+                                        profile_id=existing.pk if existing else None)
         self.stdout.write(f"{'Updated' if existing else 'Created'} profile {profile.name} ({profile.model_string})")
 
     def assign(self, owner, *, role, profile, system_append, no_datetime, no_mode, tools, **options):
@@ -105,12 +107,12 @@ class Command(BaseCommand):
             if found is None:
                 raise CommandError(f"no profile named {profile!r}")
             profile_id = found.pk
-        services.role_assign(owner=owner, role=role, profile_id=profile_id, system_append=system_append,
+        services.role_assign(by=None, owner=owner, role=role, profile_id=profile_id, system_append=system_append,
                              inject_datetime=not no_datetime, inject_mode=not no_mode,
                              tools=[t.strip() for t in tools.split(",") if t.strip()])
         self.stdout.write(f"Role {role} now uses {profile}")
 
     def unassign(self, owner, *, role, **options):
-        services.role_unassign(owner=owner, role=role)
+        services.role_unassign(by=None, owner=owner, role=role)
         self.stdout.write(f"Role {role} falls back to the default")
 

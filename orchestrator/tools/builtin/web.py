@@ -12,21 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import contextlib
-import ipaddress
-import socket
 import ssl
 import zlib
 from collections.abc import Iterable
 from typing import Any
 
-import anyio
 import httpcore
 import httpx
 
+from ... import netguard
 from ..registry import ToolContext, ToolError, tool
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_BODY_BYTES = 100_000  # decoded bytes returned to the model
 MAX_RAW_BYTES = 1_000_000  # bytes read off the wire, compressed or not
@@ -36,11 +31,6 @@ CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 10.0
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 USER_AGENT = "Cortex-http_get/1.0"
-
-# IPv6 ranges that carry an IPv4 address in their low 32 bits; judged by that IPv4 address.
-_IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # SIIT
-_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated, still routed by some stacks
-_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 
 _TEXT_TYPES = frozenset(
     {
@@ -61,103 +51,11 @@ _TEXT_TYPES = frozenset(
 )
 
 
-class AddressRefused(ToolError):
-    """The destination is not a public address and private access is off."""
-
-
-# --- address policy ---------------------------------------------------------------------------
-
-
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip.sixtofour is not None:
-        return ip.sixtofour
-    if ip.teredo is not None:
-        return ip.teredo[1]
-    if ip in _IPV4_TRANSLATED or any(ip in net for net in _NAT64) or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return None
-
-
-def _why_not_public(ip: IPAddress) -> tuple[str, bool] | None:
-    """None for a public unicast address; else (what it is, whether it is refused even when
-    private access is allowed)."""
-    if ip.is_unspecified:
-        return "an unspecified address", True
-    if ip.is_multicast:
-        return "a multicast address", True
-    if ip.is_loopback:
-        return "a loopback address", False
-    if ip.is_link_local:
-        return "a link-local address", False
-    if isinstance(ip, ipaddress.IPv6Address):
-        embedded = _embedded_ipv4(ip)
-        if embedded is not None:
-            verdict = _why_not_public(embedded)
-            if verdict is None:
-                return None
-            return f"an IPv6 form of {embedded}, {verdict[0]}", verdict[1]
-        if ip.is_site_local:
-            return "a site-local address", False
-    if ip.is_private:
-        return "a private address", False
-    if ip.is_reserved:
-        return "a reserved address", False
-    if not ip.is_global:
-        return "a non-public address", False
-    return None
-
-
-def check_address(ip: IPAddress | str, allow_private: bool) -> IPAddress:
-    """Return `ip` if a request may connect to it, else raise AddressRefused.
-
-    Public unicast addresses are always allowed. With `allow_private`, private, loopback,
-    link-local and reserved addresses are allowed too; unspecified and multicast never are,
-    because no HTTP server can be reached at them on purpose.
-    """
-    try:
-        address = ip if isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)) else ipaddress.ip_address(ip)
-    except ValueError:
-        raise AddressRefused(f"{ip!r} is not an IP address") from None
-    verdict = _why_not_public(address)
-    if verdict is None:
-        return address
-    what, always_refused = verdict
-    if allow_private and not always_refused:
-        return address
-    raise AddressRefused(f"refused to connect to {address}: it is {what}; only public addresses may be fetched")
-
-
-async def resolve_host(host: str, port: int) -> list[IPAddress]:
-    """Every address `host` resolves to (an IP literal resolves to itself), without duplicates."""
-    literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    with contextlib.suppress(ValueError):  # not a literal: look the name up
-        return [ipaddress.ip_address(literal)]
-    try:
-        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
-        raise ToolError(f"cannot resolve host {host!r}: {exc}") from None
-    addresses: list[IPAddress] = []
-    for _family, _type, _proto, _canon, sockaddr in infos:
-        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
-        if address not in addresses:
-            addresses.append(address)
-    if not addresses:
-        raise ToolError(f"host {host!r} has no addresses")
-    return addresses
-
-
-async def checked_addresses(host: str, port: int, allow_private: bool) -> list[IPAddress]:
-    """Resolve `host` and check every answer; one refused answer refuses the host."""
-    return [check_address(address, allow_private) for address in await resolve_host(host, port)]
-
-
 # --- transport --------------------------------------------------------------------------------
 
 
 class CheckedNetworkBackend(httpcore.AsyncNetworkBackend):
-    """Opens TCP connections only to addresses that passed `check_address`."""
+    """Opens TCP connections only to addresses that passed `netguard.check_address`."""
 
     def __init__(self, allow_private: bool) -> None:
         self._allow_private = allow_private
@@ -171,7 +69,10 @@ class CheckedNetworkBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        addresses = await checked_addresses(host, port, self._allow_private)
+        try:
+            addresses = await netguard.checked_addresses(host, port, self._allow_private)
+        except netguard.Unreachable as error:
+            raise ToolError(str(error)) from None
         failure: Exception | None = None
         for address in addresses:
             try:

@@ -1,0 +1,172 @@
+"""Which network addresses a server-side request may reach, so Cortex never becomes an SSRF proxy.
+
+Used wherever the server connects to an address someone typed: the `http_get` tool (which checks
+every connection it opens, see tools/builtin/web.py) and model endpoints in people's own profiles
+(checked when the profile is saved and again before every connection test and model call).
+Private, loopback and link-local addresses are refused unless CORTEX_HTTP_ALLOW_PRIVATE is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+from django.conf import settings
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# IPv6 ranges that carry an IPv4 address in their low 32 bits; judged by that IPv4 address.
+_IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # SIIT
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated, still routed by some stacks
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+class Unreachable(Exception):
+    """A destination a server-side request may not (or cannot) connect to."""
+
+
+class AddressRefused(Unreachable):
+    """The destination is not a public address and private access is off."""
+
+
+class HostUnknown(Unreachable):
+    """The destination's name resolves to no address."""
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    if ip in _IPV4_TRANSLATED or any(ip in net for net in _NAT64) or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def _why_not_public(ip: IPAddress) -> tuple[str, bool] | None:
+    """None for a public unicast address; else (what it is, whether it is refused even when
+    private access is allowed)."""
+    if ip.is_unspecified:
+        return "an unspecified address", True
+    if ip.is_multicast:
+        return "a multicast address", True
+    if ip.is_loopback:
+        return "a loopback address", False
+    if ip.is_link_local:
+        return "a link-local address", False
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            verdict = _why_not_public(embedded)
+            if verdict is None:
+                return None
+            return f"an IPv6 form of {embedded}, {verdict[0]}", verdict[1]
+        if ip.is_site_local:
+            return "a site-local address", False
+    if ip.is_private:
+        return "a private address", False
+    if ip.is_reserved:
+        return "a reserved address", False
+    if not ip.is_global:
+        return "a non-public address", False
+    return None
+
+
+def check_address(ip: IPAddress | str, allow_private: bool) -> IPAddress:
+    """Return `ip` if a request may connect to it, else raise AddressRefused.
+
+    Public unicast addresses are always allowed. With `allow_private`, private, loopback,
+    link-local and reserved addresses are allowed too; unspecified and multicast never are,
+    because no HTTP server can be reached at them on purpose.
+    """
+    try:
+        address = ip if isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)) else ipaddress.ip_address(ip)
+    except ValueError:
+        raise AddressRefused(f"{ip!r} is not an IP address") from None
+    verdict = _why_not_public(address)
+    if verdict is None:
+        return address
+    what, always_refused = verdict
+    if allow_private and not always_refused:
+        return address
+    raise AddressRefused(f"refused to connect to {address}: it is {what}; only public addresses may be reached")
+
+
+def _literal(host: str) -> IPAddress | None:
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+    return None
+
+
+def _addresses(host: str, infos: list[tuple[Any, ...]]) -> list[IPAddress]:
+    addresses: list[IPAddress] = []
+    for _family, _type, _proto, _canon, sockaddr in infos:
+        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        if address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise HostUnknown(f"host {host!r} has no addresses")
+    return addresses
+
+
+async def resolve_host(host: str, port: int) -> list[IPAddress]:
+    """Every address `host` resolves to (an IP literal resolves to itself), without duplicates."""
+    if (literal := _literal(host)) is not None:
+        return [literal]
+    try:
+        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise HostUnknown(f"cannot resolve host {host!r}: {exc}") from None
+    return _addresses(host, infos)
+
+
+def resolve_host_blocking(host: str, port: int) -> list[IPAddress]:
+    """`resolve_host` for synchronous code (saving a form), where no event loop may be started."""
+    if (literal := _literal(host)) is not None:
+        return [literal]
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise HostUnknown(f"cannot resolve host {host!r}: {exc}") from None
+    return _addresses(host, infos)
+
+
+async def checked_addresses(host: str, port: int, allow_private: bool) -> list[IPAddress]:
+    """Resolve `host` and check every answer; one refused answer refuses the host."""
+    return [check_address(address, allow_private) for address in await resolve_host(host, port)]
+
+
+def _host_and_port(url: str) -> tuple[str, int]:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        raise Unreachable(f"not a valid URL: {error}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Unreachable(f"not an http(s) URL: {url[:100]!r}")
+    return parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+async def check_url(url: str, *, allow_private: bool) -> list[IPAddress]:
+    """The addresses `url`'s host resolves to, if every one of them may be reached; else raise."""
+    host, port = _host_and_port(url)
+    return await checked_addresses(host, port, allow_private)
+
+
+def check_endpoint_blocking(url: str) -> None:
+    """`check_endpoint` for synchronous code."""
+    host, port = _host_and_port(url)
+    for address in resolve_host_blocking(host, port):
+        check_address(address, settings.CORTEX_HTTP_ALLOW_PRIVATE)
+
+
+async def check_endpoint(url: str) -> None:
+    """A model endpoint someone typed, checked under the site's setting. Run right before every
+    connection to it: a name that resolved to a public address yesterday may not today."""
+    await check_url(url, allow_private=settings.CORTEX_HTTP_ALLOW_PRIVATE)

@@ -1,0 +1,141 @@
+"""What every WebSocket stream of the event log shares, the JSON one and the browser's.
+
+- The event log is the stream; the channel layer only rings a doorbell. A stream joins its groups
+  *before* it first reads the log, so an event committed in between still rings.
+- A lost doorbell delays an event but never loses it: every `catch_up_seconds` the stream re-reads
+  the log anyway.
+- A channel layer that fails (Redis down, or a read timing out under load) does not end the
+  socket: the stream polls the log every `poll_seconds` until the layer answers again, then
+  rejoins its groups and goes back to doorbells.
+- A socket opened with a session cookie belongs to that session: signing out closes it at once
+  (a doorbell to the session's group), and a session that expired or was removed closes it at
+  the next catch-up.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import hashlib
+import logging
+from importlib import import_module
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
+from channels.layers import get_channel_layer
+from channels.utils import await_many_dispatch
+from django.conf import settings
+from django.contrib.auth import SESSION_KEY
+
+from . import events
+
+logger = logging.getLogger(__name__)
+
+SESSION_ENDED = 4401  # the close code a signed-out or expired session's sockets get
+
+
+def session_group(session_key: str) -> str:
+    """The group of one session's sockets; named by a hash, as group names are visible in Redis."""
+    return "session." + hashlib.sha256(session_key.encode()).hexdigest()[:40]
+
+
+def close_session_streams(session_key: str) -> None:
+    events.ring(session_group(session_key), message={"type": "session.ended"})
+
+
+def session_alive(session_key: str, user_id: Any) -> bool:
+    """The session still exists, has not expired and is still this user's."""
+    data = import_module(settings.SESSION_ENGINE).SessionStore(session_key).load()
+    return data.get(SESSION_KEY) is not None and str(data[SESSION_KEY]) == str(user_id)
+
+
+class LogStream(abc.ABC):
+    """For AsyncWebsocketConsumer subclasses: `join` the groups in `connect` (before the first
+    read), `start_catching_up` once accepted, and implement `read_log` (send what is new)."""
+
+    catch_up_seconds: float = 15.0
+    poll_seconds: float = 1.0
+
+    doorbell_groups: tuple[str, ...] = ()
+    layer_down: bool = False
+    catching_up: asyncio.Task | None = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        # AsyncConsumer.__call__, except that the channel layer's messages come through
+        # `next_doorbell`, which survives the layer failing instead of ending the socket (1011).
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        self.channel_name = await self.channel_layer.new_channel()
+        self.base_send = send
+        with contextlib.suppress(StopConsumer):
+            await await_many_dispatch([receive, self.next_doorbell], self.dispatch)
+
+    @abc.abstractmethod
+    async def read_log(self) -> None:
+        """Send what changed since the last read."""
+
+    async def join(self, *groups: str) -> None:
+        session_key = self.session_key
+        self.doorbell_groups = (*groups, session_group(session_key)) if session_key else groups
+        await self._join_all()
+
+    @property
+    def session_key(self) -> str | None:
+        if self.scope.get("auth_method") != "session" or "session" not in self.scope:
+            return None
+        return self.scope["session"].session_key
+
+    async def _join_all(self) -> bool:
+        try:
+            for group in self.doorbell_groups:
+                await self.channel_layer.group_add(group, self.channel_name)
+        except Exception:  # any failure of the layer: the log is still there to poll
+            if not self.layer_down:
+                logger.warning("channel layer unavailable; polling the event log", exc_info=True)
+            self.layer_down = True
+            return False
+        if self.layer_down:
+            logger.info("channel layer back; doorbells again")
+        self.layer_down = False
+        return True
+
+    async def next_doorbell(self) -> dict[str, Any]:
+        """The next message from the channel layer. While the layer is down, a doorbell of our own
+        every `poll_seconds`, so the log is polled, until the groups can be joined again."""
+        if self.layer_down:
+            await asyncio.sleep(self.poll_seconds)
+            await self._join_all()
+            return {"type": "doorbell"}
+        try:
+            return await self.channel_layer.receive(self.channel_name)
+        except Exception:
+            logger.warning("channel layer receive failed; polling the event log", exc_info=True)
+            self.layer_down = True
+            return {"type": "doorbell"}
+
+    def start_catching_up(self) -> None:
+        self.catching_up = asyncio.create_task(self._catch_up())
+
+    async def _catch_up(self) -> None:
+        session_key = self.session_key
+        while True:
+            await asyncio.sleep(self.catch_up_seconds)
+            if session_key and not await database_sync_to_async(session_alive)(session_key, self.scope["user"].pk):
+                await self.close(code=SESSION_ENDED)
+                return
+            await self.read_log()
+
+    async def leave(self) -> None:
+        if self.catching_up is not None:
+            self.catching_up.cancel()
+        for group in self.doorbell_groups:
+            with contextlib.suppress(Exception):  # a layer that is down forgets us anyway
+                await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def doorbell(self, message: dict[str, Any]) -> None:
+        await self.read_log()
+
+    async def session_ended(self, message: dict[str, Any]) -> None:
+        await self.close(code=SESSION_ENDED)
