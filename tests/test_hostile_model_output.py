@@ -77,9 +77,9 @@ CASES: dict[str, Case] = {
     "nan in arguments sent as an object": Case(completion(message(call(arguments='{"timezone": NaN}'))),
                                                "refused", "finite"),
     "100,000-deep arguments": Case(completion(message(call(arguments=text_arguments("[" * DEEP + "]" * DEEP)))),
-                                   "refused", "nested too deeply"),
+                                   "refused", "nesting deeper than 64 levels"),
     "100-deep arguments": Case(completion(message(call(arguments=text_arguments('{"a":' * 100 + "1" + "}" * 100)))),
-                               "refused", "nested too deeply"),
+                               "refused", "nesting deeper than 64 levels"),
     "100,000-deep arguments sent as an object": Case(completion(message(call(arguments="[" * DEEP + "]" * DEEP))),
                                                      "retried"),
     "an escaped lone surrogate in the arguments": Case(

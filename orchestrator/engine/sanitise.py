@@ -29,6 +29,10 @@ MAX_FINISH_REASON_CHARS = 100
 MAX_TOKENS = 2**53  # usage counts beyond this are nonsense, and JSON readers lose precision there
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# What `unstorable_json` finds, as phrases that follow "contains".
+NOT_STORABLE = "a NUL character or an unpaired surrogate"
+TOO_DEEP = f"nesting deeper than {MAX_ARGUMENT_DEPTH} levels"
+NOT_FINITE = "a number too large to represent"
 
 
 @dataclass(frozen=True)
@@ -123,37 +127,37 @@ def parse_arguments(text: str) -> CheckedCall:
     except json.JSONDecodeError as error:
         return CheckedCall(problem=f"the arguments are not valid JSON ({error.msg} at position {error.pos})")
     except RecursionError:
-        return CheckedCall(problem=f"the arguments are nested too deeply (the limit is {MAX_ARGUMENT_DEPTH} levels)")
+        return CheckedCall(problem=f"the arguments contain {TOO_DEEP}")
     except ValueError as error:  # NaN or Infinity, or an integer of thousands of digits
         return CheckedCall(problem=f"the arguments are not valid JSON ({error})")
-    problem = _unstorable(parsed)
-    return CheckedCall(problem=problem) if problem else CheckedCall(args=parsed)
+    problem = unstorable_json(parsed)
+    return CheckedCall(problem=f"the arguments contain {problem}") if problem else CheckedCall(args=parsed)
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _unstorable(value: Any) -> str | None:
-    """Why a parsed value cannot be stored as JSON everywhere, if it cannot. Iterative: no depth
-    of nesting can exhaust the stack."""
+def unstorable_json(value: Any) -> str | None:
+    """What in a parsed JSON value keeps a database from storing it as it is (NOT_STORABLE,
+    TOO_DEEP or NOT_FINITE), if anything does. Iterative: no nesting can exhaust the stack."""
     pending = [(value, 1)]
     while pending:
         item, depth = pending.pop()
         if depth > MAX_ARGUMENT_DEPTH:
-            return f"the arguments are nested too deeply (the limit is {MAX_ARGUMENT_DEPTH} levels)"
+            return TOO_DEEP
         if isinstance(item, dict):
             for key, inner in item.items():
                 if _UNSTORABLE.search(key):
-                    return "the arguments contain a NUL character or an unpaired surrogate"
+                    return NOT_STORABLE
                 pending.append((inner, depth + 1))
         elif isinstance(item, list):
             pending.extend((inner, depth + 1) for inner in item)
         elif isinstance(item, str):
             if _UNSTORABLE.search(item):
-                return "the arguments contain a NUL character or an unpaired surrogate"
+                return NOT_STORABLE
         elif isinstance(item, float) and not math.isfinite(item):
-            return "the arguments contain a number too large to represent"
+            return NOT_FINITE
     return None
 
 
@@ -165,7 +169,7 @@ def _extra(value: Any) -> dict[str, Any]:
         json.dumps(value, allow_nan=False)
     except (ValueError, TypeError, RecursionError):
         return {}
-    return value if _unstorable(value) is None else {}
+    return value if unstorable_json(value) is None else {}
 
 
 def _tokens(usage: Any, name: str) -> int:
