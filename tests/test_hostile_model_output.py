@@ -29,6 +29,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 LOOP_ONLY = services.JobOptions(respond_with_final=False)
 RECOVERED = "Recovered."
+FINAL_TASK = "hostile final answer"
+# The chat model's streamed answer, as the SDK hands it over: a NUL and a lone surrogate in it.
+FINAL_CHUNKS = ("Answered", "\u0000 with ", "\ud800 care.")
 FINISHED = {JobStatus.COMPLETE, JobStatus.ERROR, JobStatus.CANCELLED}
 
 
@@ -140,6 +143,8 @@ class HostileFake(OpenAIFake):
         self.asked: collections.Counter[str] = collections.Counter()
 
     def default_turn(self, body: dict[str, Any]) -> Turn:
+        if body.get("stream"):  # the chat model writing the final answer
+            return Turn(chunks=FINAL_CHUNKS)
         task = task_of(body)
         self.asked[task] += 1
         if self.asked[task] == 1 and task in self.bodies:
@@ -160,7 +165,7 @@ def fake_model(settings):
     def start(bodies: dict[str, str]) -> HostileFake:
         server = HostileFake(bodies).start()
         started.append(server)
-        settings.CORTEX_ORCHESTRATOR_MODEL = "openai:test-model"
+        settings.CORTEX_ORCHESTRATOR_MODEL = settings.CORTEX_CHAT_MODEL = "openai:test-model"
         settings.OPENAI_BASE_URL = server.base_url
         settings.OPENAI_API_KEY = "sk-test"
         return server
@@ -187,15 +192,21 @@ async def run_all(job_ids: list[str], timeout: float = 60.0) -> None:
         await runner
 
 
-def submit(owner, task: str) -> str:
-    return str(services.job_submit(user=owner, task=task, options=LOOP_ONLY).pk)
+def submit(owner, task: str, options: services.JobOptions = LOOP_ONLY) -> str:
+    return str(services.job_submit(user=owner, task=task, options=options).pk)
 
 
 def hostile_corpus(owner, fake_model) -> None:
     tasks = {f"hostile case: {name}": case for name, case in CASES.items()}
     fake = fake_model({task: case.body for task, case in tasks.items()})
     jobs = {task: submit(owner, task) for task in tasks}
-    async_to_sync(run_all)(list(jobs.values()))
+    final = submit(owner, FINAL_TASK, services.JobOptions(respond_with_final=True))
+    async_to_sync(run_all)([*jobs.values(), final])
+
+    job = Job.objects.get(pk=final)
+    assert (job.status, job.response) == (JobStatus.COMPLETE, "Answered\ufffd with \ufffd care.")
+    streamed = "".join(e.data["text"] for e in job.events.filter(type="answer.delta").order_by("seq"))
+    assert streamed == job.response
 
     for task, case in tasks.items():
         job = Job.objects.get(pk=jobs[task])
@@ -257,3 +268,22 @@ def test_a_turn_of_3000_calls_runs_at_most_the_cap_and_answers_every_call(owner,
     results = [m["tool_call_id"] for m in job.transcript if m["role"] == "tool"]
     assert sorted(results) == sorted(f"c{n}" for n in range(3000))
     assert [m["tool_call_id"] for m in follow_up if m["role"] == "tool"] == [f"c{n}" for n in range(3000)]
+
+
+def test_an_unexpected_failure_tells_the_user_nothing_of_the_database(owner, default_persona, monkeypatch, caplog):
+    """The last resort: whatever escapes the engine is logged in full, and the job's error is generic."""
+    from django.db import DataError
+
+    from orchestrator.engine import executor
+
+    async def broken(job_id: str, *, owner: str, db) -> None:
+        raise DataError('unsupported Unicode escape sequence\nCONTEXT: INSERT INTO "orchestrator_jobevent" ...')
+
+    monkeypatch.setattr(executor, "drive", broken)
+    job_id = submit(owner, "Anything at all")
+    async_to_sync(run_all)([job_id])
+
+    job = Job.objects.get(pk=job_id)
+    assert (job.status, job.error) == (JobStatus.ERROR, executor.INTERNAL_ERROR)
+    assert "INSERT" not in json.dumps(list(job.events.values_list("data", flat=True)))
+    assert 'INSERT INTO "orchestrator_jobevent"' in caplog.text
