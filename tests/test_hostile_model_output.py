@@ -124,6 +124,7 @@ CASES: dict[str, Case] = {
         completion(message(call(), content='[{"type": "text", "text": "Checking the time."}]')), "runs"),
     "NUL and a lone surrogate in the content": Case(
         completion(message(call(), content='"Checking\\u0000 the \\ud800 time."')), "runs"),
+    "content nested 900 deep": Case(completion(message(call(), content="[" * 900 + "]" * 900)), "runs"),
     "an object for the content": Case(completion(message(call(), content='{"text": "hm"}')), "runs"),
     "usage that is not numbers": Case(
         completion(message(call())).replace('"prompt_tokens":10', '"prompt_tokens":"lots"'), "runs"),

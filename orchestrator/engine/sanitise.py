@@ -62,7 +62,8 @@ def as_text(value: Any) -> str:
 def _part_text(part: Any) -> str:
     if isinstance(part, dict) and isinstance(part.get("text"), str):
         return storable(part["text"])
-    return as_text(part)
+    # Written out rather than walked: a part may be nested deeper than the stack goes.
+    return storable(part) if isinstance(part, str) else storable(_dumps(part))
 
 
 def _dumps(value: Any) -> str:
