@@ -290,6 +290,8 @@ CORTEX_EXECUTOR_CONCURRENCY = env_int("CORTEX_EXECUTOR_CONCURRENCY", 500, minimu
 CORTEX_LEASE_SECONDS = env_float("CORTEX_LEASE_SECONDS", 30.0, minimum=0.5)
 CORTEX_POLL_SECONDS = env_float("CORTEX_POLL_SECONDS", 1.0, minimum=0.01)
 CORTEX_MAX_ROUNDS = env_int("CORTEX_MAX_ROUNDS", 12, minimum=1)
+# Tool calls run per model turn; the calls past it get an error result instead of running.
+CORTEX_MAX_CALLS_PER_TURN = env_int("CORTEX_MAX_CALLS_PER_TURN", 16, minimum=1)
 CORTEX_MODEL_TIMEOUT = env_float("CORTEX_MODEL_TIMEOUT", 120.0, minimum=0.1)
 CORTEX_MODEL_ATTEMPTS = env_int("CORTEX_MODEL_ATTEMPTS", 4, minimum=1)
 CORTEX_RETRY_BASE_SECONDS = env_float("CORTEX_RETRY_BASE_SECONDS", 1.0, minimum=0.0)

@@ -6,7 +6,7 @@ Authenticated by `Authorization: Bearer <token>`; errors are `{"detail": ...}`.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import AbstractBaseUser
@@ -16,9 +16,11 @@ from ninja import Body, NinjaAPI, Query, Schema
 from ninja.responses import Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer
-from pydantic import ConfigDict, Field
+from pydantic import AfterValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from . import selectors, services
+from .engine import sanitise
 from .models import Job, JobStatus, ToolCallStatus
 
 
@@ -83,11 +85,26 @@ def _describe(errors: list[dict[str, Any]]) -> str:
 
 # --- Schemas -----------------------------------------------------------------------------------
 
+# Offsets past this are refused by name, long before a database would overflow on them.
+MAX_OFFSET = 1_000_000_000
+
+
+def _storable(value: Any) -> Any:
+    """Text and JSON every database stores as given (PostgreSQL refuses NUL; none stores a lone
+    surrogate), or a 400 naming the field."""
+    problem = sanitise.unstorable_json(value)
+    if problem is not None:
+        raise PydanticCustomError("unstorable", "contains {problem}", {"problem": problem})
+    return value
+
+
+Text = Annotated[str, AfterValidator(_storable)]
+
 class OrchestrateIn(Schema):
     model_config = ConfigDict(extra="ignore")
 
-    task: str = Field(description="What to do, in plain words.")
-    session_id: str | None = Field(None, description="Continue this session's conversation.")
+    task: Text = Field(description="What to do, in plain words.")
+    session_id: Text | None = Field(None, description="Continue this session's conversation.")
     tier: int | None = Field(None, ge=1, le=3, description="Context tier (1–3).")
     respond_with_claude: bool | None = Field(
         None, description="Have the chat-role model write the final answer (default true).")
@@ -95,9 +112,9 @@ class OrchestrateIn(Schema):
     include_long: bool = True
     include_mid: bool = True
     include_short: bool = True
-    user: str | None = Field(None, description="If given, must be the token's own user.")
-    persona: str | None = None
-    chat_role: str = Field("chat", max_length=64)
+    user: Text | None = Field(None, description="If given, must be the token's own user.")
+    persona: Text | None = None
+    chat_role: Text = Field("chat", max_length=64)
     off_record: bool = False
 
 
@@ -139,16 +156,17 @@ class JobOut(Schema):
 class ConfirmIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
-    tool_call_id: str | None = None
-    args: dict[str, Any] | None = Field(None, description="Edited arguments, checked against the tool's schema.")
+    tool_call_id: Text | None = None
+    args: Annotated[dict[str, Any], AfterValidator(_storable)] | None = Field(
+        None, description="Edited arguments, checked against the tool's schema.")
     remember: Literal["job"] | None = Field(None, description='"job": approve this tool for the rest of the job.')
 
 
 class DenyIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
-    tool_call_id: str | None = None
-    reason: str = Field("", max_length=2000)
+    tool_call_id: Text | None = None
+    reason: Text = Field("", max_length=2000)
 
 
 class Detail(Schema):
@@ -209,7 +227,7 @@ def orchestrate(request: HttpRequest, payload: OrchestrateIn):
 
 @api.get("/orchestrate", response={200: list[JobOut], **ERRORS}, summary="List your jobs, newest first",
          tags=["orchestrate"])
-def list_jobs(request: HttpRequest, limit: int = Query(20, ge=1, le=200), offset: int = Query(0, ge=0),
+def list_jobs(request: HttpRequest, limit: int = Query(20, ge=1, le=200), offset: int = Query(0, ge=0, le=MAX_OFFSET),
               status: JobStatus | None = None):
     jobs = selectors.jobs_for_user(request.user, status=status).prefetch_related("tool_calls")
     return [job_payload(job) for job in jobs[offset:offset + limit]]

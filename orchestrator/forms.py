@@ -32,7 +32,7 @@ class JobSubmitForm(forms.Form):
     include_long = forms.BooleanField(required=False, initial=True, label="Long-term memories")
     include_mid = forms.BooleanField(required=False, initial=True, label="Mid-term memories")
     include_short = forms.BooleanField(required=False, initial=True, label="Short-term memories")
-    chat_role = forms.CharField(max_length=64, initial="chat", label="Chat role",
+    chat_role = forms.SlugField(max_length=64, initial="chat", label="Chat role",
                                 help_text="Which configured model role writes the answer.")
 
     def __init__(self, *args: Any, user: AbstractBaseUser, **kwargs: Any) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 import secrets
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from .models import (
 )
 from .policy import RiskPolicy
 from .tools.registry import ArgumentsInvalid, registry
+
+logger = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "ctx_"
 SLUG = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -523,3 +526,8 @@ def profile_check(*, user: AbstractBaseUser, profile_id: int) -> str:
         raise Invalid(error.message) from None
     except TimeoutError:
         raise Invalid(f"no complete answer within {deadline:g} seconds") from None
+    except Exception:  # a web page, or JSON of another shape: the SDK cannot read the answer
+        logger.warning("the connection test of profile %s got an unreadable answer", profile.pk, exc_info=True)
+        where = found.base_url or "the provider's endpoint"
+        raise Invalid(f"{where} answered, but not as the {profile.provider} API does: is the base URL right? "
+                      "OpenAI-compatible endpoints usually end in /v1.") from None

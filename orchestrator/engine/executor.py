@@ -25,6 +25,7 @@ from .loop import Database, drive
 logger = logging.getLogger(__name__)
 
 WATCH_SECONDS = 0.5
+INTERNAL_ERROR = "internal error: the job stopped on an unexpected problem; the server's log has the details"
 
 
 class Executor:
@@ -95,10 +96,10 @@ class Executor:
             finished = True
         except asyncio.CancelledError:
             logger.info("job %s: stopped on this executor", job_id)
-        except Exception as error:
+        except Exception:
+            # The exception's text may quote the database's (SQL, values): it goes to the log only.
             logger.exception("job %s failed inside the executor", job_id)
-            await self.db.run(state.job_fail, owner=self.owner, job_id=job_id,
-                              error=f"internal error: {type(error).__name__}: {error}")
+            await self.db.run(state.job_fail, owner=self.owner, job_id=job_id, error=INTERNAL_ERROR)
             finished = True
         finally:
             if self.tasks.get(job_id) is asyncio.current_task():

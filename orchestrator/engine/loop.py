@@ -102,6 +102,9 @@ async def call_model(action: state.CallModel, *, job_id: str, owner: str,
             error = ProviderError(f"the model did not answer within {timeout:g} s", retryable=True)
         except ProviderError as caught:
             error = caught
+        except Exception:  # an answer the provider's SDK could not make sense of (absurd nesting, wrong shapes)
+            logger.warning("job %s: the answer of %s could not be read", job_id, action.model, exc_info=True)
+            error = ProviderError("the model's answer could not be read", retryable=True)
         if not error.retryable or attempt == attempts:
             if attempt > 1:
                 error.message = f"{error.message} (after {attempt} attempts)"

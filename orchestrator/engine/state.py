@@ -7,7 +7,6 @@ executor's `owner` id and acts only while that owner still holds the job's lease
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -20,13 +19,14 @@ from django.utils import timezone
 
 from .. import events, selectors, transitions
 from ..context import final_answer_brief
-from ..models import Job, JobStatus, ToolCall, ToolCallStatus
+from ..models import OPEN_CALL_STATUSES, Job, JobStatus, ToolCall, ToolCallStatus
 from ..policy import Decision, PolicyContext, decide, decide_all
 from ..crypto import SecretUnreadable
 from ..roles import ORCHESTRATOR, RoleConfig, credentials
 from ..providers.base import ModelResponse
 from ..tools.registry import ArgumentsInvalid, Tool, registry
 from ..transitions import finished_event
+from . import sanitise
 
 # A job whose executor died this many times in a row is poison: stop retrying it.
 MAX_CLAIMS = 20
@@ -146,7 +146,7 @@ def job_fail(*, owner: str, job_id: str, error: str) -> None:
             job = _lock(owner, job_id)
         except LeaseLost:
             return
-        transitions.fail(job, error)
+        transitions.fail(job, sanitise.storable(error))
         job.save()
 
 
@@ -174,7 +174,9 @@ def _next_action(job: Job, owner: str, calls: list[ToolCall] | None = None, *, m
     """`next_action` on a job the caller's transaction has locked and holds the lease of.
 
     `calls`: the calls of the job's current round, when the caller's transaction already holds
-    them exactly as they stand in the database (spares reading them again)."""
+    them exactly as they stand in the database (spares reading them again). Otherwise a step reads
+    only the round's open calls, and all of them once, when the round is over: a step costs the
+    same however many calls the round has finished."""
     seq_before = job.last_seq
     if job.status == JobStatus.QUEUED:
         transitions.start(job, owner=owner)
@@ -183,11 +185,10 @@ def _next_action(job: Job, owner: str, calls: list[ToolCall] | None = None, *, m
         job.save()
         return Stop("poison")
 
-    if calls is None:
-        calls = _round_calls(job)
-    _recover_interrupted(job, calls)
+    open_calls = _open_calls(job) if calls is None else [c for c in calls if c.status in OPEN_CALL_STATUSES]
+    _recover_interrupted(job, open_calls)
 
-    ready = next((call for call in calls if call.status == ToolCallStatus.READY), None)
+    ready = next((call for call in open_calls if call.status == ToolCallStatus.READY), None)
     if ready is not None:
         ready.status = ToolCallStatus.RUNNING
         ready.started_at = timezone.now()
@@ -199,7 +200,7 @@ def _next_action(job: Job, owner: str, calls: list[ToolCall] | None = None, *, m
         return RunTool(ready.pk, ready.call_id, ready.name, ready.args or {}, job.user_id,
                        job.user.get_username(), off_record=bool(job.options.get("off_record")))
 
-    awaiting = [call for call in calls if call.status == ToolCallStatus.AWAITING]
+    awaiting = [call for call in open_calls if call.status == ToolCallStatus.AWAITING]
     if awaiting:
         transitions.pause(job, awaiting=awaiting)
         job.save()
@@ -208,7 +209,7 @@ def _next_action(job: Job, owner: str, calls: list[ToolCall] | None = None, *, m
     if job.last_seq != seq_before:  # every change above appended an event
         job.save()
     try:
-        return _model_call(job, calls, memo)
+        return _model_call(job, _round_calls(job) if calls is None else calls, memo)
     except SecretUnreadable as error:
         transitions.fail(job, f"cannot call the model: {error}")
         job.save()
@@ -217,6 +218,11 @@ def _next_action(job: Job, owner: str, calls: list[ToolCall] | None = None, *, m
 
 def _round_calls(job: Job) -> list[ToolCall]:
     return list(job.tool_calls.filter(round=job.rounds).order_by("position"))
+
+
+def _open_calls(job: Job) -> list[ToolCall]:
+    """The round's calls still to run or to decide: at most the cap per turn, plus any waiting."""
+    return list(job.tool_calls.filter(round=job.rounds, status__in=OPEN_CALL_STATUSES).order_by("position"))
 
 
 def _model_call(job: Job, calls: list[ToolCall], memo: Memo) -> CallModel:
@@ -324,6 +330,7 @@ def record_turn_and_continue(*, owner: str, job_id: str, action: CallModel, resp
 def _record_turn(job: Job, action: CallModel, response: ModelResponse, backend: str,
                  backend_label: str, memo: Memo) -> list[ToolCall] | None:
     """Returns the calls of the job's round as it now stands, when known without another read."""
+    response, checks = sanitise.model_response(response, max_calls=settings.CORTEX_MAX_CALLS_PER_TURN)
     job.usage = _add_usage(job.usage, response)
     if action.purpose == "final":
         events.append(job, ("model.turn", _turn_event(action, response, purpose="final")))
@@ -350,7 +357,7 @@ def _record_turn(job: Job, action: CallModel, response: ModelResponse, backend: 
         transitions.fail(job, f"no final answer after {settings.CORTEX_MAX_ROUNDS} rounds of tool calls")
     else:
         job.rounds += 1
-        calls = _record_calls(job, response, memo)
+        calls = _record_calls(job, response, memo, checks)
         if any(call.pk is None for call in calls):  # a database that cannot return inserted ids
             calls = None
     job.save()
@@ -372,7 +379,7 @@ def record_delta(*, owner: str, job_id: str, text: str, reset: bool = False) -> 
             job = _lock(owner, job_id)
         except (LeaseLost, Job.DoesNotExist):
             return
-        events.append(job, ("answer.reset", {}) if reset else ("answer.delta", {"text": text}))
+        events.append(job, ("answer.reset", {}) if reset else ("answer.delta", {"text": sanitise.storable(text)}))
         job.save(update_fields=["last_seq", "updated_at"])
 
 
@@ -393,12 +400,14 @@ def _add_usage(usage: dict[str, int], response: ModelResponse) -> dict[str, int]
     }
 
 
-def _record_calls(job: Job, response: ModelResponse, memo: Memo) -> list[ToolCall]:
+def _record_calls(job: Job, response: ModelResponse, memo: Memo,
+                  checks: Sequence[sanitise.CheckedCall]) -> list[ToolCall]:
     """A row for each call the model made, with the policy's verdict on it.
 
     A call to anything the job was not offered in this round is refused, whatever its name and
     whatever the confirmation rules or approvals say. Its error result lists only the tools that
-    were offered: the model learns nothing about the others."""
+    were offered: the model learns nothing about the others. `checks`: each call's arguments as
+    `sanitise.model_response` parsed them, or its problem."""
     context = memo.policy_of(job)
     offered = ", ".join(decision.name for decision in _offer(job, memo)) or "none"
     rows = []
@@ -407,7 +416,7 @@ def _record_calls(job: Job, response: ModelResponse, memo: Memo) -> list[ToolCal
         call = ToolCall(job=job, call_id=model_call.id, round=job.rounds, position=position,
                         name=model_call.name[:200], raw_arguments=model_call.arguments,
                         risk=decision.tool.risk if decision.tool else "")
-        call.args, problem = _arguments(model_call.arguments, decision.tool)
+        call.args, problem = _arguments(checks[position], decision.tool)
         if decision.verdict == "refuse":
             call.verdict, call.verdict_reason = ToolCall.Verdict.REFUSE, decision.because[:500]
             call.status, call.is_error, call.finished_at = ToolCallStatus.REFUSED, True, timezone.now()
@@ -426,18 +435,15 @@ def _record_calls(job: Job, response: ModelResponse, memo: Memo) -> list[ToolCal
     return rows
 
 
-def _arguments(raw: str, tool: Tool | None) -> tuple[Any, str | None]:
-    """The call's arguments as parsed (None if they are not JSON), and what is wrong with them."""
+def _arguments(check: sanitise.CheckedCall, tool: Tool | None) -> tuple[Any, str | None]:
+    """The call's arguments as parsed (None if they could not be), and what is wrong with them."""
+    if check.problem is not None or tool is None:
+        return check.args, check.problem
     try:
-        parsed = json.loads(raw) if raw.strip() else {}
-    except json.JSONDecodeError as error:
-        return None, f"the arguments are not valid JSON ({error.msg} at position {error.pos})"
-    if tool is not None:
-        try:
-            tool.validate(parsed)
-        except ArgumentsInvalid as error:
-            return parsed, str(error)
-    return parsed, None
+        tool.validate(check.args)
+    except ArgumentsInvalid as error:
+        return check.args, str(error)
+    return check.args, None
 
 
 def finish_call_and_continue(*, owner: str, job_id: str, call_pk: int, result: str, is_error: bool,
@@ -448,17 +454,16 @@ def finish_call_and_continue(*, owner: str, job_id: str, call_pk: int, result: s
             job = _lock(owner, job_id)
         except (LeaseLost, Job.DoesNotExist):
             return Stop("lease lost")
-        calls = _round_calls(job)  # the call being finished is one of them
-        _finish_call(job, call_pk, result, is_error, calls)
-        return _next_action(job, owner, calls, memo=memo or Memo())
+        _finish_call(job, call_pk, result, is_error)
+        return _next_action(job, owner, memo=memo or Memo())
 
 
-def _finish_call(job: Job, call_pk: int, result: str, is_error: bool, calls: Sequence[ToolCall] = ()) -> None:
-    call = next((c for c in calls if c.pk == call_pk), None) or ToolCall.objects.get(pk=call_pk)
+def _finish_call(job: Job, call_pk: int, result: str, is_error: bool) -> None:
+    call = ToolCall.objects.get(pk=call_pk)
     if call.status != ToolCallStatus.RUNNING:
         return
     call.status = ToolCallStatus.FAILED if is_error else ToolCallStatus.SUCCEEDED
-    call.result = result
+    call.result = sanitise.storable(result)
     call.is_error = is_error
     call.finished_at = timezone.now()
     call.save(update_fields=["status", "result", "is_error", "finished_at"])
@@ -472,5 +477,6 @@ def record_retry(*, owner: str, job_id: str, attempt: int, wait: float, error: s
             job = _lock(owner, job_id)
         except (LeaseLost, Job.DoesNotExist):
             return
-        events.append(job, ("model.retry", {"attempt": attempt, "wait_seconds": round(wait, 2), "error": error}))
+        events.append(job, ("model.retry", {"attempt": attempt, "wait_seconds": round(wait, 2),
+                                            "error": sanitise.storable(error)}))
         job.save(update_fields=["last_seq", "updated_at"])

@@ -429,6 +429,8 @@ class Turn:
     spaces them out; `abort_after` cuts a streamed answer after that many
     events. `finish_reason` overrides the provider's stop reason verbatim.
     `input_tokens`/`output_tokens` override the estimated usage.
+    `raw` is sent verbatim as the whole response body (a misbehaving server's reply:
+    NaN, lone surrogates, absurd nesting, wrong types); it takes precedence over the rest.
     """
 
     text: str | None = None
@@ -441,10 +443,12 @@ class Turn:
     finish_reason: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    raw: str | None = None
 
     @property
     def is_default(self) -> bool:
-        return self.text is None and self.chunks is None and not self.tool_calls and self.error is None
+        return (self.text is None and self.chunks is None and not self.tool_calls and self.error is None
+                and self.raw is None)
 
     @property
     def full_text(self) -> str:
@@ -814,7 +818,8 @@ class ProviderFake:
 
 def _replace_default(scripted: Turn, default: Turn) -> Turn:
     """The default answer, keeping the streaming and usage knobs of the scripted turn."""
-    return dataclasses.replace(scripted, text=default.text, chunks=default.chunks, tool_calls=default.tool_calls)
+    return dataclasses.replace(scripted, text=default.text, chunks=default.chunks, tool_calls=default.tool_calls,
+                               raw=default.raw)
 
 
 def error_headers(error: ErrorReply) -> list[tuple[str, str]]:

@@ -133,6 +133,8 @@ class OpenAIFake(ProviderFake):
         return json_response(body, error.status, headers)
 
     def answer(self, request: Request, body: Mapping[str, Any], turn: Turn, *, stream: bool, model: str) -> Reply:
+        if turn.raw is not None:
+            return Response(body=turn.raw.encode("utf-8", "surrogatepass"), headers=[("x-request-id", new_id("req_", 32))])
         prompt = turn.input_tokens if turn.input_tokens is not None else self.request_tokens(request)
         usage = _usage(prompt, self.output_tokens(turn))
         finish = turn.finish_reason or ("tool_calls" if turn.tool_calls else "stop")
