@@ -25,7 +25,7 @@ from ..models import Job, JobStatus, Message, Session, ToolCall, ToolCallStatus
 from ..policy import RiskPolicy, offered, verdict
 from ..crypto import SecretUnreadable
 from ..roles import RoleConfig, credentials
-from ..providers.base import ModelResponse
+from ..providers.base import Finish, ModelResponse, Usage
 from ..services import close_open_calls, finished_event
 from ..tools.registry import ArgumentsInvalid, registry
 
@@ -64,6 +64,7 @@ class CallModel:
     purpose: str = "tool_loop"  # or "final": the chat-role model writes the answer
     timeout: float | None = None
     temperature: float | None = None
+    max_tokens: int | None = None  # the role's output limit; None for the provider's default
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)
 
@@ -147,12 +148,15 @@ def _release(job: Job) -> None:
     job.lease_expires_at = None
 
 
-def job_fail(*, owner: str, job_id: str, error: str) -> None:
+def job_fail(*, owner: str, job_id: str, error: str, usage: Usage | None = None) -> None:
+    """`usage`: a failed model call's, counted as one more call."""
     with transaction.atomic():
         try:
             job = _lock(owner, job_id)
         except LeaseLost:
             return
+        if usage is not None:
+            job.usage = _add_usage(job.usage, usage)
         _fail(job, error)
         job.save()
 
@@ -253,7 +257,7 @@ def _model_call(job: Job, calls: list[ToolCall], memo: Memo) -> CallModel:
     return _with_credentials(CallModel(
         model=orchestrator.model, system=job.system_prompt, messages=messages, tools=tools,
         final_only=final_only, round=job.rounds + 1, timeout=orchestrator.timeout,
-        temperature=orchestrator.temperature), orchestrator)
+        temperature=orchestrator.temperature, max_tokens=orchestrator.max_output_tokens), orchestrator)
 
 
 def _role(job: Job, name: str) -> RoleConfig:
@@ -282,7 +286,8 @@ def _final_answer_call(job: Job) -> CallModel:
     brief = final_answer_brief(job.task, job.transcript[history_length + 1:], job.gemini_summary or "")
     return _with_credentials(CallModel(
         model=chat.model, system=job.chat_system_prompt, messages=history + [{"role": "user", "content": brief}],
-        purpose="final", round=job.rounds, timeout=chat.timeout, temperature=chat.temperature), chat)
+        purpose="final", round=job.rounds, timeout=chat.timeout, temperature=chat.temperature,
+        max_tokens=chat.max_output_tokens), chat)
 
 
 def final_answer_brief(task: str, loop: list[dict[str, Any]], summary: str) -> str:
@@ -369,11 +374,18 @@ def record_turn_and_continue(*, owner: str, job_id: str, action: CallModel, resp
 def _record_turn(job: Job, action: CallModel, response: ModelResponse, backend: str,
                  backend_label: str, memo: Memo) -> list[ToolCall] | None:
     """Returns the calls of the job's round as it now stands, when known without another read."""
-    job.usage = _add_usage(job.usage, response)
+    job.usage = _add_usage(job.usage, response.usage)
+    if response.incomplete:
+        # Cut off or withheld: not an answer to give, nor calls to run.
+        events.append(job, ("model.turn", _turn_event(action, response, purpose=action.purpose)))
+        job.response = response.text or None
+        _fail(job, _incomplete_error(job, action, response, backend_label))
+        job.save()
+        return None
     if action.purpose == "final":
         events.append(job, ("model.turn", _turn_event(action, response, purpose="final")))
         if not response.text.strip():
-            _fail(job, f"the chat model ({backend_label}) returned an empty answer")
+            _fail(job, f"the chat model ({backend_label}) returned an empty answer{_unusual_finish(response)}")
         else:
             _complete(job, response=response.text, backend=backend, backend_label=backend_label,
                       summary=job.gemini_summary)
@@ -385,7 +397,7 @@ def _record_turn(job: Job, action: CallModel, response: ModelResponse, backend: 
     events.append(job, ("model.turn", _turn_event(action, response)))
     if not response.tool_calls:
         if not response.text.strip():
-            _fail(job, f"the model ({backend_label}) returned an empty answer")
+            _fail(job, f"the model ({backend_label}) returned an empty answer{_unusual_finish(response)}")
         elif job.options.get("respond_with_final", True):
             job.gemini_summary = response.text  # the chat-role model writes the answer next
         else:
@@ -402,11 +414,34 @@ def _record_turn(job: Job, action: CallModel, response: ModelResponse, backend: 
     return calls
 
 
+def _unusual_finish(response: ModelResponse) -> str:
+    """The provider's reason for stopping, when it was not the plain end of an answer."""
+    if response.finish_reason in ("", Finish.STOP):
+        return ""
+    return f" (finish reason: {response.raw_finish_reason or response.finish_reason})"
+
+
+def _incomplete_error(job: Job, action: CallModel, response: ModelResponse, backend_label: str) -> str:
+    """What `job.error` says about an answer cut off at the output limit or blocked."""
+    who = f"the chat model ({backend_label})" if action.purpose == "final" else f"the model ({backend_label})"
+    why = response.raw_finish_reason or response.finish_reason
+    calls = len(response.tool_calls)
+    not_run = f"; {'its tool call was' if calls == 1 else f'its {calls} tool calls were'} not run" if calls else ""
+    if response.finish_reason == Finish.BLOCKED:
+        return f"{who} was blocked before it finished its answer (finish reason: {why}){not_run}"
+    role = _role(job, "chat" if action.purpose == "final" else "orchestrator").role
+    limit = (f"the output limit of {response.output_limit:,} tokens" if response.output_limit
+             else "the model server's own output limit (the role sets none)")
+    return (f"{who} was cut off at {limit} before it finished its answer (finish reason: {why}){not_run}. "
+            f"Raise the {role} role's max output tokens in the model settings.")
+
+
 def _turn_event(action: CallModel, response: ModelResponse, purpose: str = "tool_loop") -> dict[str, Any]:
     return {
         "round": action.round, "model": action.model, "purpose": purpose, "text": response.text,
         "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in response.tool_calls],
         "usage": {"input_tokens": response.usage.input_tokens, "output_tokens": response.usage.output_tokens},
+        "finish_reason": response.raw_finish_reason or response.finish_reason,
     }
 
 
@@ -430,10 +465,11 @@ def _normalise_call_ids(response: ModelResponse, round_number: int) -> None:
         seen.add(call.id)
 
 
-def _add_usage(usage: dict[str, int], response: ModelResponse) -> dict[str, int]:
+def _add_usage(usage: dict[str, int], call: Usage) -> dict[str, int]:
+    """The job's usage with one more model call (answered or failed) counted in."""
     return {
-        "input_tokens": usage.get("input_tokens", 0) + response.usage.input_tokens,
-        "output_tokens": usage.get("output_tokens", 0) + response.usage.output_tokens,
+        "input_tokens": usage.get("input_tokens", 0) + call.input_tokens,
+        "output_tokens": usage.get("output_tokens", 0) + call.output_tokens,
         "model_calls": usage.get("model_calls", 0) + 1,
     }
 
@@ -506,14 +542,17 @@ def _finish_call(job: Job, call_pk: int, result: str, is_error: bool, calls: Seq
     job.save(update_fields=["last_seq", "updated_at"])
 
 
-def record_retry(*, owner: str, job_id: str, attempt: int, wait: float, error: str) -> None:
+def record_retry(*, owner: str, job_id: str, attempt: int, wait: float, error: str,
+                 usage: Usage | None = None) -> None:
+    """A failed attempt about to be retried: counted, with what it cost when the provider said."""
     with transaction.atomic():
         try:
             job = _lock(owner, job_id)
         except (LeaseLost, Job.DoesNotExist):
             return
+        job.usage = _add_usage(job.usage, usage or Usage())
         events.append(job, ("model.retry", {"attempt": attempt, "wait_seconds": round(wait, 2), "error": error}))
-        job.save(update_fields=["last_seq", "updated_at"])
+        job.save(update_fields=["usage", "last_seq", "updated_at"])
 
 
 def _complete(job: Job, *, response: str, backend: str, backend_label: str, summary: str | None) -> None:
