@@ -281,10 +281,12 @@ async def test_a_stream_that_fails_half_way_is_retried_and_the_answer_is_whole(f
 
 async def test_a_stream_longer_than_the_timeout_completes_while_pieces_keep_coming(fake, submit, engine, settings):
     settings.CORTEX_CHAT_MODEL = f"anthropic:{MODEL}"
-    settings.CORTEX_MODEL_TIMEOUT = 0.5
+    # The stream takes about 2.75 s in all, longer than the engine would wait for a whole call
+    # (1 s and a grace of 1 s), with a piece every 0.25 s.
+    settings.CORTEX_MODEL_TIMEOUT = 1.0
     fake.script_text("Loop summary.")
-    fake.script_text(chunks=[f"piece {n} " for n in range(8)], chunk_delay=0.2)
+    fake.script_text(chunks=[f"piece {n} " for n in range(12)], chunk_delay=0.25)
     job = await engine.run_until((await submit(respond_with_final=True)).pk, "complete")
-    assert job.response == "".join(f"piece {n} " for n in range(8))
+    assert job.response == "".join(f"piece {n} " for n in range(12))
     assert fake.call_count == 2
     assert not await sync_to_async(JobEvent.objects.filter(job=job, type="model.retry").exists)()

@@ -156,7 +156,7 @@ def from_openai_completion(completion: Any) -> ModelResponse:
 
 
 def finish_reason(raw: str | None) -> str:
-    return FINISH.get(raw or "", Finish.OTHER) if raw else ""
+    return FINISH.get(raw, Finish.OTHER) if raw else ""
 
 
 def provider_error(error: openai.APIError, base_url: str) -> ProviderError:
