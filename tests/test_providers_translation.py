@@ -198,6 +198,17 @@ def test_gemini_last_round_declares_the_tools_used_with_calling_forbidden() -> N
     assert offered.tool_config is None
 
 
+def test_gemini_last_round_declares_no_name_gemini_would_refuse() -> None:
+    made_up = {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c1", "name": "launch rockets!", "arguments": "{}"}, {"id": "c2", "name": "current_time",
+                                                                     "arguments": "{}"}]}
+    config = gemini_config(ModelRequest(model="gemini-3-pro", system="", messages=[
+        {"role": "user", "content": "Hi"}, made_up,
+        {"role": "tool", "tool_call_id": "c1", "content": "Error"}, {"role": "tool", "tool_call_id": "c2",
+                                                                     "content": "12:00"}]))
+    assert [d.name for d in config.tools[0].function_declarations] == ["current_time"]
+
+
 def _gemini_client_error(status: int, message: str, details: list | None = None,
                          headers: dict | None = None) -> genai_errors.APIError:
     body = {"error": {"code": status, "message": message, "status": "X", **({"details": details} if details else {})}}

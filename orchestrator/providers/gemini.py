@@ -56,6 +56,8 @@ BLOCKED = frozenset({"SAFETY", "RECITATION", "PROHIBITED_CONTENT", "BLOCKLIST", 
 # A quota that waiting a minute does not refill: none at all, or a daily one.
 _DAILY_QUOTA = re.compile(r"per ?day", re.IGNORECASE)
 _ZERO_LIMIT = re.compile(r"\blimit: 0\b")
+# What Gemini accepts as a function's name: a call the model made up may not qualify.
+_FUNCTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 # The most models the API lists on one page: one request sees the whole list.
 LIST_PAGE_SIZE = 1000
@@ -195,7 +197,7 @@ def gemini_config(request: ModelRequest) -> types.GenerateContentConfig:
 
 def _tools_used(messages: list[Message]) -> list[str]:
     names = [call["name"] for message in messages if message["role"] == "assistant"
-             for call in message.get("tool_calls") or ()]
+             for call in message.get("tool_calls") or () if _FUNCTION_NAME.match(str(call.get("name", "")))]
     return list(dict.fromkeys(names))
 
 
