@@ -19,7 +19,7 @@ from orchestrator.providers.base import ModelRequest, ModelResponse, ProviderErr
 from orchestrator.providers.gemini import (CALL_ID, SIGNATURE, THOUGHTS, GeminiProvider, from_gemini_response,
                                            gemini_config, to_gemini_contents)
 from orchestrator.providers.gemini import provider_error as gemini_error
-from orchestrator.providers.openai_compat import from_openai_completion, to_openai_messages
+from orchestrator.providers.openai_compat import from_openai_completion, limit_parameter, to_openai_messages
 from orchestrator.providers.openai_compat import provider_error as openai_error
 
 CALCULATOR = {"name": "calculator", "description": "Evaluates arithmetic.",
@@ -449,6 +449,11 @@ def test_openai_messages_replay_malformed_arguments_as_json_and_keep_the_transcr
     [sent] = to_openai_messages(request)[1]["tool_calls"]
     assert json.loads(sent["function"]["arguments"]) == {"unparsed_arguments": '{"expression": "1+'}
     assert turn["tool_calls"][0]["arguments"] == '{"expression": "1+'
+
+
+def test_the_output_limit_goes_by_the_name_the_endpoint_knows() -> None:
+    assert limit_parameter("https://api.openai.com/v1") == "max_completion_tokens"
+    assert limit_parameter("http://127.0.0.1:11434/v1") == limit_parameter("http://vllm:8000/v1") == "max_tokens"
 
 
 def _completion(finish: str, arguments: object = '{"a": 1}') -> object:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 
@@ -71,7 +72,7 @@ class OpenAIProvider:
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature
         if request.max_tokens:
-            kwargs["max_tokens"] = request.max_tokens
+            kwargs[limit_parameter(self.base_url)] = request.max_tokens
         usage = Usage()
         try:
             if on_delta is not None:
@@ -113,6 +114,12 @@ class OpenAIProvider:
             tool_calls=[ModelToolCall(c["id"], c["name"], c["arguments"]) for _, c in sorted(calls.items())],
             usage=Usage(usage.input_tokens, usage.output_tokens), finish_reason=finish_reason(finish),
             raw_finish_reason=finish)
+
+
+def limit_parameter(base_url: str) -> str:
+    """OpenAI's own API wants `max_completion_tokens` (its reasoning models refuse `max_tokens`);
+    the servers people run themselves (Ollama, vLLM, llama-server, LM Studio) know `max_tokens`."""
+    return "max_completion_tokens" if urlsplit(base_url or "").hostname == "api.openai.com" else "max_tokens"
 
 
 def to_openai_messages(request: ModelRequest) -> list[dict[str, Any]]:
