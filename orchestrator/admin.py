@@ -367,7 +367,8 @@ class RoleAssignmentAdmin(ReadOnlyAdmin):
     list_filter = ("role", "inject_datetime", "inject_mode", ("owner", admin.RelatedOnlyFieldListFilter))
     search_fields = ("role", "owner__username", "profile__name", "system_append")
     list_select_related = ("owner", "profile")
-    fields = ("owner", "role", "profile", "system_append", "inject_datetime", "inject_mode", "tools", "updated_at")
+    fields = ("owner", "role", "profile", "system_append", "inject_datetime", "inject_mode", "tools",
+              "max_output_tokens", "updated_at")
 
     @admin.display(description="owner", ordering="owner__username")
     def owner_label(self, assignment: RoleAssignment) -> str:

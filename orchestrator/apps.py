@@ -17,6 +17,11 @@ class OrchestratorConfig(AppConfig):
 
         user_logged_out.connect(_close_session_streams, dispatch_uid="cortex-close-session-streams")
 
+        # The provider SDKs take seconds to import. Imported here, at start-up, rather than by the
+        # first job that needs one: inside the running event loop that would stall every job's
+        # heartbeat until their leases ran out.
+        from .providers import anthropic, gemini, openai_compat  # noqa: F401
+
         for module in settings.CORTEX_TOOL_MODULES:
             try:
                 import_module(module)

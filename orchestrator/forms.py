@@ -11,7 +11,7 @@ from . import selectors
 from .models import Memory, ModelProfile, Persona
 from .policy import OVERRIDES, RiskPolicy, default_action
 from .roles import RoleConfig
-from .services import JobOptions
+from .services import MAX_OUTPUT_TOKENS, MIN_OUTPUT_TOKENS, JobOptions
 from .tools.registry import RISKS, Tool
 
 RECENT_SESSIONS = 50
@@ -243,6 +243,10 @@ class RoleForm(forms.Form):
     tools = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple,
                                       label="Tools this role may offer",
                                       help_text="None ticked: every tool your tool settings allow.")
+    max_output_tokens = forms.IntegerField(
+        required=False, min_value=MIN_OUTPUT_TOKENS, max_value=MAX_OUTPUT_TOKENS, label="Max output tokens",
+        help_text="The longest answer, in tokens. Empty for the provider's default (16,384 for Claude; the "
+                  "model's own for the others). An answer cut off at the limit fails the job.")
 
     def __init__(self, *args: Any, user: AbstractBaseUser, tools: list[Tool], default_model: str,
                  role: str | None = None, **kwargs: Any) -> None:
@@ -264,7 +268,7 @@ class RoleForm(forms.Form):
     def initial_for(config: RoleConfig) -> dict[str, Any]:
         return {"profile": config.profile_id, "system_append": config.system_append,
                 "inject_datetime": config.inject_datetime, "inject_mode": config.inject_mode,
-                "tools": list(config.tools)}
+                "tools": list(config.tools), "max_output_tokens": config.max_output_tokens}
 
 
 class PersonaForm(forms.Form):

@@ -329,6 +329,8 @@ class RoleAssignment(models.Model):
     inject_mode = models.BooleanField(default=True)
     # Tool names this role may offer; empty means every tool the policy allows.
     tools = models.JSONField(default=list, blank=True)
+    # The most tokens one answer of this role may have; empty for the provider's default.
+    max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

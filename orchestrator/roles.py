@@ -35,6 +35,7 @@ class RoleConfig:
     inject_datetime: bool = True
     inject_mode: bool = True
     tools: tuple[str, ...] = field(default_factory=tuple)
+    max_output_tokens: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -60,7 +61,8 @@ def role_config(user: AbstractBaseUser | None, role: str) -> RoleConfig:
         return RoleConfig(role=role, model=default, label_source="environment")
     source = "yours" if assignment.owner_id else "site-wide"
     prompt_settings = {"system_append": assignment.system_append, "inject_datetime": assignment.inject_datetime,
-                       "inject_mode": assignment.inject_mode, "tools": tuple(assignment.tools or ())}
+                       "inject_mode": assignment.inject_mode, "tools": tuple(assignment.tools or ()),
+                       "max_output_tokens": assignment.max_output_tokens}
     profile = assignment.profile
     if profile is None:
         return RoleConfig(role=role, model=default, label_source=source, **prompt_settings)

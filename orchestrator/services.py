@@ -430,13 +430,19 @@ def profile_delete(*, by: AbstractBaseUser | None, owner: AbstractBaseUser | Non
         raise NotFound("profile not found")
 
 
+# A role's output limit: enough for a word or two at least; the largest any model accepts today.
+MIN_OUTPUT_TOKENS, MAX_OUTPUT_TOKENS = 16, 1_000_000
+
+
 def role_assign(*, by: AbstractBaseUser | None, owner: AbstractBaseUser | None, role: str, profile_id: int | None,
                 system_append: str = "", inject_datetime: bool = True, inject_mode: bool = True,
-                tools: list[str] | None = None) -> RoleAssignment:
+                tools: list[str] | None = None, max_output_tokens: int | None = None) -> RoleAssignment:
     """Which profile plays `role` (site-wide when `owner` is None), on behalf of `by` (None: the operator)."""
     _may_change_model_settings(by, owner)
     if not SLUG.fullmatch(role or ""):
         raise Invalid("a role is a short name of letters, digits, - or _")
+    if max_output_tokens is not None and not MIN_OUTPUT_TOKENS <= max_output_tokens <= MAX_OUTPUT_TOKENS:
+        raise Invalid(f"max output tokens must be between {MIN_OUTPUT_TOKENS} and {MAX_OUTPUT_TOKENS:,}")
     profile = None
     if profile_id is not None:
         # A user may pick their own profiles and the site-wide ones; the site only its own.
@@ -450,7 +456,8 @@ def role_assign(*, by: AbstractBaseUser | None, owner: AbstractBaseUser | None, 
     assignment, _ = RoleAssignment.objects.update_or_create(
         owner=owner, role=role,
         defaults={"profile": profile, "system_append": (system_append or "")[:10000],
-                  "inject_datetime": inject_datetime, "inject_mode": inject_mode, "tools": sorted(set(tools or ()))})
+                  "inject_datetime": inject_datetime, "inject_mode": inject_mode, "tools": sorted(set(tools or ())),
+                  "max_output_tokens": max_output_tokens})
     return assignment
 
 

@@ -612,7 +612,8 @@ def _save_role(request: HttpRequest, form: RoleForm, role: str | None) -> HttpRe
     try:
         services.role_assign(by=request.user, owner=request.user, role=role, profile_id=data["profile"],
                              system_append=data["system_append"], inject_datetime=data["inject_datetime"],
-                             inject_mode=data["inject_mode"], tools=data["tools"])
+                             inject_mode=data["inject_mode"], tools=data["tools"],
+                             max_output_tokens=data["max_output_tokens"])
     except services.ServiceError as error:
         form.add_error(None, error.message)
         return None

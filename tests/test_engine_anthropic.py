@@ -11,7 +11,7 @@ from orchestrator.models import Job, JobEvent
 from orchestrator.providers.base import ModelRequest, ProviderError
 from tests.fakes.anthropic_fake import AnthropicFake
 from tests.fakes.http import ToolCall as Call
-from tests.fakes.http import Turn
+from tests.fakes.http import Turn, estimate_tokens
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -69,7 +69,7 @@ async def test_two_tool_uses_in_one_turn_then_another_round(fake, submit, engine
         ("toolu_a", "succeeded"), ("toolu_b", "succeeded"), ("toolu_c", "succeeded")]
 
     first, second, third = fake.calls
-    assert first["max_tokens"] > 0 and first["system"]
+    assert first["max_tokens"] == 16384 and first["system"]
     assert {t["name"] for t in first["tools"]} >= {"current_time", "calculator", "http_get"}
     calculator = next(t for t in first["tools"] if t["name"] == "calculator")
     assert calculator["input_schema"]["required"] == ["expression"]
@@ -145,10 +145,11 @@ async def test_arguments_that_break_the_schema_go_back_as_an_error(fake, submit,
 
 
 async def test_a_refusal_fails_the_job_with_a_clear_error(fake, submit, engine):
-    fake.script_text("", finish_reason="refusal")
+    fake.script_text("I can't help with", finish_reason="refusal")
     job = await engine.run_until((await submit()).pk, "error")
-    assert job.error == "model call failed: Claude declined to answer (stop reason: refusal)"
-    assert fake.call_count == 1
+    assert job.error == (f"the model (Claude · {MODEL}) was blocked before it finished its answer "
+                         "(finish reason: refusal)")
+    assert job.response == "I can't help with" and fake.call_count == 1
 
 
 async def test_the_last_round_declares_the_used_tools_but_forbids_calls(fake, submit, engine, settings):
@@ -198,7 +199,8 @@ async def test_the_provider_streams_text_to_on_delta(fake):
     response = await provider.complete(request, on_delta=on_delta)
     assert pieces == ["Streaming ", "works ", "fine."]
     assert "".join(pieces) == response.text == "Streaming works fine."
-    assert response.usage.output_tokens > 0 and response.finish_reason == "end_turn"
+    assert response.usage.output_tokens > 0
+    assert (response.finish_reason, response.raw_finish_reason) == ("stop", "end_turn")
 
 
 async def test_a_streamed_turn_collects_tool_input_deltas(fake):
@@ -222,3 +224,69 @@ async def test_a_stream_cut_half_way_is_a_retryable_error(fake):
     with pytest.raises(ProviderError) as caught:
         await provider.complete(request, on_delta=on_delta)
     assert caught.value.retryable
+
+
+LONG = "word " * 100
+
+
+async def deltas_after_last_reset(job: Job) -> str:
+    def read() -> str:
+        events = list(JobEvent.objects.filter(job=job, type__in=("answer.delta", "answer.reset")).order_by("seq"))
+        last_reset = max((n for n, e in enumerate(events) if e.type == "answer.reset"), default=-1)
+        return "".join(e.data["text"] for e in events[last_reset + 1:])
+
+    return await sync_to_async(read)()
+
+
+async def test_an_answer_cut_off_at_the_default_limit_names_it(fake, submit, engine):
+    fake.script_text("Half of the", finish_reason="max_tokens")
+    job = await engine.run_until((await submit()).pk, "error")
+    assert job.error.startswith(f"the model (Claude · {MODEL}) was cut off at the output limit of 16,384 tokens")
+    assert "(finish reason: max_tokens)" in job.error and job.response == "Half of the"
+
+
+async def test_a_chat_answer_cut_off_at_the_role_limit_ends_the_job_in_error(fake, submit, engine, owner, settings):
+    settings.CORTEX_CHAT_MODEL = f"anthropic:{MODEL}"
+    await sync_to_async(services.role_assign)(by=None, owner=owner, role="chat", profile_id=None, max_output_tokens=30)
+    fake.script_text("Loop summary.")
+    fake.script_text(LONG)
+    job = await engine.run_until((await submit(respond_with_final=True)).pk, "error")
+    assert fake.calls[0]["max_tokens"] == 16384 and fake.calls[1]["max_tokens"] == 30
+    assert job.error.startswith(f"the chat model (Claude · {MODEL}) was cut off at the output limit of 30 tokens")
+    assert job.response == LONG[:120] == await deltas_after_last_reset(job)
+
+
+async def test_a_tool_use_in_a_cut_off_turn_is_not_run(fake, submit, engine):
+    fake.script_tool_calls(Call("workspace_write", {"path": "a.txt", "content": "half"}, id="toolu_w"),
+                           finish_reason="max_tokens")
+    job = await engine.run_until((await submit()).pk, "error")
+    assert await calls_of(job) == []
+    assert "its tool call was not run" in job.error and "(finish reason: max_tokens)" in job.error
+
+
+async def test_a_stream_that_fails_half_way_is_retried_and_the_answer_is_whole(fake, submit, engine, settings):
+    settings.CORTEX_CHAT_MODEL = f"anthropic:{MODEL}"
+    fake.script_text("Loop summary.")
+    fake.script_text(chunks=["The answer ", "is ", "forty-two."], error_after=5)
+    fake.script_text(chunks=["The answer ", "is ", "forty-two."])
+    job = await engine.run_until((await submit(respond_with_final=True)).pk, "complete")
+    assert job.response == "The answer is forty-two." == await deltas_after_last_reset(job)
+    retry = await sync_to_async(JobEvent.objects.get)(job=job, type="model.retry")
+    assert "overloaded" in retry.data["error"]
+    # The failed attempt had read its prompt (Claude says so when the stream starts): counted too.
+    assert fake.call_count == 3 and job.usage["model_calls"] == 3
+    bodies = [r.body for r in fake.requests if fake.is_generation_path(r.path)]
+    assert job.usage["input_tokens"] == sum(estimate_tokens(len(body)) for body in bodies)
+
+
+async def test_a_stream_longer_than_the_timeout_completes_while_pieces_keep_coming(fake, submit, engine, settings):
+    settings.CORTEX_CHAT_MODEL = f"anthropic:{MODEL}"
+    # The stream takes about 2.75 s in all, longer than the engine would wait for a whole call
+    # (1 s and a grace of 1 s), with a piece every 0.25 s.
+    settings.CORTEX_MODEL_TIMEOUT = 1.0
+    fake.script_text("Loop summary.")
+    fake.script_text(chunks=[f"piece {n} " for n in range(12)], chunk_delay=0.25)
+    job = await engine.run_until((await submit(respond_with_final=True)).pk, "complete")
+    assert job.response == "".join(f"piece {n} " for n in range(12))
+    assert fake.call_count == 2
+    assert not await sync_to_async(JobEvent.objects.filter(job=job, type="model.retry").exists)()

@@ -12,7 +12,7 @@ from orchestrator import providers, services
 from orchestrator.models import Job, JobEvent
 from orchestrator.providers.base import ModelRequest, ProviderError
 from orchestrator.providers.gemini import CALL_ID, SIGNATURE
-from tests.fakes.gemini_fake import GeminiFake
+from tests.fakes.gemini_fake import GeminiFake, quota_exceeded
 from tests.fakes.http import ToolCall as Call
 from tests.fakes.http import Turn
 
@@ -101,8 +101,10 @@ async def test_two_calls_in_one_turn_then_another_round_with_signatures_replayed
     assert job.usage["model_calls"] == 3 and job.usage["input_tokens"] > 0
 
     stored = [call for message in job.transcript for call in message.get("tool_calls") or ()]
-    assert {call["extra"][SIGNATURE] for call in stored} == issued(fake)
-    assert "extra" not in stored[0] or CALL_ID not in stored[0]["extra"]
+    # Gemini 3 signs the first of parallel calls only; the second goes back unsigned, as it came.
+    assert [SIGNATURE in call.get("extra", {}) for call in stored] == [True, False, True]
+    assert {call["extra"][SIGNATURE] for call in stored if SIGNATURE in call.get("extra", {})} == issued(fake)
+    assert CALL_ID not in stored[0]["extra"]
     assert stored[2]["extra"][CALL_ID] == "gem-3"
 
 
@@ -111,7 +113,8 @@ async def test_signatures_survive_a_pause_for_confirmation_and_a_new_executor(fa
     fake.script_text("Charged the rent.")
     job = await engine.run_until((await submit()).pk, "awaiting_confirmation")
     stored = (await reload(job)).transcript[-1]["tool_calls"]
-    assert {call["extra"][SIGNATURE] for call in stored} == issued(fake)
+    assert [call.get("extra", {}).get(SIGNATURE) for call in stored][1] is None
+    assert {stored[0]["extra"][SIGNATURE]} == issued(fake)
 
     # As after a restart: no provider or SDK client of the first run survives, only the database.
     providers._gemini.cache_clear()
@@ -121,7 +124,8 @@ async def test_signatures_survive_a_pause_for_confirmation_and_a_new_executor(fa
     assert job.response == "Charged the rent."
     assert [c.status for c in await calls_of(job)] == ["succeeded", "succeeded"]
     replayed = call_parts(fake.calls[1]["contents"][1])
-    sent = {part["thoughtSignature"] for part in replayed}
+    assert "thoughtSignature" not in replayed[1]
+    sent = {part["thoughtSignature"] for part in replayed[:1]}
     # The SDK sends the URL-safe alphabet; the bytes are what must not change.
     assert {base64.urlsafe_b64decode(s) for s in sent} == set(fake.signatures)
 
@@ -214,8 +218,8 @@ async def test_arguments_that_break_the_schema_go_back_as_an_error(fake, submit,
 async def test_a_safety_block_fails_the_job_and_says_why(fake, submit, engine):
     fake.script_text("", finish_reason="SAFETY")
     job = await engine.run_until((await submit()).pk, "error")
-    assert job.error == "model call failed: Gemini blocked the answer: SAFETY"
-    assert fake.call_count == 1
+    assert job.error == f"the model (Gemini · {MODEL}) was blocked before it finished its answer (finish reason: SAFETY)"
+    assert job.response is None and fake.call_count == 1
 
 
 async def test_a_blocked_prompt_fails_the_job_and_says_why(fake, submit, engine):
@@ -225,17 +229,19 @@ async def test_a_blocked_prompt_fails_the_job_and_says_why(fake, submit, engine)
     assert job.error == "model call failed: Gemini blocked the request: PROHIBITED_CONTENT"
 
 
-async def test_the_last_round_offers_no_tools_and_asks_in_the_same_user_turn(fake, submit, engine, settings):
+async def test_the_last_round_forbids_calls_and_asks_in_the_same_user_turn(fake, submit, engine, settings):
     settings.CORTEX_MAX_ROUNDS = 1
     fake.script_tool_calls(Call("current_time", {}))
-    fake.script_text("Final, without tools.")
+    # The model would call again; with calling forbidden it answers instead.
+    fake.script_tool_calls(Call("current_time", {}), text="Final, without tools.")
     job = await engine.run_until((await submit()).pk, "complete")
     last = fake.calls[1]
-    assert "tools" not in last
+    assert [d["name"] for d in last["tools"][0]["functionDeclarations"]] == ["current_time"]
+    assert last["toolConfig"] == {"functionCallingConfig": {"mode": "NONE"}}
     assert [c["role"] for c in last["contents"]] == ["user", "model", "user"]
     results, ask = last["contents"][2]["parts"]
     assert "functionResponse" in results and "Answer now" in ask["text"]
-    assert job.response == "Final, without tools."
+    assert job.response == "Final, without tools." and job.rounds == 1
 
 
 async def test_the_final_answer_streams_from_gemini(fake, submit, engine, settings):
@@ -262,7 +268,8 @@ async def test_the_provider_streams_text_to_on_delta(fake):
     response = await provider.complete(request, on_delta=on_delta)
     assert pieces == ["Streaming ", "works ", "fine."]
     assert "".join(pieces) == response.text == "Streaming works fine."
-    assert response.usage.output_tokens > 0 and response.finish_reason == "STOP"
+    assert response.usage.output_tokens > 0
+    assert (response.finish_reason, response.raw_finish_reason) == ("stop", "STOP")
 
 
 async def test_a_streamed_turn_with_calls_keeps_their_signatures(fake):
@@ -273,11 +280,14 @@ async def test_a_streamed_turn_with_calls_keeps_their_signatures(fake):
     async def on_delta(text: str) -> None:
         pieces.append(text)
 
-    request = ModelRequest(model=model, system="", messages=[{"role": "user", "content": "Hi"}])
+    tools = [{"name": name, "description": name, "parameters": {"type": "object"}}
+             for name in ("current_time", "calculator")]
+    request = ModelRequest(model=model, system="", messages=[{"role": "user", "content": "Hi"}], tools=tools)
     response = await provider.complete(request, on_delta=on_delta)
     assert "".join(pieces) == response.text == "Checking."
     assert [json.loads(c.arguments) for c in response.tool_calls] == [{}, {"expression": "1+1"}]
-    assert {c.extra[SIGNATURE] for c in response.tool_calls} == issued(fake)
+    assert [SIGNATURE in c.extra for c in response.tool_calls] == [True, False]
+    assert {response.tool_calls[0].extra[SIGNATURE]} == issued(fake)
 
 
 async def test_a_stream_cut_half_way_is_a_retryable_error(fake):
@@ -291,3 +301,73 @@ async def test_a_stream_cut_half_way_is_a_retryable_error(fake):
     with pytest.raises(ProviderError) as caught:
         await provider.complete(request, on_delta=on_delta)
     assert caught.value.retryable and "connection to Gemini failed" in caught.value.message
+
+
+LONG = "word " * 100
+
+
+async def test_an_answer_cut_off_at_the_role_limit_ends_the_job_in_error(fake, submit, engine, owner):
+    await sync_to_async(services.role_assign)(by=None, owner=owner, role="orchestrator", profile_id=None,
+                                              max_output_tokens=20)
+    fake.script_text(LONG)
+    job = await engine.run_until((await submit()).pk, "error")
+    assert fake.calls[0]["generationConfig"]["maxOutputTokens"] == 20
+    assert job.error.startswith(f"the model (Gemini · {MODEL}) was cut off at the output limit of 20 tokens")
+    assert "(finish reason: MAX_TOKENS)" in job.error and job.response == LONG[:80]
+
+
+async def test_a_chat_answer_cut_off_or_recited_keeps_its_part(fake, submit, engine, settings):
+    settings.CORTEX_CHAT_MODEL = f"gemini:{MODEL}"
+    fake.script_text("Loop summary.")
+    fake.script_text(chunks=["As the song ", "goes"], finish_reason="RECITATION")
+    job = await engine.run_until((await submit(respond_with_final=True)).pk, "error")
+    assert job.error == (f"the chat model (Gemini · {MODEL}) was blocked before it finished its answer "
+                         "(finish reason: RECITATION)")
+    assert job.response == "As the song goes"
+
+
+async def test_a_call_in_a_cut_off_turn_is_not_run(fake, submit, engine):
+    fake.script_tool_calls(Call("workspace_write", {"path": "a.txt", "content": "half"}), finish_reason="MAX_TOKENS")
+    job = await engine.run_until((await submit()).pk, "error")
+    assert await calls_of(job) == []
+    assert "its tool call was not run" in job.error and "(finish reason: MAX_TOKENS)" in job.error
+
+
+async def test_a_daily_quota_fails_at_once_and_says_so(fake, submit, engine):
+    fake.script(Turn(error=quota_exceeded(per_day=True)))
+    job = await engine.run_until((await submit()).pk, "error")
+    assert fake.call_count == 1
+    assert job.error.startswith("model call failed: the quota is used up (429)") and "daily" in job.error
+
+
+async def test_a_per_minute_quota_is_waited_out(fake, submit, engine, settings):
+    settings.CORTEX_RETRY_MAX_SECONDS = 0.05  # Gemini asks for 27 s; the test caps the wait
+    fake.script(Turn(error=quota_exceeded(per_day=False)))
+    fake.script_text("Made it.")
+    job = await engine.run_until((await submit()).pk, "complete")
+    assert job.response == "Made it." and fake.call_count == 2
+
+
+async def test_a_stream_that_fails_half_way_is_retried_and_the_answer_is_whole(fake, submit, engine, settings):
+    settings.CORTEX_CHAT_MODEL = f"gemini:{MODEL}"
+    fake.script_text("Loop summary.")
+    fake.script_text(chunks=["The answer ", "is ", "forty-two."], error_after=2)
+    fake.script_text(chunks=["The answer ", "is ", "forty-two."])
+    job = await engine.run_until((await submit(respond_with_final=True)).pk, "complete")
+    assert job.response == "The answer is forty-two."
+    retry = await sync_to_async(JobEvent.objects.get)(job=job, type="model.retry")
+    assert "503" in retry.data["error"]
+    assert fake.call_count == 3 and job.usage["model_calls"] == 3
+
+
+async def test_a_stream_longer_than_the_timeout_completes_while_pieces_keep_coming(fake, submit, engine, settings):
+    settings.CORTEX_CHAT_MODEL = f"gemini:{MODEL}"
+    # The stream takes about 2.75 s in all, longer than the engine would wait for a whole call
+    # (1 s and a grace of 1 s), with a piece every 0.25 s.
+    settings.CORTEX_MODEL_TIMEOUT = 1.0
+    fake.script_text("Loop summary.")
+    fake.script_text(chunks=[f"piece {n} " for n in range(12)], chunk_delay=0.25)
+    job = await engine.run_until((await submit(respond_with_final=True)).pk, "complete")
+    assert job.response == "".join(f"piece {n} " for n in range(12))
+    assert fake.call_count == 2
+    assert not await sync_to_async(JobEvent.objects.filter(job=job, type="model.retry").exists)()

@@ -14,7 +14,8 @@ from orchestrator.engine.loop import workspace_for
 from orchestrator.models import Job, JobEvent, Memory
 from orchestrator.tools.registry import registry
 from tests.fakes.http import ToolCall as Call
-from tests.fakes.openai_fake import OpenAIFake
+from tests.fakes.http import Turn
+from tests.fakes.openai_fake import OpenAIFake, insufficient_quota
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,12 +32,25 @@ def fake(settings):
 
 @pytest.fixture
 def submit(owner, default_persona):
-    async def make(task: str = "Do the thing") -> Job:
-        # The loop's own answer: these tests are about the tool loop, not the chat-role answer.
-        return await sync_to_async(services.job_submit)(user=owner, task=task,
-                                                        options=services.JobOptions(respond_with_final=False))
+    async def make(task: str = "Do the thing", *, respond_with_final: bool = False) -> Job:
+        # By default the loop's own answer: most tests are about the tool loop, not the chat-role answer.
+        return await sync_to_async(services.job_submit)(
+            user=owner, task=task, options=services.JobOptions(respond_with_final=respond_with_final))
 
     return make
+
+
+async def limit_role(owner, role: str, tokens: int) -> None:
+    await sync_to_async(services.role_assign)(by=None, owner=owner, role=role, profile_id=None, max_output_tokens=tokens)
+
+
+async def deltas_after_last_reset(job: Job) -> str:
+    def read() -> str:
+        events = list(JobEvent.objects.filter(job=job, type__in=("answer.delta", "answer.reset")).order_by("seq"))
+        last_reset = max((n for n, e in enumerate(events) if e.type == "answer.reset"), default=-1)
+        return "".join(e.data["text"] for e in events[last_reset + 1:])
+
+    return await sync_to_async(read)()
 
 
 def tool_messages(body: dict) -> list[dict]:
@@ -72,16 +86,34 @@ async def test_parallel_tool_calls_in_a_multi_round_loop(fake, submit, engine):
     assert job.usage["model_calls"] == 3 and job.usage["input_tokens"] > 0
 
 
-async def test_arguments_that_are_not_json_go_back_to_the_model_as_an_error(fake, submit, engine):
+async def test_a_job_whose_model_once_sent_arguments_that_are_not_json_completes(fake, submit, engine):
+    # The fake refuses past arguments that are not a JSON object, as vLLM, Ollama and llama-server do.
     fake.script_tool_calls(Call("calculator", '{"expression": "1+', id="bad"))
-    fake.script_text("Sorry, I sent broken arguments.")
+    fake.script_tool_calls(Call("calculator", {"expression": "1+1"}, id="good"))
+    fake.script_text("1+1 is 2.")
     job = await engine.run_until((await submit()).pk, "complete")
-    [call] = await calls_of(job)
-    assert call.status == "failed" and call.raw_arguments == '{"expression": "1+'
-    [result] = tool_messages(fake.calls[1])
+    assert job.response == "1+1 is 2." and fake.call_count == 3
+    bad, good = await calls_of(job)
+    assert bad.status == "failed" and bad.raw_arguments == '{"expression": "1+'
+    assert good.status == "succeeded"
+    [result, _] = tool_messages(fake.calls[2])
     assert result["tool_call_id"] == "bad" and "not valid JSON" in result["content"]
-    # The malformed call is replayed as the model wrote it, so the transcript stays well formed.
-    assert fake.calls[1]["messages"][-2]["tool_calls"][0]["function"]["arguments"] == '{"expression": "1+'
+    # Replayed as a JSON object that still shows what the model wrote; stored as it was written.
+    replayed = fake.calls[1]["messages"][-2]["tool_calls"][0]["function"]["arguments"]
+    assert json.loads(replayed) == {"unparsed_arguments": '{"expression": "1+'}
+    assert job.transcript[1]["tool_calls"][0]["arguments"] == '{"expression": "1+'
+
+
+async def test_arguments_sent_as_an_object_are_taken_as_json(submit, engine, settings):
+    with OpenAIFake(arguments_as_objects=True) as server:
+        settings.CORTEX_ORCHESTRATOR_MODEL = "openai:test-model"
+        settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY = server.base_url, "sk-test"
+        server.script_tool_calls(Call("calculator", {"expression": "6*7"}, id="obj"))
+        server.script_text("42.")
+        job = await engine.run_until((await submit()).pk, "complete")
+    [call] = await calls_of(job)
+    assert call.status == "succeeded" and json.loads(call.raw_arguments) == {"expression": "6*7"}
+    assert job.response == "42."
 
 
 async def test_an_unknown_tool_goes_back_to_the_model_with_the_tools_it_has(fake, submit, engine):
@@ -277,3 +309,87 @@ async def test_an_unknown_name_is_told_only_the_tools_offered(fake, submit, engi
     assert result["content"] == (f"Error: there is no tool named 'launch_rockets'. "
                                  f"The tools offered to you: {', '.join(offered)}.")
     assert (await calls_of(job))[0].status == "refused"
+
+
+LONG = "word " * 100
+
+
+async def test_an_answer_cut_off_at_the_role_output_limit_ends_the_job_in_error(fake, submit, engine, owner):
+    await limit_role(owner, "orchestrator", 20)
+    fake.script_text(LONG)
+    job = await engine.run_until((await submit()).pk, "error")
+    assert fake.calls[0]["max_tokens"] == 20
+    assert job.error.startswith("the model (OpenAI-compatible · test-model) was cut off at the output limit of 20 "
+                                "tokens") and "(finish reason: length)" in job.error
+    assert "orchestrator role's max output tokens" in job.error
+    assert job.response == LONG[:80]
+
+
+async def test_without_a_role_limit_no_limit_is_sent_and_a_cut_off_still_fails(fake, submit, engine):
+    fake.script_text("Half of the", finish_reason="length")
+    job = await engine.run_until((await submit()).pk, "error")
+    assert "max_tokens" not in fake.calls[0]
+    assert "cut off at the model server's own output limit" in job.error
+    assert job.response == "Half of the"
+
+
+async def test_a_chat_answer_cut_off_at_its_limit_keeps_the_streamed_part(fake, submit, engine, owner, settings):
+    settings.CORTEX_CHAT_MODEL = "openai:test-model"
+    await limit_role(owner, "chat", 30)
+    fake.script_text("Loop summary.")
+    fake.script_text(LONG)
+    job = await engine.run_until((await submit(respond_with_final=True)).pk, "error")
+    assert fake.calls[1]["max_tokens"] == 30 and fake.calls[1]["stream"] is True
+    assert job.error.startswith("the chat model (OpenAI-compatible · test-model) was cut off at the output limit "
+                                "of 30 tokens") and "chat role's max output tokens" in job.error
+    assert job.response == LONG[:120] == await deltas_after_last_reset(job)
+
+
+async def test_a_filtered_answer_ends_the_job_in_error(fake, submit, engine):
+    fake.script_text("Here is how to", finish_reason="content_filter")
+    job = await engine.run_until((await submit()).pk, "error")
+    assert job.error == ("the model (OpenAI-compatible · test-model) was blocked before it finished its answer "
+                         "(finish reason: content_filter)")
+    assert job.response == "Here is how to"
+
+
+async def test_a_tool_call_in_a_cut_off_turn_is_not_run(fake, submit, engine):
+    fake.script_tool_calls(Call("workspace_write", {"path": "a.txt", "content": "half"}, id="w1"),
+                           finish_reason="length")
+    job = await engine.run_until((await submit()).pk, "error")
+    assert await calls_of(job) == []
+    assert "its tool call was not run" in job.error and "(finish reason: length)" in job.error
+    turn = await sync_to_async(JobEvent.objects.get)(job=job, type="model.turn")
+    assert turn.data["tool_calls"][0]["name"] == "workspace_write" and turn.data["finish_reason"] == "length"
+
+
+async def test_an_exhausted_quota_fails_at_once_and_says_so(fake, submit, engine):
+    fake.script(Turn(error=insufficient_quota()))
+    job = await engine.run_until((await submit()).pk, "error")
+    assert fake.call_count == 1
+    assert job.error.startswith("model call failed: the account's quota is used up (429 insufficient_quota)")
+    assert job.usage["model_calls"] == 1
+
+
+async def test_a_stream_that_fails_half_way_is_retried_and_the_answer_is_whole(fake, submit, engine, settings):
+    settings.CORTEX_CHAT_MODEL = "openai:test-model"
+    fake.script_text("Loop summary.")
+    fake.script_text(chunks=["The answer ", "is ", "forty-two."], error_after=3)
+    fake.script_text(chunks=["The answer ", "is ", "forty-two."])
+    job = await engine.run_until((await submit(respond_with_final=True)).pk, "complete")
+    assert job.response == "The answer is forty-two." == await deltas_after_last_reset(job)
+    retry = await sync_to_async(JobEvent.objects.get)(job=job, type="model.retry")
+    assert "failed while answering" in retry.data["error"]
+    assert fake.call_count == 3 and job.usage["model_calls"] == 3
+
+
+async def test_a_stream_longer_than_the_timeout_completes_while_pieces_keep_coming(fake, submit, engine, settings):
+    settings.CORTEX_CHAT_MODEL = "openai:test-model"
+    # The stream takes about 2.75 s in all, longer than the engine would wait for a whole call
+    # (1 s and a grace of 1 s), with a piece every 0.25 s.
+    settings.CORTEX_MODEL_TIMEOUT = 1.0
+    fake.script_text("Loop summary.")
+    fake.script_text(chunks=[f"piece {n} " for n in range(12)], chunk_delay=0.25)
+    job = await engine.run_until((await submit(respond_with_final=True)).pk, "complete")
+    assert job.response == "".join(f"piece {n} " for n in range(12))
+    assert fake.call_count == 2 and "model.retry" not in await event_types(job)

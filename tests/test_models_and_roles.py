@@ -198,10 +198,12 @@ def test_the_models_command_lists_and_assigns(owner, capsys, monkeypatch):
     monkeypatch.setenv("LOCAL_KEY", "sk-from-env")
     call_command("models", "add-profile", "local", "--provider", "openai", "--model", "llama3.1",
                  "--api-key-env", "LOCAL_KEY")
-    call_command("models", "assign", "orchestrator", "local", "--system-append", "Be brief.")
+    call_command("models", "assign", "orchestrator", "local", "--system-append", "Be brief.",
+                 "--max-output-tokens", "8000")
     call_command("models", "list")
     out = capsys.readouterr().out
     assert "orchestrator   openai:llama3.1" in out and "from site-wide (profile local)" in out
+    assert "at most 8000 output tokens" in out and roles.role_config(None, "orchestrator").max_output_tokens == 8000
     assert "sk-from-env" not in out
     assert roles.credentials(ModelProfile.objects.get(name="local").pk).api_key == "sk-from-env"
 

@@ -6,6 +6,7 @@ import json
 
 import anthropic
 import httpx2
+import openai
 import pytest
 from google.genai import errors as genai_errors
 from google.genai import types
@@ -14,10 +15,12 @@ from orchestrator import providers
 from orchestrator.providers.anthropic import (THINKING, AnthropicProvider, anthropic_request, from_anthropic_message,
                                               to_anthropic_messages)
 from orchestrator.providers.anthropic import provider_error as anthropic_error
-from orchestrator.providers.base import ModelRequest, ModelResponse, ProviderError
+from orchestrator.providers.base import ModelRequest, ModelResponse, ProviderError, replayable_arguments
 from orchestrator.providers.gemini import (CALL_ID, SIGNATURE, THOUGHTS, GeminiProvider, from_gemini_response,
                                            gemini_config, to_gemini_contents)
 from orchestrator.providers.gemini import provider_error as gemini_error
+from orchestrator.providers.openai_compat import from_openai_completion, limit_parameter, to_openai_messages
+from orchestrator.providers.openai_compat import provider_error as openai_error
 
 CALCULATOR = {"name": "calculator", "description": "Evaluates arithmetic.",
               "parameters": {"type": "object", "properties": {"expression": {"type": "string"}},
@@ -113,7 +116,8 @@ def test_gemini_answer_keeps_every_signature_as_json_and_replays_it_on_the_same_
                                                                   thoughts_token_count=6))
     answer = from_gemini_response(response)
 
-    assert answer.text == "Let me check." and answer.finish_reason == "STOP"
+    assert answer.text == "Let me check." and (answer.finish_reason, answer.raw_finish_reason) == (
+        "tool_calls", "STOP")
     assert (answer.usage.input_tokens, answer.usage.output_tokens) == (10, 10)
     assert [(c.id, c.name, json.loads(c.arguments)) for c in answer.tool_calls] == [
         ("", "current_time", {"timezone": "UTC"}), ("g-2", "calculator", {"expression": "1+1"})]
@@ -145,12 +149,6 @@ def test_gemini_blocks_and_empty_answers_become_clear_errors() -> None:
         from_gemini_response(blocked_prompt)
     assert not caught.value.retryable
 
-    for reason in ("SAFETY", "RECITATION", "PROHIBITED_CONTENT"):
-        blocked = types.GenerateContentResponse(candidates=[types.Candidate(finish_reason=reason)])
-        with pytest.raises(ProviderError, match=f"^Gemini blocked the answer: {reason}$") as caught:
-            from_gemini_response(blocked)
-        assert not caught.value.retryable
-
     with pytest.raises(ProviderError, match="no candidates") as caught:
         from_gemini_response(types.GenerateContentResponse(candidates=[]))
     assert caught.value.retryable
@@ -159,6 +157,17 @@ def test_gemini_blocks_and_empty_answers_become_clear_errors() -> None:
     with pytest.raises(ProviderError, match="MALFORMED_FUNCTION_CALL") as caught:
         from_gemini_response(malformed)
     assert caught.value.retryable
+
+
+@pytest.mark.parametrize("raw,finish", [
+    ("STOP", "stop"), ("MAX_TOKENS", "length"), ("SAFETY", "blocked"), ("RECITATION", "blocked"),
+    ("PROHIBITED_CONTENT", "blocked"), ("BLOCKLIST", "blocked"), ("SPII", "blocked"),
+    ("UNEXPECTED_TOOL_CALL", "other"), ("OTHER", "other")])
+def test_gemini_finish_reasons_are_read_and_the_partial_text_kept(raw: str, finish: str) -> None:
+    answer = from_gemini_response(types.GenerateContentResponse(candidates=[types.Candidate(
+        finish_reason=raw, content=types.Content(role="model", parts=[types.Part(text="Half an ans")]))]))
+    assert (answer.text, answer.finish_reason, answer.raw_finish_reason) == ("Half an ans", finish, raw)
+    assert answer.incomplete == (finish in ("length", "blocked"))
 
 
 def test_gemini_config_declares_raw_json_schema_and_no_automatic_calling() -> None:
@@ -173,6 +182,31 @@ def test_gemini_config_declares_raw_json_schema_and_no_automatic_calling() -> No
 
     bare = gemini_config(ModelRequest(model="gemini-3-pro", system="", messages=[]))
     assert bare.tools is None and bare.system_instruction is None and bare.temperature is None
+    assert bare.tool_config is None
+
+
+def test_gemini_last_round_declares_the_tools_used_with_calling_forbidden() -> None:
+    history = [{"role": "user", "content": "Hi"}, GEMINI_TURN,
+               {"role": "tool", "tool_call_id": "call_1_0_ab12cd34", "name": "current_time", "content": "12:00"},
+               {"role": "tool", "tool_call_id": "g-2", "name": "calculator", "content": "42"},
+               {"role": "user", "content": "Answer now."}]
+    config = gemini_config(ModelRequest(model="gemini-3-pro", system="", messages=history))
+    assert [d.name for d in config.tools[0].function_declarations] == ["current_time", "calculator"]
+    assert config.tool_config.function_calling_config.mode == types.FunctionCallingConfigMode.NONE
+
+    offered = gemini_config(ModelRequest(model="gemini-3-pro", system="", messages=history, tools=[CALCULATOR]))
+    assert offered.tool_config is None
+
+
+def test_gemini_last_round_declares_no_name_gemini_would_refuse() -> None:
+    made_up = {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c1", "name": "launch rockets!", "arguments": "{}"}, {"id": "c2", "name": "current_time",
+                                                                     "arguments": "{}"}]}
+    config = gemini_config(ModelRequest(model="gemini-3-pro", system="", messages=[
+        {"role": "user", "content": "Hi"}, made_up,
+        {"role": "tool", "tool_call_id": "c1", "content": "Error"}, {"role": "tool", "tool_call_id": "c2",
+                                                                     "content": "12:00"}]))
+    assert [d.name for d in config.tools[0].function_declarations] == ["current_time"]
 
 
 def _gemini_client_error(status: int, message: str, details: list | None = None,
@@ -204,6 +238,30 @@ def test_gemini_errors_in_plain_words() -> None:
     refused = gemini_error(_gemini_client_error(400, "Invalid JSON payload."))
     assert refused.message == "the provider refused the request (400): Invalid JSON payload."
     assert not refused.retryable
+
+
+def _quota_failure(quota_id: str, value: str | None = None) -> list[dict]:
+    violation = {"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                 "quotaId": quota_id, "quotaDimensions": {"location": "global", "model": "gemini-2.5-pro"}}
+    if value is not None:
+        violation["quotaValue"] = value
+    return [{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [violation]},
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "27s"}]
+
+
+@pytest.mark.parametrize(("message", "details", "used_up"), [
+    ("You exceeded your current quota.", _quota_failure("GenerateRequestsPerDayPerProjectPerModel-FreeTier", "50"),
+     True),
+    ("You exceeded your current quota.", _quota_failure("GenerateRequestsPerMinutePerProjectPerModel", "0"), True),
+    ("Quota exceeded for metric: generate_content_free_tier_requests, limit: 0, model: gemini-2.5-pro", None, True),
+    ("You exceeded your current quota.", _quota_failure("GenerateRequestsPerMinutePerProjectPerModel", "15"),
+     False),
+])
+def test_a_gemini_quota_that_waiting_cannot_refill_fails_at_once(message: str, details: list | None,
+                                                                  used_up: bool) -> None:
+    mapped = gemini_error(_gemini_client_error(429, message, details))
+    assert mapped.retryable is not used_up
+    assert ("the quota is used up" in mapped.message) is used_up
 
 
 async def test_gemini_without_a_key_says_so_before_calling() -> None:
@@ -258,7 +316,7 @@ def test_anthropic_request_declares_tools_or_forbids_them() -> None:
                                     "input_schema": CALCULATOR["parameters"]}]
     assert "tool_choice" not in with_tools
     assert (with_tools["max_tokens"], with_tools["system"], with_tools["temperature"], with_tools["timeout"]) == (
-        4096, "Be careful.", 0.3, 20)
+        16384, "Be careful.", 0.3, 20)
 
     history = [{"role": "user", "content": "Hi"},
                {"role": "assistant", "content": "", "tool_calls": [
@@ -292,7 +350,8 @@ def test_anthropic_answer_keeps_signed_thinking_for_replay() -> None:
         {"type": "tool_use", "id": "toolu_01A", "name": "current_time", "input": {"timezone": "UTC"}},
         {"type": "tool_use", "id": "toolu_01B", "name": "calculator", "input": {"expression": "2*3"}},
     ]))
-    assert answer.text == "Checking." and answer.finish_reason == "tool_use"
+    assert answer.text == "Checking." and (answer.finish_reason, answer.raw_finish_reason) == (
+        "tool_calls", "tool_use")
     assert [(c.id, c.name, json.loads(c.arguments)) for c in answer.tool_calls] == [
         ("toolu_01A", "current_time", {"timezone": "UTC"}), ("toolu_01B", "calculator", {"expression": "2*3"})]
     assert answer.extra == {THINKING: THINKING_BLOCKS}
@@ -303,10 +362,22 @@ def test_anthropic_answer_keeps_signed_thinking_for_replay() -> None:
     assert [b["type"] for b in replayed[2:]] == ["text", "tool_use", "tool_use"]
 
 
-def test_an_anthropic_refusal_is_a_clear_error() -> None:
-    with pytest.raises(ProviderError, match="Claude declined to answer") as caught:
-        from_anthropic_message(_claude_message([], stop_reason="refusal"))
-    assert not caught.value.retryable
+@pytest.mark.parametrize("raw,finish", [
+    ("end_turn", "stop"), ("stop_sequence", "stop"), ("max_tokens", "length"),
+    ("model_context_window_exceeded", "length"), ("refusal", "blocked"), ("pause_turn", "other")])
+def test_anthropic_stop_reasons_are_read_and_the_partial_text_kept(raw: str, finish: str) -> None:
+    answer = from_anthropic_message(_claude_message([{"type": "text", "text": "Half an ans"}], stop_reason=raw))
+    assert (answer.text, answer.finish_reason, answer.raw_finish_reason) == ("Half an ans", finish, raw)
+
+
+def test_claude_gets_a_generous_output_limit_that_its_model_allows() -> None:
+    def limit(model: str, max_tokens: int | None = None) -> int:
+        return anthropic_request(ModelRequest(model=model, system="", messages=[{"role": "user", "content": "Hi"}],
+                                              max_tokens=max_tokens))["max_tokens"]
+
+    assert limit("claude-sonnet-4-6") == limit("claude-opus-4-1") == 16384
+    assert limit("claude-3-5-haiku-latest") == 8192 and limit("claude-3-haiku-20240307") == 4096
+    assert limit("claude-sonnet-4-6", 64000) == 64000
 
 
 REQUEST = httpx2.Request("POST", "https://api.anthropic.com/v1/messages")
@@ -350,6 +421,85 @@ async def test_anthropic_without_a_key_says_so_before_calling() -> None:
     provider = AnthropicProvider(base_url="", api_key="")
     with pytest.raises(ProviderError, match="no API key for Anthropic"):
         await provider.complete(ModelRequest(model="claude-sonnet-4-6", system="", messages=[]))
+
+
+# --------------------------------------------------------------------------- #
+# OpenAI-compatible
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize(("raw", "replayed"), [
+    ('{"expression": "1+1"}', '{"expression": "1+1"}'),
+    ("", "{}"),
+    ('{"expression": "1+', '{"unparsed_arguments": "{\\"expression\\": \\"1+"}'),
+    ("[1, 2]", '{"unparsed_arguments": "[1, 2]"}'),
+    ('{"x": NaN}', '{"unparsed_arguments": "{\\"x\\": NaN}"}'),
+    ("[" * 100_000, json.dumps({"unparsed_arguments": "[" * 100_000})),
+])
+def test_past_arguments_are_replayed_as_a_json_object(raw: str, replayed: str) -> None:
+    assert replayable_arguments(raw) == replayed
+    assert isinstance(json.loads(replayable_arguments(raw)), dict)
+
+
+def test_openai_messages_replay_malformed_arguments_as_json_and_keep_the_transcript() -> None:
+    turn = {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c1", "name": "calculator", "arguments": '{"expression": "1+'}]}
+    request = ModelRequest(model="m", system="", messages=[{"role": "user", "content": "Hi"}, turn,
+                                                           {"role": "tool", "tool_call_id": "c1", "content": "Error"}])
+    [sent] = to_openai_messages(request)[1]["tool_calls"]
+    assert json.loads(sent["function"]["arguments"]) == {"unparsed_arguments": '{"expression": "1+'}
+    assert turn["tool_calls"][0]["arguments"] == '{"expression": "1+'
+
+
+def test_the_output_limit_goes_by_the_name_the_endpoint_knows() -> None:
+    assert limit_parameter("https://api.openai.com/v1") == "max_completion_tokens"
+    assert limit_parameter("http://127.0.0.1:11434/v1") == limit_parameter("http://vllm:8000/v1") == "max_tokens"
+
+
+def _completion(finish: str, arguments: object = '{"a": 1}') -> object:
+    return openai.types.chat.ChatCompletion.construct(
+        id="x", object="chat.completion", created=0, model="m",
+        choices=[openai.types.chat.chat_completion.Choice.construct(
+            index=0, finish_reason=finish, message=openai.types.chat.ChatCompletionMessage.construct(
+                role="assistant", content="Half", tool_calls=[
+                    openai.types.chat.ChatCompletionMessageToolCall.construct(
+                        id="c1", type="function", function=openai.types.chat.chat_completion_message_tool_call.Function
+                        .construct(name="calculator", arguments=arguments))]))])
+
+
+@pytest.mark.parametrize(("raw", "finish"), [
+    ("stop", "stop"), ("tool_calls", "tool_calls"), ("length", "length"), ("content_filter", "blocked"),
+    ("something_new", "other")])
+def test_openai_finish_reasons_are_read(raw: str, finish: str) -> None:
+    answer = from_openai_completion(_completion(raw))
+    assert (answer.text, answer.finish_reason, answer.raw_finish_reason) == ("Half", finish, raw)
+
+
+def test_openai_arguments_sent_as_an_object_are_taken_as_json() -> None:
+    [call] = from_openai_completion(_completion("tool_calls", {"expression": "6*7"})).tool_calls
+    assert json.loads(call.arguments) == {"expression": "6*7"}
+
+
+def _openai_status_error(status: int, code: str | None, kind: str) -> openai.APIStatusError:
+    body = {"error": {"message": f"{kind} happened", "type": kind, "param": None, "code": code}}
+    response = httpx2.Response(status, json=body, request=httpx2.Request("POST", "http://llm/v1/chat/completions"))
+    return openai.APIStatusError(f"Error code: {status}", response=response, body=body["error"])
+
+
+def test_openai_quota_used_up_fails_at_once_and_a_rate_limit_waits() -> None:
+    quota = openai_error(_openai_status_error(429, "insufficient_quota", "insufficient_quota"), "http://llm/v1")
+    assert not quota.retryable and "quota is used up" in quota.message
+    limited = openai_error(_openai_status_error(429, "rate_limit_exceeded", "requests"), "http://llm/v1")
+    assert limited.retryable and limited.message.startswith("rate limited (429)")
+
+
+def test_an_error_event_in_an_openai_stream_is_retried_unless_it_blames_the_request() -> None:
+    request = httpx2.Request("POST", "http://llm/v1/chat/completions")
+    failed = openai_error(openai.APIError("The server had an error", request,
+                                          body={"message": "The server had an error", "type": "server_error"}), "x")
+    assert failed.retryable and "failed while answering" in failed.message
+    refused = openai_error(openai.APIError("bad", request, body={"message": "bad", "code": 400}), "x")
+    assert not refused.retryable
 
 
 # --------------------------------------------------------------------------- #

@@ -288,6 +288,15 @@ def test_the_answer_is_markdown_without_scripts(owner, alice):
     assert '<a href="https://example.org" rel="noopener noreferrer nofollow">ok</a>' in answer
 
 
+def test_an_answer_cut_off_shows_why_above_what_was_written(owner, alice):
+    job = services.job_submit(user=owner, task="Hello")
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.ERROR, response="Half of the answ",
+                                         error="the chat model was cut off at the output limit of 20 tokens")
+    html = alice.get(reverse("job-detail", args=[job.pk])).content.decode()
+    answer = html[html.index('id="job-answer"'):html.index('id="timeline-title"')]
+    assert answer.index("cut off at the output limit of 20 tokens") < answer.index("Half of the answ")
+
+
 def test_it_cancels_an_active_job_once(owner, alice):
     job = services.job_submit(user=owner, task="Hello")
     response = alice.post(reverse("job-cancel", args=[job.pk]))

@@ -451,6 +451,21 @@ def test_a_role_is_assigned_with_its_prompt_settings_and_tools(owner, objects, a
     assert re.search(rf'<option value="{objects["profile"]}" selected>', again)
 
 
+def test_a_role_gets_an_output_limit_that_each_job_carries(owner, alice, default_persona):
+    response = alice.post(reverse("role-edit", args=["chat"]), {"profile": "", "max_output_tokens": "32000",
+                                                                 "inject_datetime": "on"})
+    assert response.status_code == 302 and roles.role_config(owner, "chat").max_output_tokens == 32000
+    page = alice.get(reverse("settings-models")).content.decode()
+    assert "at most 32000 output tokens" in role_row(page, "chat")
+    assert 'value="32000"' in alice.get(reverse("role-edit", args=["chat"])).content.decode()
+    job = services.job_submit(user=owner, task="Hi")
+    assert job.options["roles"]["chat"]["max_output_tokens"] == 32000
+    assert job.options["roles"]["orchestrator"]["max_output_tokens"] is None
+
+    refused = alice.post(reverse("role-edit", args=["chat"]), {"profile": "", "max_output_tokens": "0"}, headers=HTMX)
+    assert refused.status_code == 400 and roles.role_config(owner, "chat").max_output_tokens == 32000
+
+
 def test_a_custom_chat_role_is_added_and_removed(owner, alice):
     response = alice.post(reverse("role-create"), {"role": "critic", "profile": "", "inject_datetime": "on",
                                                    "inject_mode": "on", "system_append": "Be blunt."})

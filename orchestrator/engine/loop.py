@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 
 from .. import netguard, providers
-from ..providers import ModelRequest, ModelResponse, ProviderError
+from ..providers import ModelRequest, ModelResponse, Provider, ProviderError
 from ..tools.registry import ToolContext, ToolError, registry, tool_result_text
 from . import state
 
@@ -72,7 +72,8 @@ async def drive(job_id: str, *, owner: str, db: Database) -> None:
         try:
             response, backend, label = await call_model(action, job_id=job_id, owner=owner, db=db)
         except ProviderError as error:
-            await db.run(state.job_fail, owner=owner, job_id=job_id, error=f"model call failed: {error.message}")
+            await db.run(state.job_fail, owner=owner, job_id=job_id, error=f"model call failed: {error.message}",
+                         usage=error.usage or providers.Usage())
             return
         action = await db.run(state.record_turn_and_continue, owner=owner, job_id=job_id, action=action, memo=memo,
                               response=response, backend=backend, backend_label=label)
@@ -82,24 +83,26 @@ async def call_model(action: state.CallModel, *, job_id: str, owner: str,
                      db: Database) -> tuple[ModelResponse, str, str]:
     """One model turn, retried with backoff (honouring the provider's hint) on transient errors.
 
-    The final answer streams: its pieces become `answer.delta` events as they arrive."""
+    The final answer streams: its pieces become `answer.delta` events as they arrive. Each failed
+    attempt is counted in the job's usage with whatever tokens the provider reported for it."""
     provider, model = providers.resolve(action.model, base_url=action.base_url, api_key=action.api_key)
     timeout = action.timeout or settings.CORTEX_MODEL_TIMEOUT
     request = ModelRequest(model=model, system=action.system, messages=action.messages, tools=action.tools,
-                           timeout=timeout, temperature=action.temperature, purpose=action.purpose)
+                           timeout=timeout, temperature=action.temperature, max_tokens=action.max_tokens,
+                           purpose=action.purpose)
     deltas = DeltaBuffer(db, owner=owner, job_id=job_id) if action.purpose == "final" else None
     attempts = settings.CORTEX_MODEL_ATTEMPTS
     for attempt in range(1, attempts + 1):
         try:
             if action.public_only:
                 await endpoint_allowed(action.base_url or "")
-            async with asyncio.timeout(timeout + 5):
-                response = await provider.complete(request, on_delta=deltas.add if deltas else None)
+            response = await attempt_within(provider, request, deltas, timeout)
             if deltas:
                 await deltas.flush()
             return response, action.model, provider.label(model)
         except TimeoutError:
-            error = ProviderError(f"the model did not answer within {timeout:g} s", retryable=True)
+            silent = "sent nothing more for" if deltas and deltas.started else "did not answer within"
+            error = ProviderError(f"the model {silent} {timeout:g} s", retryable=True)
         except ProviderError as caught:
             error = caught
         except Exception:  # an answer the provider's SDK could not make sense of (absurd nesting, wrong shapes)
@@ -111,8 +114,8 @@ async def call_model(action: state.CallModel, *, job_id: str, owner: str,
             raise error
         wait = backoff(attempt, error.retry_after)
         await db.run(state.record_retry, owner=owner, job_id=job_id, attempt=attempt, wait=wait,
-                     error=error.message)
-        if deltas and deltas.sent:
+                     error=error.message, usage=error.usage or providers.Usage())
+        if deltas:
             await deltas.reset()
         await asyncio.sleep(wait)
     raise AssertionError("unreachable")
@@ -127,6 +130,26 @@ async def endpoint_allowed(base_url: str) -> None:
         raise ProviderError(f"the model endpoint {base_url} is not allowed: {error}") from None
 
 
+async def attempt_within(provider: Provider, request: ModelRequest, deltas: DeltaBuffer | None,
+                         timeout: float) -> ModelResponse:
+    """One attempt, given up when the model goes quiet.
+
+    The SDKs time out each read themselves; this is the engine's own guard, a little later, for a
+    call that hangs anyway. A plain call has the whole time to answer; a stream has it between one
+    piece and the next, however long the whole answer takes to write."""
+    allowed = timeout + min(5.0, timeout)
+    async with asyncio.timeout(allowed) as deadline:
+        if deltas is None:
+            return await provider.complete(request)
+        loop = asyncio.get_running_loop()
+
+        async def on_delta(text: str) -> None:
+            deadline.reschedule(loop.time() + allowed)
+            await deltas.add(text)
+
+        return await provider.complete(request, on_delta=on_delta)
+
+
 class DeltaBuffer:
     """Collects streamed text and writes it to the event log in batches, so a fast stream costs
     a few transactions a second rather than one per token."""
@@ -138,11 +161,13 @@ class DeltaBuffer:
         self.db, self.owner, self.job_id = db, owner, job_id
         self.pending: list[str] = []
         self.sent = False
+        self.started = False  # some text of this attempt arrived
         self.last_flush = time.monotonic()
 
     async def add(self, text: str) -> None:
         if not text:
             return
+        self.started = True
         self.pending.append(text)
         if time.monotonic() - self.last_flush >= self.INTERVAL or sum(map(len, self.pending)) >= self.SIZE:
             await self.flush()
@@ -156,8 +181,10 @@ class DeltaBuffer:
         self.sent = True
 
     async def reset(self) -> None:
-        self.pending, self.sent = [], False
-        await self.db.run(state.record_delta, owner=self.owner, job_id=self.job_id, text="", reset=True)
+        """Forget a failed attempt's text; tell the watchers to start over if any of it reached them."""
+        sent, self.pending, self.sent, self.started = self.sent, [], False, False
+        if sent:
+            await self.db.run(state.record_delta, owner=self.owner, job_id=self.job_id, text="", reset=True)
 
 
 def backoff(attempt: int, hint: float | None) -> float:

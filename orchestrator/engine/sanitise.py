@@ -89,7 +89,8 @@ def model_response(response: ModelResponse, *, max_calls: int) -> tuple[ModelRes
         checks.append(check)
     safe = replace(response, text=as_text(response.text), tool_calls=calls, extra=_extra(response.extra),
                    usage=Usage(_tokens(response.usage, "input_tokens"), _tokens(response.usage, "output_tokens")),
-                   finish_reason=storable(str(response.finish_reason or ""))[:MAX_FINISH_REASON_CHARS])
+                   finish_reason=storable(str(response.finish_reason or ""))[:MAX_FINISH_REASON_CHARS],
+                   raw_finish_reason=storable(str(response.raw_finish_reason or ""))[:MAX_FINISH_REASON_CHARS])
     return safe, checks
 
 

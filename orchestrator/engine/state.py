@@ -23,7 +23,7 @@ from ..models import OPEN_CALL_STATUSES, Job, JobStatus, ToolCall, ToolCallStatu
 from ..policy import Decision, PolicyContext, decide, decide_all
 from ..crypto import SecretUnreadable
 from ..roles import ORCHESTRATOR, RoleConfig, credentials
-from ..providers.base import ModelResponse
+from ..providers.base import Finish, ModelResponse, Usage
 from ..tools.registry import ArgumentsInvalid, Tool, registry
 from ..transitions import finished_event
 from . import sanitise
@@ -63,6 +63,7 @@ class CallModel:
     purpose: str = "tool_loop"  # or "final": the chat-role model writes the answer
     timeout: float | None = None
     temperature: float | None = None
+    max_tokens: int | None = None  # the role's output limit; None for the provider's default
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)
     public_only: bool = False  # the endpoint is checked against private addresses before each call
@@ -140,12 +141,15 @@ def _held_by(job: Job, owner: str) -> bool:
     return job.lease_owner == owner and job.status in (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
-def job_fail(*, owner: str, job_id: str, error: str) -> None:
+def job_fail(*, owner: str, job_id: str, error: str, usage: Usage | None = None) -> None:
+    """`usage`: a failed model call's, counted as one more call."""
     with transaction.atomic():
         try:
             job = _lock(owner, job_id)
         except LeaseLost:
             return
+        if usage is not None:
+            job.usage = _add_usage(job.usage, usage)
         transitions.fail(job, sanitise.storable(error))
         job.save()
 
@@ -238,7 +242,7 @@ def _model_call(job: Job, calls: list[ToolCall], memo: Memo) -> CallModel:
     return _with_credentials(CallModel(
         model=orchestrator.model, system=job.system_prompt, messages=messages, tools=tools,
         final_only=final_only, round=job.rounds + 1, timeout=orchestrator.timeout,
-        temperature=orchestrator.temperature), orchestrator)
+        temperature=orchestrator.temperature, max_tokens=orchestrator.max_output_tokens), orchestrator)
 
 
 def _role(job: Job, name: str) -> RoleConfig:
@@ -267,7 +271,8 @@ def _final_answer_call(job: Job) -> CallModel:
     brief = final_answer_brief(job.task, job.transcript[history_length + 1:], job.orchestrator_summary or "")
     return _with_credentials(CallModel(
         model=chat.model, system=job.chat_system_prompt, messages=history + [{"role": "user", "content": brief}],
-        purpose="final", round=job.rounds, timeout=chat.timeout, temperature=chat.temperature), chat)
+        purpose="final", round=job.rounds, timeout=chat.timeout, temperature=chat.temperature,
+        max_tokens=chat.max_output_tokens), chat)
 
 
 def _offered_tools(job: Job, memo: Memo) -> list[dict[str, Any]]:
@@ -331,11 +336,18 @@ def _record_turn(job: Job, action: CallModel, response: ModelResponse, backend: 
                  backend_label: str, memo: Memo) -> list[ToolCall] | None:
     """Returns the calls of the job's round as it now stands, when known without another read."""
     response, checks = sanitise.model_response(response, max_calls=settings.CORTEX_MAX_CALLS_PER_TURN)
-    job.usage = _add_usage(job.usage, response)
+    job.usage = _add_usage(job.usage, response.usage)
+    if response.incomplete:
+        # Cut off or withheld: not an answer to give, nor calls to run.
+        events.append(job, ("model.turn", _turn_event(action, response, purpose=action.purpose)))
+        job.response = response.text or None
+        transitions.fail(job, _incomplete_error(job, action, response, backend_label))
+        job.save()
+        return None
     if action.purpose == "final":
         events.append(job, ("model.turn", _turn_event(action, response, purpose="final")))
         if not response.text.strip():
-            transitions.fail(job, f"the chat model ({backend_label}) returned an empty answer")
+            transitions.fail(job, f"the chat model ({backend_label}) returned an empty answer{_unusual_finish(response)}")
         else:
             transitions.complete(job, response=response.text, backend=backend, backend_label=backend_label,
                                  summary=job.orchestrator_summary)
@@ -347,7 +359,7 @@ def _record_turn(job: Job, action: CallModel, response: ModelResponse, backend: 
     events.append(job, ("model.turn", _turn_event(action, response)))
     if not response.tool_calls:
         if not response.text.strip():
-            transitions.fail(job, f"the model ({backend_label}) returned an empty answer")
+            transitions.fail(job, f"the model ({backend_label}) returned an empty answer{_unusual_finish(response)}")
         elif job.options.get("respond_with_final", True):
             job.orchestrator_summary = response.text  # the chat-role model writes the answer next
         else:
@@ -364,11 +376,34 @@ def _record_turn(job: Job, action: CallModel, response: ModelResponse, backend: 
     return calls
 
 
+def _unusual_finish(response: ModelResponse) -> str:
+    """The provider's reason for stopping, when it was not the plain end of an answer."""
+    if response.finish_reason in ("", Finish.STOP):
+        return ""
+    return f" (finish reason: {response.raw_finish_reason or response.finish_reason})"
+
+
+def _incomplete_error(job: Job, action: CallModel, response: ModelResponse, backend_label: str) -> str:
+    """What `job.error` says about an answer cut off at the output limit or blocked."""
+    who = f"the chat model ({backend_label})" if action.purpose == "final" else f"the model ({backend_label})"
+    why = response.raw_finish_reason or response.finish_reason
+    calls = len(response.tool_calls)
+    not_run = f"; {'its tool call was' if calls == 1 else f'its {calls} tool calls were'} not run" if calls else ""
+    if response.finish_reason == Finish.BLOCKED:
+        return f"{who} was blocked before it finished its answer (finish reason: {why}){not_run}"
+    role = _role(job, "chat" if action.purpose == "final" else "orchestrator").role
+    limit = (f"the output limit of {response.output_limit:,} tokens" if response.output_limit
+             else "the model server's own output limit (the role sets none)")
+    return (f"{who} was cut off at {limit} before it finished its answer (finish reason: {why}){not_run}. "
+            f"Raise the {role} role's max output tokens in the model settings.")
+
+
 def _turn_event(action: CallModel, response: ModelResponse, purpose: str = "tool_loop") -> dict[str, Any]:
     return {
         "round": action.round, "model": action.model, "purpose": purpose, "text": response.text,
         "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in response.tool_calls],
         "usage": {"input_tokens": response.usage.input_tokens, "output_tokens": response.usage.output_tokens},
+        "finish_reason": response.raw_finish_reason or response.finish_reason,
     }
 
 
@@ -392,10 +427,11 @@ def _normalise_call_ids(response: ModelResponse, round_number: int) -> None:
         seen.add(call.id)
 
 
-def _add_usage(usage: dict[str, int], response: ModelResponse) -> dict[str, int]:
+def _add_usage(usage: dict[str, int], call: Usage) -> dict[str, int]:
+    """The job's usage with one more model call (answered or failed) counted in."""
     return {
-        "input_tokens": usage.get("input_tokens", 0) + response.usage.input_tokens,
-        "output_tokens": usage.get("output_tokens", 0) + response.usage.output_tokens,
+        "input_tokens": usage.get("input_tokens", 0) + call.input_tokens,
+        "output_tokens": usage.get("output_tokens", 0) + call.output_tokens,
         "model_calls": usage.get("model_calls", 0) + 1,
     }
 
@@ -471,12 +507,15 @@ def _finish_call(job: Job, call_pk: int, result: str, is_error: bool) -> None:
     job.save(update_fields=["last_seq", "updated_at"])
 
 
-def record_retry(*, owner: str, job_id: str, attempt: int, wait: float, error: str) -> None:
+def record_retry(*, owner: str, job_id: str, attempt: int, wait: float, error: str,
+                 usage: Usage | None = None) -> None:
+    """A failed attempt about to be retried: counted, with what it cost when the provider said."""
     with transaction.atomic():
         try:
             job = _lock(owner, job_id)
         except (LeaseLost, Job.DoesNotExist):
             return
+        job.usage = _add_usage(job.usage, usage or Usage())
         events.append(job, ("model.retry", {"attempt": attempt, "wait_seconds": round(wait, 2),
                                             "error": sanitise.storable(error)}))
-        job.save(update_fields=["last_seq", "updated_at"])
+        job.save(update_fields=["usage", "last_seq", "updated_at"])

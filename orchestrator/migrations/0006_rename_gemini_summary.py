@@ -5,7 +5,7 @@ class Migration(migrations.Migration):
     """`gemini_summary` held any provider's summary; the API keeps the old name."""
 
     dependencies = [
-        ('orchestrator', '0004_tool_call_verdict_reason'),
+        ('orchestrator', '0005_role_max_output_tokens'),
     ]
 
     operations = [

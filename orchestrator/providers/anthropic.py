@@ -18,6 +18,7 @@ from anthropic.types import Message as AnthropicMessage
 from .base import (
     CHECK_TIMEOUT,
     DeltaCallback,
+    Finish,
     LoopClients,
     Message,
     ModelRequest,
@@ -30,8 +31,14 @@ from .base import (
 from .openai_compat import retry_after
 
 THINKING = "anthropic_thinking"
-# The Messages API requires max_tokens; this fits every current Claude model's output limit.
-DEFAULT_MAX_TOKENS = 4096
+# The Messages API requires max_tokens. Unless the model role sets its own, a generous limit that
+# every current Claude model allows; the older models that allow less get their own maximum.
+DEFAULT_MAX_TOKENS = 16384
+SMALLER_MAXIMUMS = (("claude-3-5-", 8192), ("claude-3-haiku", 4096), ("claude-3-opus", 4096),
+                    ("claude-3-sonnet", 4096))
+# Stop reasons in the shared vocabulary. A full context window cuts the answer off like a limit.
+FINISH = {"end_turn": Finish.STOP, "stop_sequence": Finish.STOP, "tool_use": Finish.TOOL_CALLS,
+          "max_tokens": Finish.LENGTH, "model_context_window_exceeded": Finish.LENGTH, "refusal": Finish.BLOCKED}
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 # The most models the API lists on one page: one request sees the whole list.
 LIST_PAGE_SIZE = 1000
@@ -78,24 +85,35 @@ class AnthropicProvider:
     async def complete(self, request: ModelRequest, *, on_delta: DeltaCallback | None = None) -> ModelResponse:
         self._require_key()
         kwargs = anthropic_request(request)
+        usage = Usage()
         try:
             if on_delta is not None:
-                message = await self._stream(kwargs, on_delta)
+                message = await self._stream(kwargs, on_delta, usage)
             else:
                 message = await self.client.messages.create(**kwargs)
         except anthropic.APIError as error:
-            raise provider_error(error, self.base_url) from error
+            failure = provider_error(error, self.base_url)
+            failure.usage = usage
+            raise failure from error
         # A stream cut half way surfaces as the HTTP library's own error.
         except httpx2.TransportError as error:
             raise ProviderError(f"the connection to {self.base_url} dropped ({type(error).__name__}: {error})",
-                                retryable=True) from error
-        return from_anthropic_message(message)
+                                retryable=True, usage=usage) from error
+        response = from_anthropic_message(message)
+        response.output_limit = kwargs["max_tokens"]
+        return response
 
-    async def _stream(self, kwargs: dict[str, Any], on_delta: DeltaCallback) -> AnthropicMessage:
+    async def _stream(self, kwargs: dict[str, Any], on_delta: DeltaCallback, usage: Usage) -> AnthropicMessage:
+        """Stream text to `on_delta`; `usage` follows what the stream has reported so far."""
         # The SDK's stream helper assembles the final message, tool_use input JSON deltas included.
         async with self.client.messages.stream(**kwargs) as stream:
             async for event in stream:
-                if event.type == "text" and event.text:
+                if event.type == "message_start":
+                    usage.input_tokens = _input_tokens(event.message.usage)
+                    usage.output_tokens = event.message.usage.output_tokens or 0
+                elif event.type == "message_delta":
+                    usage.output_tokens = event.usage.output_tokens or usage.output_tokens
+                elif event.type == "text" and event.text:
                     await on_delta(event.text)
             return await stream.get_final_message()
 
@@ -107,8 +125,8 @@ class AnthropicProvider:
 
 def anthropic_request(request: ModelRequest) -> dict[str, Any]:
     messages = to_anthropic_messages(request.messages)
-    kwargs: dict[str, Any] = {"model": request.model, "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
-                              "messages": messages, "timeout": request.timeout}
+    kwargs: dict[str, Any] = {"model": request.model, "messages": messages, "timeout": request.timeout,
+                              "max_tokens": request.max_tokens or default_max_tokens(request.model)}
     if request.system:
         kwargs["system"] = request.system
     if request.temperature is not None:
@@ -123,6 +141,10 @@ def anthropic_request(request: ModelRequest) -> dict[str, Any]:
                             "input_schema": {"type": "object"}} for name in used]
         kwargs["tool_choice"] = {"type": "none"}
     return kwargs
+
+
+def default_max_tokens(model: str) -> int:
+    return next((limit for prefix, limit in SMALLER_MAXIMUMS if model.startswith(prefix)), DEFAULT_MAX_TOKENS)
 
 
 def to_anthropic_messages(messages: list[Message]) -> list[dict[str, Any]]:
@@ -189,8 +211,6 @@ def _tools_used(messages: list[dict[str, Any]]) -> list[str]:
 
 
 def from_anthropic_message(message: AnthropicMessage) -> ModelResponse:
-    if message.stop_reason == "refusal":
-        raise ProviderError("Claude declined to answer (stop reason: refusal)")
     text: list[str] = []
     calls: list[ModelToolCall] = []
     thinking: list[dict[str, Any]] = []
@@ -204,12 +224,15 @@ def from_anthropic_message(message: AnthropicMessage) -> ModelResponse:
             thinking.append({"type": "thinking", "thinking": block.thinking, "signature": block.signature})
         elif block.type == "redacted_thinking":
             thinking.append({"type": "redacted_thinking", "data": block.data})
-    usage = message.usage
-    # Cached prompt tokens are reported apart from the rest; all of them were read.
-    input_tokens = (usage.input_tokens or 0) + (usage.cache_creation_input_tokens or 0) + \
-        (usage.cache_read_input_tokens or 0)
+    raw = message.stop_reason or ""
     return ModelResponse(text="".join(text), tool_calls=calls, extra={THINKING: thinking} if thinking else {},
-                         usage=Usage(input_tokens, usage.output_tokens or 0), finish_reason=message.stop_reason or "")
+                         usage=Usage(_input_tokens(message.usage), message.usage.output_tokens or 0),
+                         finish_reason=FINISH.get(raw, Finish.OTHER) if raw else "", raw_finish_reason=raw)
+
+
+def _input_tokens(usage: Any) -> int:
+    # Cached prompt tokens are reported apart from the rest; all of them were read.
+    return (usage.input_tokens or 0) + (usage.cache_creation_input_tokens or 0) + (usage.cache_read_input_tokens or 0)
 
 
 # --------------------------------------------------------------------------- #

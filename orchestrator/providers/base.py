@@ -12,11 +12,15 @@ The transcript a provider receives is provider-neutral JSON, the same that is st
 `arguments` is kept as the raw string the model produced (it may not even be JSON); `extra` holds
 whatever a provider hands back opaquely and requires again unchanged (a Gemini thought signature,
 Claude's signed thinking blocks). A provider must replay `extra` it recognises and ignore the rest.
+
+Every answer says why the model stopped, in one vocabulary for all providers (`Finish`), with the
+provider's own word kept beside it for messages.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import weakref
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
@@ -42,6 +46,16 @@ class ModelRequest:
     purpose: str = "tool_loop"
 
 
+class Finish:
+    """Why a model stopped writing, whatever the provider calls it."""
+
+    STOP = "stop"  # the answer is whole
+    TOOL_CALLS = "tool_calls"  # it stopped to have tools run
+    LENGTH = "length"  # cut off at the output limit: the answer is incomplete
+    BLOCKED = "blocked"  # withheld or cut short by the provider's filters, or refused
+    OTHER = "other"  # anything else (an unexpected or malformed tool call, an unknown reason)
+
+
 @dataclass
 class ModelToolCall:
     id: str
@@ -62,7 +76,15 @@ class ModelResponse:
     tool_calls: list[ModelToolCall] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
-    finish_reason: str = ""
+    finish_reason: str = ""  # a `Finish` value ("" when the provider did not say)
+    raw_finish_reason: str = ""  # the provider's own word, for messages
+    # The output limit in tokens the request ran under; None when the server's own applied.
+    output_limit: int | None = None
+
+    @property
+    def incomplete(self) -> bool:
+        """Cut off or withheld: not an answer to act on."""
+        return self.finish_reason in (Finish.LENGTH, Finish.BLOCKED)
 
     def as_message(self) -> Message:
         message: Message = {"role": "assistant", "content": self.text}
@@ -96,15 +118,52 @@ class LoopClients(Generic[C]):
 
 
 class ProviderError(Exception):
-    """A model call that failed; `retryable` errors are retried with backoff by the engine."""
+    """A model call that failed; `retryable` errors are retried with backoff by the engine.
+
+    `usage` is what the provider reported before the failure (a stream cut half way is billed)."""
 
     def __init__(self, message: str, *, retryable: bool = False, retry_after: float | None = None,
-                 status: int | None = None) -> None:
+                 status: int | None = None, usage: Usage | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.retryable = retryable
         self.retry_after = retry_after
         self.status = status
+        self.usage = usage
+
+
+def arguments_text(value: Any) -> str:
+    """A tool call's arguments as text: some OpenAI-compatible servers send an object, not a string."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def replayable_arguments(raw: str | None) -> str:
+    """Arguments fit to send back in a past tool call: a JSON object, whatever the model wrote.
+
+    vLLM, Ollama and llama-server parse past arguments and refuse the whole request when they are
+    not a JSON object, which would end the job for a mistake the model was already told about. What
+    the model wrote stays in the stored transcript; the replay wraps it in an object instead."""
+    text = (raw or "").strip()
+    if not text:
+        return "{}"
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        value = None
+    if isinstance(value, dict):
+        return raw or "{}"
+    return json.dumps({"unparsed_arguments": raw})
 
 
 class Provider(Protocol):

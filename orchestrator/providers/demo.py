@@ -10,7 +10,7 @@ import json
 import re
 
 from ..context import FINAL_SUMMARY_HEADING
-from .base import CHECK_TIMEOUT, DeltaCallback, ModelRequest, ModelResponse, ModelToolCall, Usage
+from .base import CHECK_TIMEOUT, DeltaCallback, Finish, ModelRequest, ModelResponse, ModelToolCall, Usage
 
 LABEL = "Demo model (offline, scripted)"
 ARITHMETIC = re.compile(r"(?<![\w.])(\(?-?\d[\d.\s()+\-*/%^]*[+\-*/%^][\d.\s()+\-*/%^]*\d\)?)")
@@ -35,12 +35,13 @@ class DemoProvider:
         else:
             call = _choose_call(task, offered)
             if call is not None:
-                return ModelResponse(text="", tool_calls=[call], usage=_usage(request, 12))
+                return ModelResponse(text="", tool_calls=[call], usage=_usage(request, 12),
+                                     finish_reason=Finish.TOOL_CALLS)
             text = _introduction(task)
         if on_delta is not None:
             for piece in re.findall(r"\S+\s*", text):
                 await on_delta(piece)
-        return ModelResponse(text=text, usage=_usage(request, len(text.split())))
+        return ModelResponse(text=text, usage=_usage(request, len(text.split())), finish_reason=Finish.STOP)
 
 
 def _task_and_results(messages: list[dict]) -> tuple[str, list[dict]]:

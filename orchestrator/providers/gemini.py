@@ -34,6 +34,7 @@ from google.genai.client import AsyncClient
 from .base import (
     CHECK_TIMEOUT,
     DeltaCallback,
+    Finish,
     LoopClients,
     Message,
     ModelRequest,
@@ -52,6 +53,11 @@ THOUGHTS = "gemini_thoughts"
 # Finish reasons that mean Gemini withheld the answer rather than failed to write one.
 BLOCKED = frozenset({"SAFETY", "RECITATION", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY",
                      "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "MODEL_ARMOR"})
+# A quota that waiting a minute does not refill: none at all, or a daily one.
+_DAILY_QUOTA = re.compile(r"per ?day", re.IGNORECASE)
+_ZERO_LIMIT = re.compile(r"\blimit: 0\b")
+# What Gemini accepts as a function's name: a call the model made up may not qualify.
+_FUNCTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 # The most models the API lists on one page: one request sees the whole list.
 LIST_PAGE_SIZE = 1000
@@ -106,21 +112,29 @@ class GeminiProvider:
         self._require_key()
         contents = to_gemini_contents(request.messages)
         config = gemini_config(request)
+        spent = Usage()
         try:
             if on_delta is not None:
-                response = await self._stream(request.model, contents, config, on_delta)
+                response = await self._stream(request.model, contents, config, on_delta, spent)
             else:
                 response = await self.client.models.generate_content(model=request.model, contents=contents,
                                                                      config=config)
         except genai_errors.APIError as error:
-            raise provider_error(error) from error
+            failure = provider_error(error)
+            failure.usage = spent
+            raise failure from error
         except (httpx2.TransportError, httpx.TransportError) as error:
-            raise transport_error(error) from error
-        return from_gemini_response(response)
+            failure = transport_error(error)
+            failure.usage = spent
+            raise failure from error
+        answer = from_gemini_response(response)
+        answer.output_limit = request.max_tokens or None
+        return answer
 
     async def _stream(self, model: str, contents: list[types.Content], config: types.GenerateContentConfig,
-                      on_delta: DeltaCallback) -> types.GenerateContentResponse:
-        """Stream text to `on_delta` and gather the chunks into one response."""
+                      on_delta: DeltaCallback, spent: Usage) -> types.GenerateContentResponse:
+        """Stream text to `on_delta` and gather the chunks into one response; `spent` follows the
+        usage reported so far."""
         parts: list[types.Part] = []
         answered = False
         finish: Any = None
@@ -130,6 +144,8 @@ class GeminiProvider:
                                                                             config=config):
             feedback = chunk.prompt_feedback or feedback
             usage = chunk.usage_metadata or usage
+            if usage is not None:
+                spent.input_tokens, spent.output_tokens = _token_counts(usage)
             if not chunk.candidates:
                 continue
             answered = True
@@ -150,7 +166,7 @@ class GeminiProvider:
 
 
 def gemini_config(request: ModelRequest) -> types.GenerateContentConfig:
-    tools = None
+    tools = tool_config = None
     if request.tools:
         tools = [types.Tool(function_declarations=[
             # Raw JSON schema goes in `parameters_json_schema`: `parameters` is Gemini's own OpenAPI
@@ -158,15 +174,31 @@ def gemini_config(request: ModelRequest) -> types.GenerateContentConfig:
             types.FunctionDeclaration(name=spec["name"], description=spec.get("description") or "",
                                       parameters_json_schema=spec.get("parameters") or None)
             for spec in request.tools])]
+    elif used := _tools_used(request.messages):
+        # A turn that offers no tools (the last round) after a transcript with calls in it: with no
+        # declarations Gemini may call one anyway and end with UNEXPECTED_TOOL_CALL. Declare the
+        # ones the transcript used and forbid calling them.
+        tools = [types.Tool(function_declarations=[
+            types.FunctionDeclaration(name=name, description="Not available any more in this task.")
+            for name in used])]
+        tool_config = types.ToolConfig(
+            function_calling_config=types.FunctionCallingConfig(mode=types.FunctionCallingConfigMode.NONE))
     return types.GenerateContentConfig(
         system_instruction=request.system or None,
         tools=tools,
+        tool_config=tool_config,
         # The engine runs tools itself, under policy; the SDK must never call anything.
         automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
         temperature=request.temperature,
         max_output_tokens=request.max_tokens or None,
         http_options=types.HttpOptions(timeout=max(1, round(request.timeout * 1000))),
     )
+
+
+def _tools_used(messages: list[Message]) -> list[str]:
+    names = [call["name"] for message in messages if message["role"] == "assistant"
+             for call in message.get("tool_calls") or () if _FUNCTION_NAME.match(str(call.get("name", "")))]
+    return list(dict.fromkeys(names))
 
 
 def to_gemini_contents(messages: list[Message]) -> list[types.Content]:
@@ -303,19 +335,27 @@ def from_gemini_response(response: types.GenerateContentResponse) -> ModelRespon
         previous_thought = bool(part.thought) and part.function_call is None
 
     answer = "".join(text)
-    if not answer and not calls:
-        if finish in BLOCKED:
-            raise ProviderError(f"Gemini blocked the answer: {finish}")
-        if finish == "MALFORMED_FUNCTION_CALL":
-            raise ProviderError("Gemini wrote a function call it could not complete (MALFORMED_FUNCTION_CALL)",
-                                retryable=True)
+    if not answer and not calls and finish == "MALFORMED_FUNCTION_CALL":
+        raise ProviderError("Gemini wrote a function call it could not complete (MALFORMED_FUNCTION_CALL)",
+                            retryable=True)
     extra: dict[str, Any] = {}
     if text_signature:
         extra[SIGNATURE] = text_signature
     if thoughts:
         extra[THOUGHTS] = thoughts
     return ModelResponse(text=answer, tool_calls=calls, extra=extra, usage=_usage(response),
-                         finish_reason=finish)
+                         finish_reason=finish_reason(finish, bool(calls)), raw_finish_reason=finish)
+
+
+def finish_reason(raw: str, called: bool) -> str:
+    """Gemini ends a turn with calls in it with STOP too."""
+    if not raw or raw == "FINISH_REASON_UNSPECIFIED":
+        return ""
+    if raw == "STOP":
+        return Finish.TOOL_CALLS if called else Finish.STOP
+    if raw == "MAX_TOKENS":
+        return Finish.LENGTH
+    return Finish.BLOCKED if raw in BLOCKED else Finish.OTHER
 
 
 def _tool_call(call: types.FunctionCall, signature: str | None) -> ModelToolCall:
@@ -329,11 +369,14 @@ def _tool_call(call: types.FunctionCall, signature: str | None) -> ModelToolCall
 
 
 def _usage(response: types.GenerateContentResponse) -> Usage:
-    usage = response.usage_metadata
-    if usage is None:
+    if response.usage_metadata is None:
         return Usage()
+    return Usage(*_token_counts(response.usage_metadata))
+
+
+def _token_counts(usage: types.GenerateContentResponseUsageMetadata) -> tuple[int, int]:
     # Thinking is billed as output, so it counts as output here too.
-    return Usage(usage.prompt_token_count or 0, (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0))
+    return usage.prompt_token_count or 0, (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)
 
 
 def _enum_name(value: Any) -> str:
@@ -359,6 +402,9 @@ def provider_error(error: genai_errors.APIError) -> ProviderError:
     details = _error_details(error)
     if status in (401, 403) or any(d.get("reason") == "API_KEY_INVALID" for d in details):
         return ProviderError(f"the API key was rejected ({status}): {detail}", status=status)
+    if status == 429 and _quota_exhausted(detail, details):
+        return ProviderError(f"the quota is used up (429): {detail} Waiting minutes will not help: the quota is "
+                             "daily, or this key or model has none; check the plan and billing.", status=status)
     if status == 429:
         return ProviderError(f"rate limited (429): {detail}", retryable=True, retry_after=_retry_hint(error, details),
                              status=status)
@@ -378,6 +424,21 @@ def _error_details(error: genai_errors.APIError) -> list[dict[str, Any]]:
     inner = body.get("error", body) if isinstance(body, dict) else None
     details = inner.get("details") if isinstance(inner, dict) else None
     return [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
+
+
+def _quota_exhausted(message: str, details: list[dict[str, Any]]) -> bool:
+    """A 429 that names a daily quota, or a limit of 0 (a model the key's tier may not use)."""
+    if _ZERO_LIMIT.search(message):
+        return True
+    for detail in details:
+        if not str(detail.get("@type", "")).endswith("google.rpc.QuotaFailure"):
+            continue
+        for violation in detail.get("violations") or ():
+            if not isinstance(violation, dict):
+                continue
+            if _DAILY_QUOTA.search(str(violation.get("quotaId", ""))) or str(violation.get("quotaValue")) == "0":
+                return True
+    return False
 
 
 def _retry_hint(error: genai_errors.APIError, details: list[dict[str, Any]]) -> float | None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import email.utils
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 
 from .base import (
     CHECK_TIMEOUT,
     DeltaCallback,
+    Finish,
     LoopClients,
     Message,
     ModelRequest,
@@ -18,8 +20,15 @@ from .base import (
     ModelToolCall,
     ProviderError,
     Usage,
+    arguments_text,
     check_report,
+    replayable_arguments,
 )
+
+# Chat Completions finish reasons (and the words local servers use) in the shared vocabulary.
+FINISH = {"stop": Finish.STOP, "eos": Finish.STOP, "stop_sequence": Finish.STOP, "end_turn": Finish.STOP,
+          "tool_calls": Finish.TOOL_CALLS, "function_call": Finish.TOOL_CALLS, "length": Finish.LENGTH,
+          "max_tokens": Finish.LENGTH, "content_filter": Finish.BLOCKED, "refusal": Finish.BLOCKED}
 
 
 class OpenAIProvider:
@@ -63,24 +72,31 @@ class OpenAIProvider:
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature
         if request.max_tokens:
-            kwargs["max_tokens"] = request.max_tokens
+            kwargs[limit_parameter(self.base_url)] = request.max_tokens
+        usage = Usage()
         try:
             if on_delta is not None:
-                return await self._stream(kwargs, on_delta)
-            return from_openai_completion(await self.client.chat.completions.create(**kwargs))
+                response = await self._stream(kwargs, on_delta, usage)
+            else:
+                response = from_openai_completion(await self.client.chat.completions.create(**kwargs))
         except openai.APIError as error:
-            raise provider_error(error, self.base_url) from error
+            failure = provider_error(error, self.base_url)
+            failure.usage = usage
+            raise failure from error
+        response.output_limit = request.max_tokens or None
+        return response
 
-    async def _stream(self, kwargs: dict[str, Any], on_delta: DeltaCallback) -> ModelResponse:
+    async def _stream(self, kwargs: dict[str, Any], on_delta: DeltaCallback, usage: Usage) -> ModelResponse:
+        """Stream text to `on_delta`; `usage` is filled in as the server reports it."""
         stream = await self.client.chat.completions.create(
             **kwargs, stream=True, stream_options={"include_usage": True})
         text: list[str] = []
         calls: dict[int, dict[str, str]] = {}
-        usage = Usage()
         finish = ""
         async for chunk in stream:
             if chunk.usage:
-                usage = Usage(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0)
+                usage.input_tokens = chunk.usage.prompt_tokens or 0
+                usage.output_tokens = chunk.usage.completion_tokens or 0
             for choice in chunk.choices:
                 finish = choice.finish_reason or finish
                 delta = choice.delta
@@ -92,11 +108,18 @@ class OpenAIProvider:
                     call["id"] = part.id or call["id"]
                     if part.function:
                         call["name"] += part.function.name or ""
-                        call["arguments"] += part.function.arguments or ""
+                        call["arguments"] += arguments_text(part.function.arguments)
         return ModelResponse(
             text="".join(text),
             tool_calls=[ModelToolCall(c["id"], c["name"], c["arguments"]) for _, c in sorted(calls.items())],
-            usage=usage, finish_reason=finish)
+            usage=Usage(usage.input_tokens, usage.output_tokens), finish_reason=finish_reason(finish),
+            raw_finish_reason=finish)
+
+
+def limit_parameter(base_url: str) -> str:
+    """OpenAI's own API wants `max_completion_tokens` (its reasoning models refuse `max_tokens`);
+    the servers people run themselves (Ollama, vLLM, llama-server, LM Studio) know `max_tokens`."""
+    return "max_completion_tokens" if urlsplit(base_url or "").hostname == "api.openai.com" else "max_tokens"
 
 
 def to_openai_messages(request: ModelRequest) -> list[dict[str, Any]]:
@@ -117,7 +140,8 @@ def _to_openai(message: Message) -> dict[str, Any]:
             "role": "assistant",
             "content": message.get("content") or None,
             "tool_calls": [{"id": call["id"], "type": "function",
-                            "function": {"name": call["name"], "arguments": call.get("arguments") or "{}"}}
+                            "function": {"name": call["name"],
+                                         "arguments": replayable_arguments(call.get("arguments"))}}
                            for call in message["tool_calls"]],
         }
     return {"role": role, "content": message.get("content") or ""}
@@ -128,13 +152,18 @@ def from_openai_completion(completion: Any) -> ModelResponse:
         raise ProviderError("the model returned no choices", retryable=True)
     choice = completion.choices[0]
     message = choice.message
-    calls = [ModelToolCall(call.id or "", call.function.name or "", call.function.arguments or "")
+    calls = [ModelToolCall(call.id or "", call.function.name or "", arguments_text(call.function.arguments))
              for call in (message.tool_calls or []) if getattr(call, "function", None) is not None]
     usage = Usage()
     if completion.usage:
         usage = Usage(completion.usage.prompt_tokens or 0, completion.usage.completion_tokens or 0)
+    raw = choice.finish_reason or ""
     return ModelResponse(text=message.content or "", tool_calls=calls, usage=usage,
-                         finish_reason=choice.finish_reason or "")
+                         finish_reason=finish_reason(raw), raw_finish_reason=raw)
+
+
+def finish_reason(raw: str | None) -> str:
+    return FINISH.get(raw, Finish.OTHER) if raw else ""
 
 
 def provider_error(error: openai.APIError, base_url: str) -> ProviderError:
@@ -148,6 +177,10 @@ def provider_error(error: openai.APIError, base_url: str) -> ProviderError:
         detail = _detail(error)
         if status in (401, 403):
             return ProviderError(f"the API key was rejected ({status}): {detail}", status=status)
+        if status == 429 and _code(error) == "insufficient_quota":
+            # Waiting does not refill a quota: the account needs credit or a higher plan.
+            return ProviderError(f"the account's quota is used up (429 insufficient_quota): {detail}",
+                                 status=status)
         if status == 429:
             return ProviderError(f"rate limited (429): {detail}", retryable=True,
                                  retry_after=retry_after(error.response.headers), status=status)
@@ -157,7 +190,25 @@ def provider_error(error: openai.APIError, base_url: str) -> ProviderError:
             return ProviderError(f"the provider failed ({status}): {detail}", retryable=True,
                                  retry_after=retry_after(error.response.headers), status=status)
         return ProviderError(f"the provider refused the request ({status}): {detail}", status=status)
-    return ProviderError(f"model call failed: {error}")
+    # An error event inside a stream that had started well: the server failed half way.
+    code = _code(error)
+    if code == "insufficient_quota":
+        return ProviderError(f"the account's quota is used up (insufficient_quota): {error.message}")
+    if _client_fault(code):
+        return ProviderError(f"the provider refused the request: {error.message}")
+    return ProviderError(f"the provider failed while answering: {error.message}", retryable=True)
+
+
+def _code(error: openai.APIError) -> str:
+    """The error's code, else its type: `insufficient_quota`, `500`, `invalid_request_error`…"""
+    return str(error.code or getattr(error, "type", None) or "")
+
+
+def _client_fault(code: str) -> bool:
+    """An error event that blames the request itself (a 4xx code or a client error type)."""
+    if code.isdigit():
+        return 400 <= int(code) < 500 and int(code) not in (408, 429)
+    return code in ("invalid_request_error", "BadRequestError")
 
 
 def _detail(error: openai.APIStatusError) -> str:

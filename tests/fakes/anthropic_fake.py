@@ -3,6 +3,11 @@
 Serves `POST /v1/messages` (plain and streamed with the real event sequence),
 `POST /v1/messages/count_tokens`, and `GET /v1/models[/{id}]`.
 
+Strict as the real API about tool blocks: every tool_use answered by tool_result
+blocks at the start of the next user message, and `tools` defined in any request
+whose history holds tool_use or tool_result blocks. `max_tokens` is honoured: an
+answer longer than it is cut off with stop reason `max_tokens`.
+
     with AnthropicFake() as fake:
         client = anthropic.AsyncAnthropic(base_url=fake.base_url, api_key="sk-ant-test")
 """
@@ -18,13 +23,11 @@ from tests.fakes.http import (
     Reply,
     Request,
     Response,
-    StreamingResponse,
     ToolCall,
     Turn,
     error_headers,
     json_response,
     new_id,
-    paced,
     run_cli,
     split_evenly,
     sse,
@@ -125,7 +128,15 @@ class AnthropicFake(ProviderFake):
         messages = body["messages"]
         if not isinstance(messages, list) or not messages:
             return ErrorReply(400, "messages: at least one message is required")
-        return _tool_pairing_problem(messages)
+        return _tool_pairing_problem(messages) or _undefined_tools_problem(body, messages)
+
+    length_reason = "max_tokens"
+
+    def output_limit(self, body: Mapping[str, Any]) -> Any:
+        return body.get("max_tokens")
+
+    def stream_error_event(self) -> bytes:
+        return sse({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, "error")
 
     def count_tool_results(self, body: Mapping[str, Any]) -> int:
         return sum(1 for _, block in _blocks(body.get("messages") or ()) if block.get("type") == "tool_result")
@@ -152,7 +163,7 @@ class AnthropicFake(ProviderFake):
             message = _message(message_id, model, _content(turn, calls), stop_reason, _usage(prompt, output))
             return json_response(message, headers=headers)
         events = [sse(data, data["type"]) for data in _stream_events(message_id, model, turn, calls, stop_reason, prompt, output)]
-        return StreamingResponse(paced(request, events, turn.chunk_delay), headers=headers, abort_after=turn.abort_after)
+        return self.streaming(request, turn, events, headers)
 
 
 # --------------------------------------------------------------------------- #
@@ -174,7 +185,33 @@ def _tool_pairing_problem(messages: list[Any]) -> ErrorReply | None:
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             return ErrorReply(400, f"messages.{index}: Input should be a valid dictionary")
-    return _unexpected_results(messages) or _unanswered_uses(messages)
+    return _unexpected_results(messages) or _results_first(messages) or _unanswered_uses(messages)
+
+
+def _results_first(messages: list[Any]) -> ErrorReply | None:
+    """A user message that answers tool_use blocks must begin with all of its tool_result blocks."""
+    for index, message in enumerate(messages):
+        if message.get("role") != "user" or not index:
+            continue
+        expected = len(_tool_use_ids(messages[index - 1]))
+        types = [b.get("type") for _, b in _blocks([message])]
+        leading = next((n for n, kind in enumerate(types) if kind != "tool_result"), len(types))
+        if types.count("tool_result") > leading or (expected and leading < expected):
+            return ErrorReply(
+                400,
+                f"messages.{index}: Did not find {expected or types.count('tool_result')} `tool_result` block(s) at "
+                "the beginning of this message. Messages following `tool_use` blocks must begin with a matching "
+                "number of `tool_result` blocks.",
+            )
+    return None
+
+
+def _undefined_tools_problem(body: Mapping[str, Any], messages: list[Any]) -> ErrorReply | None:
+    if body.get("tools"):
+        return None
+    if any(block.get("type") in ("tool_use", "tool_result") for _, block in _blocks(messages)):
+        return ErrorReply(400, "Requests which include `tool_use` or `tool_result` blocks must define tools.")
+    return None
 
 
 def _unexpected_results(messages: list[Any]) -> ErrorReply | None:

@@ -5,9 +5,17 @@ Serves `POST /{version}/models/{model}:generateContent`,
 and `GET /{version}/models/{model}` for connection checks. Any `v1*` version
 segment is accepted because the SDK's default version moves between releases.
 
-Thought signatures behave like Gemini 3: every functionCall part handed out
-carries a unique `thoughtSignature`; a later request replaying that part must
-carry the same signature or the request is refused with HTTP 400.
+Thought signatures behave like Gemini 3: the first functionCall part of each
+answer carries a unique `thoughtSignature` (parallel calls after it carry none);
+a later request replaying that part must carry the same signature, and any
+signature replayed must be the one issued for that call, or the request is
+refused with HTTP 400.
+
+Function calling behaves like Gemini's: with `toolConfig.functionCallingConfig`
+mode NONE the model answers in text instead of calling; with no tools declared a
+call ends the answer with finish reason UNEXPECTED_TOOL_CALL and no content.
+`generationConfig.maxOutputTokens` is honoured: a longer answer is cut off with
+finish reason MAX_TOKENS.
 
     with GeminiFake() as fake:
         client = genai.Client(api_key="k", http_options=types.HttpOptions(base_url=fake.base_url))
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -31,17 +40,15 @@ from tests.fakes.http import (
     Reply,
     Request,
     Response,
-    StreamingResponse,
     Turn,
     error_headers,
     json_response,
     new_id,
-    paced,
     run_cli,
     sse,
 )
 
-__all__ = ["GeminiFake", "SKIP_SIGNATURE_VALUES"]
+__all__ = ["GeminiFake", "SKIP_SIGNATURE_VALUES", "quota_exceeded"]
 
 _CALL_PATH = re.compile(r"^/(v1[a-z0-9]*)/((?:models|tunedModels)/[^/:]+):([A-Za-z]+)$")
 _MODEL_PATH = re.compile(r"^/(v1[a-z0-9]*)/models/([^/:]+)$")
@@ -190,19 +197,21 @@ class GeminiFake(ProviderFake):
         for index, content in enumerate(contents):
             if not isinstance(content, dict) or content.get("role") != "model":
                 continue
-            for part in content.get("parts") or ():
-                call = part.get("functionCall") if isinstance(part, dict) else None
-                if call is None:
-                    continue
-                problem = self._check_signature(index, call, part.get("thoughtSignature"))
+            calls = [p for p in content.get("parts") or () if isinstance(p, dict) and p.get("functionCall") is not None]
+            for position, part in enumerate(calls):
+                # Only the first of parallel calls was signed; a signature on any call must be its own.
+                required = position == 0
+                problem = self._check_signature(index, part["functionCall"], part.get("thoughtSignature"), required)
                 if problem is not None:
                     return ErrorReply(400, problem)
         return None
 
-    def _check_signature(self, index: int, call: Mapping[str, Any], signature: Any) -> str | None:
+    def _check_signature(self, index: int, call: Mapping[str, Any], signature: Any, required: bool) -> str | None:
         name = call.get("name")
         where = f"function call `{name}` in the {index + 1}. content block"
         if not signature:
+            if not required:
+                return None
             return f"Unable to submit request because {where} is missing a thought signature (`thought_signature`). {_SIGNATURE_DOCS}"
         raw = _decode_signature(signature)
         if raw in SKIP_SIGNATURE_VALUES:
@@ -237,6 +246,15 @@ class GeminiFake(ProviderFake):
 
     # -- answers ------------------------------------------------------------ #
 
+    length_reason = "MAX_TOKENS"
+
+    def output_limit(self, body: Mapping[str, Any]) -> Any:
+        config = body.get("generationConfig") or {}
+        return config.get("maxOutputTokens") if isinstance(config, dict) else None
+
+    def stream_error_event(self) -> bytes:
+        return sse(_error_body(503, _DEFAULT_MESSAGES[503]))
+
     def error_response(self, error: ErrorReply) -> Response:
         body = error.body
         if body is None:
@@ -252,9 +270,19 @@ class GeminiFake(ProviderFake):
         output = self.output_tokens(turn)
         thoughts = 16 * len(turn.tool_calls)
         usage = _usage(prompt, output, thoughts)
-        finish = turn.finish_reason or "STOP"
         response_id = new_id("", 22)
-        call_parts = [self._call_part(call.name, call.arguments_object(), call.id) for call in turn.tool_calls]
+        if turn.tool_calls and _calling_forbidden(body):
+            # Told not to call, the model writes its answer instead.
+            turn = dataclasses.replace(turn, tool_calls=(), text=turn.text or self.final_text, chunks=None)
+        if turn.tool_calls and not body.get("tools"):
+            answer = _response(None, "UNEXPECTED_TOOL_CALL", _usage(prompt, 0, thoughts), model, response_id)
+            if not stream:
+                return json_response(answer)
+            return json_response([answer]) if request.query.get("alt") != "sse" else self.streaming(
+                request, turn, [sse(answer)])
+        finish = turn.finish_reason or "STOP"
+        call_parts = [self._call_part(call.name, call.arguments_object(), call.id, signed=position == 0)
+                      for position, call in enumerate(turn.tool_calls)]
         if not stream:
             parts = ([{"text": turn.full_text}] if turn.full_text or not call_parts else []) + call_parts
             return json_response(_response(parts, finish, usage, model, response_id))
@@ -262,22 +290,48 @@ class GeminiFake(ProviderFake):
         if request.query.get("alt") != "sse":
             # Without alt=sse the service streams one JSON array.
             return json_response(chunks)
-        events = [sse(chunk) for chunk in chunks]
-        return StreamingResponse(paced(request, events, turn.chunk_delay), abort_after=turn.abort_after)
+        return self.streaming(request, turn, [sse(chunk) for chunk in chunks])
 
-    def _call_part(self, name: str, args: dict[str, Any], call_id: str | None) -> dict[str, Any]:
-        raw = self._sign(name, args)
-        if self.record:
-            self.signatures[raw] = (name, _canonical(args))
+    def _call_part(self, name: str, args: dict[str, Any], call_id: str | None, *, signed: bool) -> dict[str, Any]:
         call: dict[str, Any] = {"name": name, "args": args}
         if call_id is not None:
             call["id"] = call_id
+        if not signed:
+            return {"functionCall": call}
+        raw = self._sign(name, args)
+        if self.record:
+            self.signatures[raw] = (name, _canonical(args))
         return {"functionCall": call, "thoughtSignature": base64.b64encode(raw).decode("ascii")}
 
 
 # --------------------------------------------------------------------------- #
 # Wire format helpers
 # --------------------------------------------------------------------------- #
+
+
+def _calling_forbidden(body: Mapping[str, Any]) -> bool:
+    config = body.get("toolConfig") or {}
+    calling = config.get("functionCallingConfig") or {} if isinstance(config, dict) else {}
+    return isinstance(calling, dict) and calling.get("mode") == "NONE"
+
+
+def quota_exceeded(*, per_day: bool = True, model: str = "gemini-2.5-pro") -> ErrorReply:
+    """Gemini's 429 for a spent quota: a daily one, or (`per_day=False`) a per-minute one."""
+    quota_id = ("GenerateRequestsPerDayPerProjectPerModel-FreeTier" if per_day
+                else "GenerateRequestsPerMinutePerProjectPerModel-FreeTier")
+    details = [
+        {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
+            "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+            "quotaId": quota_id, "quotaDimensions": {"location": "global", "model": model},
+            "quotaValue": "50" if per_day else "15"}]},
+        {"@type": "type.googleapis.com/google.rpc.Help",
+         "links": [{"description": "Learn more about Gemini API quotas",
+                    "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]},
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "27s"},
+    ]
+    message = ("You exceeded your current quota, please check your plan and billing details. For more information "
+               "on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.")
+    return ErrorReply(429, body=_error_body(429, message, details))
 
 
 def _canonical(value: Any) -> str:
@@ -352,13 +406,15 @@ def _usage(prompt: int, output: int, thoughts: int) -> dict[str, Any]:
 
 
 def _response(
-    parts: list[dict[str, Any]],
+    parts: list[dict[str, Any]] | None,
     finish: str | None,
     usage: dict[str, Any],
     model: str,
     response_id: str,
 ) -> dict[str, Any]:
-    candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
+    candidate: dict[str, Any] = {"index": 0}
+    if parts is not None:
+        candidate["content"] = {"parts": parts, "role": "model"}
     if finish is not None:
         candidate["finishReason"] = finish
     return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model, "responseId": response_id}

@@ -427,8 +427,10 @@ class Turn:
     behaviour would answer", which lets a test add just a delay.
     `chunks` are the text deltas used when the request streams; `chunk_delay`
     spaces them out; `abort_after` cuts a streamed answer after that many
-    events. `finish_reason` overrides the provider's stop reason verbatim.
-    `input_tokens`/`output_tokens` override the estimated usage.
+    events; `error_after` sends the provider's own server-error event after that
+    many events and ends the stream (a failure half way through an answer that
+    had started well). `finish_reason` overrides the provider's stop reason
+    verbatim. `input_tokens`/`output_tokens` override the estimated usage.
     `raw` is sent verbatim as the whole response body (a misbehaving server's reply:
     NaN, lone surrogates, absurd nesting, wrong types); it takes precedence over the rest.
     """
@@ -440,6 +442,7 @@ class Turn:
     delay: float = 0.0
     chunk_delay: float = 0.0
     abort_after: int | None = None
+    error_after: int | None = None
     finish_reason: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
@@ -570,6 +573,7 @@ class ProviderFake:
         delay: float = 0.0,
         chunk_delay: float = 0.0,
         abort_after: int | None = None,
+        error_after: int | None = None,
         finish_reason: str | None = None,
     ) -> Self:
         if text is None and chunks is None:
@@ -581,17 +585,25 @@ class ProviderFake:
                 delay=delay,
                 chunk_delay=chunk_delay,
                 abort_after=abort_after,
+                error_after=error_after,
                 finish_reason=finish_reason,
             )
         )
 
     def script_tool_calls(
-        self, *calls: ToolCallLike, text: str | None = None, delay: float = 0.0, chunk_delay: float = 0.0
+        self,
+        *calls: ToolCallLike,
+        text: str | None = None,
+        delay: float = 0.0,
+        chunk_delay: float = 0.0,
+        finish_reason: str | None = None,
     ) -> Self:
         if not calls:
             raise ValueError("script_tool_calls needs at least one call")
         tool_calls = tuple(_as_tool_call(c) for c in calls)
-        return self.script(Turn(text=text, tool_calls=tool_calls, delay=delay, chunk_delay=chunk_delay))
+        return self.script(
+            Turn(text=text, tool_calls=tool_calls, delay=delay, chunk_delay=chunk_delay, finish_reason=finish_reason)
+        )
 
     def script_error(
         self,
@@ -771,7 +783,27 @@ class ProviderFake:
             return self.error_response(turn.error)
         if turn.is_default:
             turn = _replace_default(turn, self.default_turn(body))
-        return self.answer(request, body, turn, stream=stream, model=model)
+        return self.answer(request, body, self._within_limit(turn, body), stream=stream, model=model)
+
+    def _within_limit(self, turn: Turn, body: Mapping[str, Any]) -> Turn:
+        """The turn cut off at the request's output limit, as a real model would be."""
+        limit = self.output_limit(body)
+        if not isinstance(limit, int) or limit <= 0 or self.output_tokens(turn) <= limit:
+            return turn
+        cut = turn.full_text[: limit * 4]
+        return dataclasses.replace(
+            turn, text=cut, chunks=None, output_tokens=limit, finish_reason=turn.finish_reason or self.length_reason
+        )
+
+    def streaming(
+        self, request: Request, turn: Turn, events: list[bytes], headers: Sequence[tuple[str, str]] = ()
+    ) -> StreamingResponse:
+        """A streamed answer of `events`, failing half way when the turn says so."""
+        if turn.error_after is not None:
+            events = [*events[: turn.error_after], self.stream_error_event()]
+        return StreamingResponse(
+            paced(request, events, turn.chunk_delay), headers=list(headers), abort_after=turn.abort_after
+        )
 
     def default_turn(self, body: Mapping[str, Any]) -> Turn:
         if self.count_tool_results(body) < self.rounds:
@@ -814,6 +846,17 @@ class ProviderFake:
 
     def check_turn(self, turn: Turn) -> None:
         """Reject turns the provider could not express, at scripting time."""
+
+    #: The provider's finish reason for an answer cut off at the output limit.
+    length_reason: ClassVar[str] = "length"
+
+    def output_limit(self, body: Mapping[str, Any]) -> Any:
+        """The output limit in tokens the request sets, if any."""
+        return None
+
+    def stream_error_event(self) -> bytes:
+        """The event the provider sends when it fails in the middle of a stream."""
+        raise NotImplementedError
 
 
 def _replace_default(scripted: Turn, default: Turn) -> Turn:

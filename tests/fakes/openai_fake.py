@@ -3,6 +3,12 @@
 Serves `POST /v1/chat/completions` (also without `/v1`), plain and streamed
 as Server-Sent Events, and `GET /v1/models` for connection checks.
 
+In strict mode it refuses what the servers people run locally refuse: past
+tool-call `arguments` that are not a JSON object (vLLM, Ollama and llama-server
+parse them to render the chat template, and answer 400 when they cannot).
+`arguments_as_objects=True` answers tool calls with `arguments` as a JSON object
+rather than a string, as some OpenAI-compatible servers do.
+
     with OpenAIFake() as fake:
         client = openai.AsyncOpenAI(base_url=fake.base_url, api_key="sk-test")
 
@@ -11,6 +17,7 @@ Run standalone (for benchmarks): `python -m tests.fakes.openai_fake --port 0`.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
@@ -21,18 +28,16 @@ from tests.fakes.http import (
     Reply,
     Request,
     Response,
-    StreamingResponse,
     Turn,
     error_headers,
     json_response,
     new_id,
-    paced,
     run_cli,
     split_evenly,
     sse,
 )
 
-__all__ = ["OpenAIFake"]
+__all__ = ["OpenAIFake", "insufficient_quota"]
 
 _COMPLETIONS_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
 _MODELS_PATHS = frozenset({"/v1/models", "/models"})
@@ -54,9 +59,12 @@ class OpenAIFake(ProviderFake):
     api_prefix: ClassVar[str] = "/v1"
     default_model: ClassVar[str] = "gpt-4o-mini"
 
-    def __init__(self, *, models: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o"), **kwargs: Any) -> None:
+    def __init__(
+        self, *, models: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o"), arguments_as_objects: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.models = models
+        self.arguments_as_objects = arguments_as_objects
 
     # -- routing ------------------------------------------------------------ #
 
@@ -117,7 +125,14 @@ class OpenAIFake(ProviderFake):
             return _invalid("[] is too short - 'messages'", "messages")
         if body.get("stream_options") is not None and body.get("stream") is not True:
             return _invalid("The 'stream_options' parameter is only allowed when 'stream' is enabled.", "stream_options")
-        return _tool_message_problem(messages)
+        return _tool_message_problem(messages) or _past_arguments_problem(messages)
+
+    def output_limit(self, body: Mapping[str, Any]) -> Any:
+        return body.get("max_completion_tokens") or body.get("max_tokens")
+
+    def stream_error_event(self) -> bytes:
+        return sse(_error_body("The server had an error while processing your request. Sorry about that!",
+                               "server_error", None))
 
     def count_tool_results(self, body: Mapping[str, Any]) -> int:
         return sum(1 for m in body.get("messages") or () if isinstance(m, dict) and m.get("role") == "tool")
@@ -141,13 +156,15 @@ class OpenAIFake(ProviderFake):
         headers = [("x-request-id", new_id("req_", 32)), ("openai-processing-ms", "1")]
         completion_id = new_id("chatcmpl-", 29)
         calls = [(call.id or new_id("call_", 24), call) for call in turn.tool_calls]
+        objects = self.arguments_as_objects
         if not stream:
-            return json_response(_completion(completion_id, model, turn, calls, finish, usage), headers=headers)
+            completion = _completion(completion_id, model, turn, calls, finish, usage, objects)
+            return json_response(completion, headers=headers)
         options = body.get("stream_options") or {}
         include_usage = bool(options.get("include_usage"))
-        chunks = _stream_chunks(completion_id, model, turn, calls, finish, usage if include_usage else None)
+        chunks = _stream_chunks(completion_id, model, turn, calls, finish, usage if include_usage else None, objects)
         events = [sse(chunk) for chunk in chunks] + [sse("[DONE]")]
-        return StreamingResponse(paced(request, events, turn.chunk_delay), headers=headers, abort_after=turn.abort_after)
+        return self.streaming(request, turn, events, headers)
 
 
 # --------------------------------------------------------------------------- #
@@ -206,6 +223,32 @@ def _tool_message_problem(messages: list[Any]) -> ErrorReply | None:
     return None
 
 
+def _past_arguments_problem(messages: list[Any]) -> ErrorReply | None:
+    """vLLM's answer to a past tool call whose arguments it cannot parse into an object."""
+    for message in messages:
+        for call in message.get("tool_calls") or () if message.get("role") == "assistant" else ():
+            function = call.get("function") if isinstance(call, dict) else None
+            arguments = function.get("arguments") if isinstance(function, dict) else None
+            if not isinstance(arguments, str):
+                continue
+            try:
+                value = json.loads(arguments)
+            except ValueError as error:
+                return ErrorReply(400, body={"error": {"message": str(error), "type": "BadRequestError",
+                                                       "param": None, "code": 400}})
+            if not isinstance(value, dict):
+                return ErrorReply(400, body={"error": {"message": "tool call arguments must be a JSON object",
+                                                       "type": "BadRequestError", "param": None, "code": 400}})
+    return None
+
+
+def insufficient_quota() -> ErrorReply:
+    """OpenAI's answer when the account has no credit left: a 429 that waiting does not cure."""
+    message = ("You exceeded your current quota, please check your plan and billing details. For more information "
+               "on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.")
+    return ErrorReply(429, body=_error_body(message, "insufficient_quota", "insufficient_quota"))
+
+
 def _missing_tool_responses(ids: list[str], index: int) -> ErrorReply:
     return _invalid(
         "An assistant message with 'tool_calls' must be followed by tool messages responding to each "
@@ -236,6 +279,7 @@ def _completion(
     calls: list[tuple[str, Any]],
     finish: str,
     usage: dict[str, Any],
+    objects: bool = False,
 ) -> dict[str, Any]:
     message: dict[str, Any] = {
         "role": "assistant",
@@ -245,7 +289,7 @@ def _completion(
     }
     if calls:
         message["tool_calls"] = [
-            {"id": call_id, "type": "function", "function": {"name": call.name, "arguments": call.arguments_json()}}
+            {"id": call_id, "type": "function", "function": {"name": call.name, "arguments": _arguments(call, objects)}}
             for call_id, call in calls
         ]
     return {
@@ -260,6 +304,10 @@ def _completion(
     }
 
 
+def _arguments(call: Any, objects: bool) -> Any:
+    return call.arguments_object() if objects else call.arguments_json()
+
+
 def _stream_chunks(
     completion_id: str,
     model: str,
@@ -267,6 +315,7 @@ def _stream_chunks(
     calls: list[tuple[str, Any]],
     finish: str,
     usage: dict[str, Any] | None,
+    objects: bool = False,
 ) -> Iterator[dict[str, Any]]:
     created = int(time.time())
     with_usage = usage is not None
@@ -289,6 +338,10 @@ def _stream_chunks(
     for piece in turn.deltas():
         yield chunk({"content": piece})
     for index, (call_id, call) in enumerate(calls):
+        if objects:  # such servers send each call whole, in one piece
+            whole = {"name": call.name, "arguments": _arguments(call, objects)}
+            yield chunk({"tool_calls": [{"index": index, "id": call_id, "type": "function", "function": whole}]})
+            continue
         head = {"index": index, "id": call_id, "type": "function", "function": {"name": call.name, "arguments": ""}}
         yield chunk({"tool_calls": [head]})
         for piece in split_evenly(call.arguments_json()):

@@ -20,9 +20,9 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from tests.fakes.anthropic_fake import AnthropicFake
-from tests.fakes.gemini_fake import GeminiFake
+from tests.fakes.gemini_fake import GeminiFake, quota_exceeded
 from tests.fakes.http import ToolCall, Turn
-from tests.fakes.openai_fake import OpenAIFake
+from tests.fakes.openai_fake import OpenAIFake, insufficient_quota
 
 OPENAI_KEY = "sk-test-openai-0000"
 GEMINI_KEY = "gemini-test-key"
@@ -83,6 +83,8 @@ async def anthropic_client(anthropic_fake: AnthropicFake) -> AsyncIterator[anthr
 
 
 USER = [{"role": "user", "content": "What time is it?"}]
+CLAUDE_TOOLS = [{"name": name, "description": name, "input_schema": {"type": "object"}}
+                for name in ("get_weather", "get_time")]
 
 
 # --------------------------------------------------------------------------- #
@@ -270,6 +272,67 @@ async def test_openai_rejects_unanswered_tool_calls(openai_fake: OpenAIFake, ope
         await openai_client.chat.completions.create(model=GPT, messages=messages)
 
 
+async def test_openai_refuses_past_arguments_that_are_not_json_as_vllm_does(
+    openai_fake: OpenAIFake, openai_client: openai.AsyncOpenAI
+) -> None:
+    def history(arguments: str) -> list[dict[str, Any]]:
+        call = {"id": "c1", "type": "function", "function": {"name": "calculator", "arguments": arguments}}
+        return [*USER, {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c1", "content": "Error: not JSON"}]
+
+    for broken in ('{"expression": "1+', "[1, 2]"):
+        with pytest.raises(openai.BadRequestError) as caught:
+            await openai_client.chat.completions.create(model=GPT, messages=history(broken))
+        assert caught.value.status_code == 400
+    openai_fake.script_text("Fine.")
+    answer = await openai_client.chat.completions.create(model=GPT, messages=history('{"expression": "1+1"}'))
+    assert answer.choices[0].message.content == "Fine."
+
+
+async def test_openai_cuts_an_answer_off_at_max_tokens(openai_fake: OpenAIFake, openai_client: openai.AsyncOpenAI) -> None:
+    openai_fake.script_text("word " * 100)
+    openai_fake.script_text(chunks=["word " * 50, "word " * 50])
+
+    plain = await openai_client.chat.completions.create(model=GPT, messages=USER, max_tokens=10)
+    assert plain.choices[0].finish_reason == "length" and plain.usage.completion_tokens == 10
+    assert plain.choices[0].message.content == ("word " * 100)[:40]
+    stream = await openai_client.chat.completions.create(model=GPT, messages=USER, max_tokens=10, stream=True)
+    finishes = [c.finish_reason async for chunk in stream for c in chunk.choices if c.finish_reason]
+    assert finishes == ["length"]
+
+
+async def test_openai_content_filter_and_an_exhausted_quota(
+    openai_fake: OpenAIFake, openai_client: openai.AsyncOpenAI
+) -> None:
+    openai_fake.script_text("I will not", finish_reason="content_filter")
+    openai_fake.script(Turn(error=insufficient_quota()))
+
+    filtered = await openai_client.chat.completions.create(model=GPT, messages=USER)
+    assert filtered.choices[0].finish_reason == "content_filter"
+    with pytest.raises(openai.RateLimitError) as caught:
+        await openai_client.chat.completions.create(model=GPT, messages=USER)
+    assert caught.value.code == "insufficient_quota" and "exceeded your current quota" in caught.value.message
+
+
+async def test_openai_fails_half_way_through_a_stream(openai_fake: OpenAIFake, openai_client: openai.AsyncOpenAI) -> None:
+    openai_fake.script_text(chunks=["a", "b", "c", "d"], error_after=3)
+
+    stream = await openai_client.chat.completions.create(model=GPT, messages=USER, stream=True)
+    pieces: list[str] = []
+    with pytest.raises(openai.APIError, match="The server had an error"):
+        async for chunk in stream:
+            pieces.extend(c.delta.content for c in chunk.choices if c.delta.content)
+    assert pieces == ["a", "b"]
+
+
+async def test_openai_can_send_arguments_as_objects() -> None:
+    with OpenAIFake(arguments_as_objects=True) as fake:
+        fake.script_tool_calls(("calculator", {"expression": "6*7"}))
+        async with openai.AsyncOpenAI(base_url=fake.base_url, api_key=OPENAI_KEY, max_retries=0) as client:
+            response = await client.chat.completions.create(model=GPT, messages=USER)
+    assert response.choices[0].message.tool_calls[0].function.arguments == {"expression": "6*7"}
+
+
 # --------------------------------------------------------------------------- #
 # Gemini
 # --------------------------------------------------------------------------- #
@@ -284,9 +347,15 @@ def _answers(calls: list[types.FunctionCall]) -> types.Content:
     return types.Content(role="user", parts=parts)
 
 
+GEMINI_TOOLS = types.GenerateContentConfig(
+    tools=[types.Tool(function_declarations=[types.FunctionDeclaration(name=name, description=name)
+                                             for name in ("get_weather", "get_time", "current_time")])],
+    automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True))
+
+
 async def _two_call_turn(fake: GeminiFake, client: Any) -> types.GenerateContentResponse:
     fake.script_tool_calls(("get_weather", {"city": "Paris"}), ("get_time", {"tz": "Europe/Paris"}))
-    return await client.models.generate_content(model=GEMINI, contents=[_question()])
+    return await client.models.generate_content(model=GEMINI, contents=[_question()], config=GEMINI_TOOLS)
 
 
 async def test_gemini_two_function_calls_with_signatures(gemini_fake: GeminiFake, gemini_client: Any) -> None:
@@ -296,10 +365,10 @@ async def test_gemini_two_function_calls_with_signatures(gemini_fake: GeminiFake
         ("get_weather", {"city": "Paris"}),
         ("get_time", {"tz": "Europe/Paris"}),
     ]
-    signatures = [p.thought_signature for p in response.candidates[0].content.parts]
-    assert all(isinstance(s, bytes) and s for s in signatures)
-    assert len(set(signatures)) == 2
-    assert set(signatures) <= set(gemini_fake.signatures)
+    # As Gemini 3 does: only the first of parallel calls is signed.
+    first, second = [p.thought_signature for p in response.candidates[0].content.parts]
+    assert isinstance(first, bytes) and first and second is None
+    assert set(gemini_fake.signatures) == {first}
     assert response.usage_metadata.total_token_count > response.usage_metadata.prompt_token_count
 
 
@@ -308,17 +377,17 @@ async def test_gemini_replay_with_signatures_intact(gemini_fake: GeminiFake, gem
     gemini_fake.script_text("Sunny; it is noon.")
 
     contents = [_question(), response.candidates[0].content, _answers(response.function_calls)]
-    final = await gemini_client.models.generate_content(model=GEMINI, contents=contents)
+    final = await gemini_client.models.generate_content(model=GEMINI, contents=contents, config=GEMINI_TOOLS)
 
     assert final.text == "Sunny; it is noon."
     replayed = gemini_fake.last_call["contents"][1]["parts"]
-    assert all(part["thoughtSignature"] for part in replayed)
+    assert replayed[0]["thoughtSignature"] and "thoughtSignature" not in replayed[1]
 
 
 async def test_gemini_replay_without_signature_is_rejected(gemini_fake: GeminiFake, gemini_client: Any) -> None:
     response = await _two_call_turn(gemini_fake, gemini_client)
     stripped = response.candidates[0].content.model_copy(deep=True)
-    stripped.parts[1].thought_signature = None
+    stripped.parts[0].thought_signature = None
 
     with pytest.raises(genai_errors.ClientError) as caught:
         await gemini_client.models.generate_content(
@@ -405,7 +474,9 @@ async def test_gemini_streamed_function_calls_replay(gemini_fake: GeminiFake, ge
 
     parts: list[types.Part] = []
     calls: list[types.FunctionCall] = []
-    async for chunk in await gemini_client.models.generate_content_stream(model=GEMINI, contents=[_question()]):
+    async for chunk in await gemini_client.models.generate_content_stream(
+        model=GEMINI, contents=[_question()], config=GEMINI_TOOLS
+    ):
         parts.extend(chunk.candidates[0].content.parts)
         calls.extend(chunk.function_calls or ())
     model_turn = types.Content(role="model", parts=parts)
@@ -469,6 +540,54 @@ async def test_gemini_default_loop_through_automatic_function_calling(
     assert gemini_fake.call_count == 4
 
 
+async def test_gemini_calls_without_declared_tools_end_as_unexpected_and_mode_none_answers_in_text(
+    gemini_fake: GeminiFake, gemini_client: Any
+) -> None:
+    gemini_fake.script_tool_calls(("get_time", {}))
+    gemini_fake.script_tool_calls(("get_time", {}), text="It is noon.")
+
+    unexpected = await gemini_client.models.generate_content(model=GEMINI, contents=[_question()])
+    assert unexpected.candidates[0].finish_reason == types.FinishReason.UNEXPECTED_TOOL_CALL
+    assert unexpected.candidates[0].content is None
+    forbidden = GEMINI_TOOLS.model_copy(update={"tool_config": types.ToolConfig(
+        function_calling_config=types.FunctionCallingConfig(mode=types.FunctionCallingConfigMode.NONE))})
+    answered = await gemini_client.models.generate_content(model=GEMINI, contents=[_question()], config=forbidden)
+    assert answered.text == "It is noon." and not answered.function_calls
+
+
+async def test_gemini_cuts_an_answer_off_at_max_output_tokens_and_blocks(
+    gemini_fake: GeminiFake, gemini_client: Any
+) -> None:
+    gemini_fake.script_text("word " * 100)
+    gemini_fake.script_text("Some of", finish_reason="SAFETY")
+
+    cut = await gemini_client.models.generate_content(
+        model=GEMINI, contents="hi", config=types.GenerateContentConfig(max_output_tokens=10))
+    assert cut.candidates[0].finish_reason == types.FinishReason.MAX_TOKENS and cut.text == ("word " * 100)[:40]
+    blocked = await gemini_client.models.generate_content(model=GEMINI, contents="hi")
+    assert blocked.candidates[0].finish_reason == types.FinishReason.SAFETY
+
+
+async def test_gemini_daily_quota_names_itself(gemini_fake: GeminiFake, gemini_client: Any) -> None:
+    gemini_fake.script(Turn(error=quota_exceeded(per_day=True)))
+
+    with pytest.raises(genai_errors.ClientError) as caught:
+        await gemini_client.models.generate_content(model=GEMINI, contents="hi")
+    assert caught.value.code == 429 and caught.value.status == "RESOURCE_EXHAUSTED"
+    [failure] = [d for d in caught.value.details["error"]["details"] if d["@type"].endswith("QuotaFailure")]
+    assert "PerDay" in failure["violations"][0]["quotaId"]
+
+
+async def test_gemini_fails_half_way_through_a_stream(gemini_fake: GeminiFake, gemini_client: Any) -> None:
+    gemini_fake.script_text(chunks=["a", "b", "c"], error_after=1)
+
+    pieces: list[str] = []
+    with pytest.raises(genai_errors.ServerError) as caught:
+        async for chunk in await gemini_client.models.generate_content_stream(model=GEMINI, contents="hi"):
+            pieces.append(chunk.text)
+    assert pieces == ["a"] and caught.value.code == 503
+
+
 # --------------------------------------------------------------------------- #
 # Anthropic
 # --------------------------------------------------------------------------- #
@@ -480,11 +599,12 @@ async def test_anthropic_two_tool_uses_and_tool_result_round_trip(
     anthropic_fake.script_tool_calls(("get_weather", {"city": "Paris"}), ("get_time", {}), text="Checking.")
     anthropic_fake.script_text("Sunny at noon.")
 
-    first = await anthropic_client.messages.create(model=CLAUDE, max_tokens=256, messages=USER)
+    first = await anthropic_client.messages.create(model=CLAUDE, max_tokens=256, messages=USER, tools=CLAUDE_TOOLS)
     uses = [b for b in first.content if b.type == "tool_use"]
     results = [{"type": "tool_result", "tool_use_id": u.id, "content": f"result of {u.name}"} for u in uses]
     messages = [*USER, {"role": "assistant", "content": first.content}, {"role": "user", "content": results}]
-    second = await anthropic_client.messages.create(model=CLAUDE, max_tokens=256, messages=messages)
+    second = await anthropic_client.messages.create(model=CLAUDE, max_tokens=256, messages=messages,
+                                                    tools=CLAUDE_TOOLS)
 
     assert first.stop_reason == "tool_use"
     assert first.content[0].type == "text" and first.content[0].text == "Checking."
@@ -597,6 +717,62 @@ async def test_anthropic_slow_answer_times_out(
     with pytest.raises(anthropic.APITimeoutError):
         await anthropic_client.messages.create(model=CLAUDE, max_tokens=64, messages=USER, timeout=0.3)
     await anthropic_fake.wait_for_disconnects(1)
+
+
+async def test_anthropic_refuses_tool_blocks_in_a_request_without_tools(
+    anthropic_fake: AnthropicFake, anthropic_client: anthropic.AsyncAnthropic
+) -> None:
+    messages = [
+        *USER,
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_time", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "noon"}]},
+    ]
+    with pytest.raises(anthropic.BadRequestError, match="must define tools"):
+        await anthropic_client.messages.create(model=CLAUDE, max_tokens=64, messages=messages)
+    anthropic_fake.script_text("Noon.")
+    answer = await anthropic_client.messages.create(model=CLAUDE, max_tokens=64, messages=messages, tools=CLAUDE_TOOLS)
+    assert answer.content[0].text == "Noon."
+
+
+async def test_anthropic_wants_tool_results_first_in_their_user_turn(
+    anthropic_fake: AnthropicFake, anthropic_client: anthropic.AsyncAnthropic
+) -> None:
+    anthropic_fake.script_text("Noon.")
+    use = {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_time", "input": {}}]}
+    result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "noon"}
+    text = {"type": "text", "text": "Answer now."}
+    for turns in ([{"role": "user", "content": [text, result]}],
+                  [{"role": "user", "content": [text]}, {"role": "user", "content": [result]}]):
+        with pytest.raises(anthropic.BadRequestError, match="`tool_result` block"):
+            await anthropic_client.messages.create(model=CLAUDE, max_tokens=64, messages=[*USER, use, *turns],
+                                                   tools=CLAUDE_TOOLS)
+    answer = await anthropic_client.messages.create(
+        model=CLAUDE, max_tokens=64, messages=[*USER, use, {"role": "user", "content": [result, text]}],
+        tools=CLAUDE_TOOLS)
+    assert answer.stop_reason == "end_turn"
+
+
+async def test_anthropic_cuts_an_answer_off_at_max_tokens(
+    anthropic_fake: AnthropicFake, anthropic_client: anthropic.AsyncAnthropic
+) -> None:
+    anthropic_fake.script_text("word " * 100)
+
+    answer = await anthropic_client.messages.create(model=CLAUDE, max_tokens=10, messages=USER)
+    assert answer.stop_reason == "max_tokens" and answer.usage.output_tokens == 10
+    assert answer.content[0].text == ("word " * 100)[:40]
+
+
+async def test_anthropic_fails_half_way_through_a_stream(
+    anthropic_fake: AnthropicFake, anthropic_client: anthropic.AsyncAnthropic
+) -> None:
+    anthropic_fake.script_text(chunks=["a", "b", "c"], error_after=5)
+
+    pieces: list[str] = []
+    with pytest.raises(anthropic.APIStatusError, match="Overloaded") as caught:
+        async with anthropic_client.messages.stream(model=CLAUDE, max_tokens=64, messages=USER) as stream:
+            async for text in stream.text_stream:
+                pieces.append(text)
+    assert pieces == ["a", "b"] and caught.value.type == "overloaded_error"
 
 
 # --------------------------------------------------------------------------- #

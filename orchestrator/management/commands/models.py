@@ -4,7 +4,7 @@
     manage.py models add-profile NAME --provider openai --model gpt-4o-mini [--base-url URL]
                                  [--api-key-env VAR] [--user NAME] [--max-rounds N] [--timeout S]
     manage.py models assign ROLE PROFILE [--user NAME] [--system-append TEXT] [--no-datetime] [--no-mode]
-                                 [--tools a,b]
+                                 [--tools a,b] [--max-output-tokens N]
     manage.py models unassign ROLE [--user NAME]
 
 The operator at the command line may change every profile and role (`by=None` in the services).
@@ -48,6 +48,8 @@ class Command(BaseCommand):
         assign.add_argument("--no-datetime", action="store_true")
         assign.add_argument("--no-mode", action="store_true")
         assign.add_argument("--tools", default="", help="comma-separated allow-list of tools")
+        assign.add_argument("--max-output-tokens", type=int,
+                            help="the longest answer in tokens (default: the provider's)")
         unassign = sub.add_parser("unassign")
         unassign.add_argument("role")
         unassign.add_argument("--user")
@@ -83,7 +85,9 @@ class Command(BaseCommand):
         for name in sorted(names):
             config = roles.role_config(owner, name)
             self.stdout.write(f"  {name:<14} {config.model:<40} from {config.label_source}"
-                              + (f" (profile {config.profile_name})" if config.profile_name else ""))
+                              + (f" (profile {config.profile_name})" if config.profile_name else "")
+                              + (f", at most {config.max_output_tokens} output tokens"
+                                 if config.max_output_tokens else ""))
 
     def add_profile(self, owner, *, name, provider, model, base_url, api_key_env, max_rounds, timeout,
                     temperature, **options):
@@ -99,7 +103,8 @@ class Command(BaseCommand):
                                         profile_id=existing.pk if existing else None)
         self.stdout.write(f"{'Updated' if existing else 'Created'} profile {profile.name} ({profile.model_string})")
 
-    def assign(self, owner, *, role, profile, system_append, no_datetime, no_mode, tools, **options):
+    def assign(self, owner, *, role, profile, system_append, no_datetime, no_mode, tools, max_output_tokens,
+               **options):
         profile_id = None
         if profile != "default":
             found = (ModelProfile.objects.filter(owner=owner, name=profile).first()
@@ -109,7 +114,8 @@ class Command(BaseCommand):
             profile_id = found.pk
         services.role_assign(by=None, owner=owner, role=role, profile_id=profile_id, system_append=system_append,
                              inject_datetime=not no_datetime, inject_mode=not no_mode,
-                             tools=[t.strip() for t in tools.split(",") if t.strip()])
+                             tools=[t.strip() for t in tools.split(",") if t.strip()],
+                             max_output_tokens=max_output_tokens)
         self.stdout.write(f"Role {role} now uses {profile}")
 
     def unassign(self, owner, *, role, **options):
