@@ -4,17 +4,31 @@ Used wherever the server connects to an address someone typed: the `http_get` to
 every connection it opens, see tools/builtin/web.py) and model endpoints in people's own profiles
 (checked when the profile is saved and again before every connection test and model call).
 Private, loopback and link-local addresses are refused unless CORTEX_HTTP_ALLOW_PRIVATE is set.
+
+`checked_transport` closes the gap between a check and the connection it vouches for: it resolves
+the host once, refuses the whole request if any resolved address is not public, and connects to
+the checked address itself. Nothing resolves the name a second time, so a DNS answer that
+changes between check and connect (rebinding) cannot slip a private address in. TLS still runs
+against the URL's hostname, so SNI and certificate verification are unchanged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import socket
+import ssl
+from collections.abc import Callable, Iterable
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+import httpcore
+import httpcore2
+import httpx
+import httpx2
 from django.conf import settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -170,3 +184,65 @@ async def check_endpoint(url: str) -> None:
     """A model endpoint someone typed, checked under the site's setting. Run right before every
     connection to it: a name that resolved to a public address yesterday may not today."""
     await check_url(url, allow_private=settings.CORTEX_HTTP_ALLOW_PRIVATE)
+
+
+
+@functools.cache
+def _backend_class(core: ModuleType) -> type:
+    """A network backend for `core` (httpcore, or httpcore2 under the provider SDKs' httpx2: the
+    same API under two names) that opens TCP connections only to addresses that passed
+    `check_address`."""
+
+    class CheckedNetworkBackend(core.AsyncNetworkBackend):
+        def __init__(self, allow_private: bool | Callable[[], bool]) -> None:
+            self._allow_private = allow_private
+            self._inner = core.AnyIOBackend()
+
+        async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                              local_address: str | None = None, socket_options: Iterable[Any] | None = None):
+            allow = self._allow_private() if callable(self._allow_private) else self._allow_private
+            addresses = await checked_addresses(host, port, allow)
+            failure: Exception | None = None
+            for address in addresses:
+                try:
+                    # An IP literal: the inner backend connects to exactly this address.
+                    return await self._inner.connect_tcp(str(address), port, timeout=timeout,
+                                                         local_address=local_address, socket_options=socket_options)
+                except (core.ConnectError, core.ConnectTimeout) as exc:
+                    failure = exc
+            assert failure is not None
+            raise failure
+
+        async def connect_unix_socket(self, path: str, timeout: float | None = None,
+                                      socket_options: Iterable[Any] | None = None):
+            raise AddressRefused("unix sockets are not allowed")
+
+        async def sleep(self, seconds: float) -> None:
+            await self._inner.sleep(seconds)
+
+    return CheckedNetworkBackend
+
+
+def checked_transport(allow_private: bool | Callable[[], bool], *, http: ModuleType = httpx, core: ModuleType = httpcore,
+                      ssl_context: ssl.SSLContext | None = None, max_connections: int = 4,
+                      keepalive_expiry: float = 5.0) -> Any:
+    """An `http.AsyncHTTPTransport` whose every connection goes through the checked backend. A
+    refused address raises `Unreachable` out of the request (an SDK may wrap it as a connection
+    error). `allow_private` may be a function, asked at every connection."""
+    context = ssl_context or http.create_ssl_context()
+    transport = http.AsyncHTTPTransport(verify=context, trust_env=False, retries=0)
+    # httpx offers no public hook for the network backend, so the pool it built is replaced.
+    # Fail loudly if that attribute ever moves: silently keeping httpx's pool would bypass the check.
+    if not isinstance(getattr(transport, "_pool", None), core.AsyncConnectionPool):
+        raise RuntimeError("this httpx version does not keep its pool in _pool; the address check cannot be installed")
+    transport._pool = core.AsyncConnectionPool(
+        ssl_context=context, network_backend=_backend_class(core)(allow_private), max_connections=max_connections,
+        keepalive_expiry=keepalive_expiry, http1=True, http2=False, retries=0)
+    return transport
+
+
+def endpoint_transport() -> Any:
+    """The transport for the provider SDKs (which speak httpx2) to a model endpoint someone typed:
+    every connection checked under the site's setting, with a pool the size a busy executor needs."""
+    return checked_transport(lambda: settings.CORTEX_HTTP_ALLOW_PRIVATE, http=httpx2, core=httpcore2,
+                             max_connections=100, keepalive_expiry=30.0)

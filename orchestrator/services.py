@@ -512,7 +512,8 @@ def profile_check(*, user: AbstractBaseUser, profile_id: int) -> str:
     profile = selectors.usable_profile_for_user(user, profile_id)
     try:
         found = roles.credentials(profile.pk)
-        provider, model = resolve(profile.model_string, base_url=found.base_url, api_key=found.api_key)
+        provider, model = resolve(profile.model_string, base_url=found.base_url, api_key=found.api_key,
+                                   public_only=found.public_only)
     except (crypto.SecretUnreadable, ProviderError) as error:
         raise Invalid(str(error)) from None
 

@@ -9,7 +9,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.urls import reverse
 
-from orchestrator import roles, services
+from orchestrator import netguard, roles, services
 from orchestrator.models import ModelProfile, RoleAssignment
 from tests.conftest import signed_in
 from tests.fakes.anthropic_fake import AnthropicFake
@@ -206,6 +206,54 @@ def test_a_job_checks_the_endpoint_before_every_call(owner, settings, mallory_fa
     job = async_to_sync(engine.run_until)(job.pk, "error")
     assert "is not allowed: refused to connect to 127.0.0.1" in job.error
     assert mallory_fake.requests == []
+
+
+@pytest.fixture
+def rebinding(monkeypatch):
+    """The endpoint's name passes the check before a call, then resolves to a private address when
+    the SDK connects: the check that runs ahead of the call is made to see a public address."""
+    async def passes(url: str) -> None:
+        return None
+
+    monkeypatch.setattr(netguard, "check_endpoint", passes)
+
+
+FAKES = {"openai": OpenAIFake, "gemini": GeminiFake, "anthropic": AnthropicFake}
+
+
+@pytest.mark.parametrize("provider", FAKES)
+def test_the_connection_test_refuses_a_private_address_met_only_when_connecting(owner, alice, settings,
+                                                                                rebinding, provider):
+    with FAKES[provider]() as fake:
+        settings.CORTEX_HTTP_ALLOW_PRIVATE = True
+        profile = services.profile_save(by=owner, owner=owner, name="mine", provider=provider,
+                                        model=fake.default_model, base_url=fake.base_url, api_key="my-own-key-1234")
+        settings.CORTEX_HTTP_ALLOW_PRIVATE = False
+        html = alice.post(reverse("profile-check", args=[profile.pk]), headers=HTMX).content.decode()
+        assert "check-failed" in html
+        assert fake.requests == []
+
+
+def test_a_job_refuses_a_private_address_met_only_when_connecting(owner, settings, mallory_fake, engine,
+                                                                  default_persona, rebinding):
+    settings.CORTEX_HTTP_ALLOW_PRIVATE = True
+    profile = services.profile_save(by=owner, owner=owner, name="mine", provider="openai", model="gpt-4o-mini",
+                                    base_url=mallory_fake.base_url)
+    services.role_assign(by=owner, owner=owner, role="orchestrator", profile_id=profile.pk)
+    settings.CORTEX_HTTP_ALLOW_PRIVATE = False
+    settings.CORTEX_MODEL_ATTEMPTS = 1
+    job = services.job_submit(user=owner, task="Hi")
+    job = async_to_sync(engine.run_until)(job.pk, "error")
+    assert job.error.startswith("model call failed")
+    assert mallory_fake.requests == []
+
+
+def test_staff_site_wide_endpoints_connect_without_the_check(staff, alice, settings, mallory_fake, rebinding):
+    settings.CORTEX_HTTP_ALLOW_PRIVATE = False
+    profile = services.profile_save(by=staff, owner=None, name="ollama", provider="openai", model="gpt-4o-mini",
+                                    base_url=mallory_fake.base_url)
+    html = alice.post(reverse("profile-check", args=[profile.pk]), headers=HTMX).content.decode()
+    assert "check-ok" in html and mallory_fake.requests
 
 
 def test_the_admin_applies_the_same_rules(staff, owner):

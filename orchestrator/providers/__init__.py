@@ -37,18 +37,21 @@ def parse_model(value: str) -> ModelChoice:
     return ModelChoice(provider, model)
 
 
-def resolve(value: str, *, base_url: str | None = None, api_key: str | None = None) -> tuple[Provider, str]:
+def resolve(value: str, *, base_url: str | None = None, api_key: str | None = None,
+            public_only: bool = False) -> tuple[Provider, str]:
     """The provider instance and model name for `provider:model`. Clients are shared per endpoint
-    so connections are reused across jobs."""
+    so connections are reused across jobs. `public_only`: the endpoint is one a person typed, so
+    every connection to it is address-checked as it is opened (see netguard)."""
     choice = parse_model(value)
     if choice.provider == "openai":
-        return _openai(*_endpoint(base_url, api_key, settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY)), choice.model
-    if choice.provider == "gemini":
-        return (_gemini(*_endpoint(base_url, api_key, settings.CORTEX_GEMINI_BASE_URL, settings.GEMINI_API_KEY)),
+        return (_openai(*_endpoint(base_url, api_key, settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY), public_only),
                 choice.model)
+    if choice.provider == "gemini":
+        return (_gemini(*_endpoint(base_url, api_key, settings.CORTEX_GEMINI_BASE_URL, settings.GEMINI_API_KEY),
+                        public_only), choice.model)
     if choice.provider == "anthropic":
         return (_anthropic(*_endpoint(base_url, api_key, settings.CORTEX_ANTHROPIC_BASE_URL,
-                                      settings.ANTHROPIC_API_KEY)), choice.model)
+                                      settings.ANTHROPIC_API_KEY), public_only), choice.model)
     return _demo(), choice.model
 
 
@@ -69,21 +72,21 @@ def _demo() -> Provider:
 
 
 @lru_cache(maxsize=32)
-def _openai(base_url: str, api_key: str) -> Provider:
+def _openai(base_url: str, api_key: str, public_only: bool) -> Provider:
     from .openai_compat import OpenAIProvider
 
-    return OpenAIProvider(base_url=base_url, api_key=api_key)
+    return OpenAIProvider(base_url=base_url, api_key=api_key, public_only=public_only)
 
 
 @lru_cache(maxsize=32)
-def _gemini(base_url: str, api_key: str) -> Provider:
+def _gemini(base_url: str, api_key: str, public_only: bool) -> Provider:
     from .gemini import GeminiProvider
 
-    return GeminiProvider(base_url=base_url, api_key=api_key)
+    return GeminiProvider(base_url=base_url, api_key=api_key, public_only=public_only)
 
 
 @lru_cache(maxsize=32)
-def _anthropic(base_url: str, api_key: str) -> Provider:
+def _anthropic(base_url: str, api_key: str, public_only: bool) -> Provider:
     from .anthropic import AnthropicProvider
 
-    return AnthropicProvider(base_url=base_url, api_key=api_key)
+    return AnthropicProvider(base_url=base_url, api_key=api_key, public_only=public_only)

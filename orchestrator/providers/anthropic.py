@@ -15,6 +15,7 @@ import anthropic
 import httpx2
 from anthropic.types import Message as AnthropicMessage
 
+from .. import netguard
 from .base import (
     CHECK_TIMEOUT,
     DeltaCallback,
@@ -47,7 +48,8 @@ LIST_PAGE_SIZE = 1000
 class AnthropicProvider:
     name = "anthropic"
 
-    def __init__(self, *, base_url: str, api_key: str) -> None:
+    def __init__(self, *, base_url: str, api_key: str, public_only: bool = False) -> None:
+        self._public_only = public_only
         self.base_url = base_url or DEFAULT_BASE_URL
         self._api_key = api_key
         self._clients = LoopClients(self._new_client)
@@ -58,7 +60,10 @@ class AnthropicProvider:
 
     def _new_client(self) -> anthropic.AsyncAnthropic:
         # The engine retries durably with backoff; the SDK's own retries would hide Retry-After.
-        return anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self.base_url, max_retries=0)
+        http_client = (anthropic.DefaultAsyncHttpxClient(transport=netguard.endpoint_transport())
+                       if self._public_only else None)
+        return anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self.base_url, max_retries=0,
+                                        http_client=http_client)
 
     def _require_key(self) -> None:
         if not self._api_key:

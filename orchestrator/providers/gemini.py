@@ -31,6 +31,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 from google.genai.client import AsyncClient
 
+from .. import netguard
 from .base import (
     CHECK_TIMEOUT,
     DeltaCallback,
@@ -66,9 +67,10 @@ LIST_PAGE_SIZE = 1000
 class GeminiProvider:
     name = "gemini"
 
-    def __init__(self, *, base_url: str, api_key: str) -> None:
+    def __init__(self, *, base_url: str, api_key: str, public_only: bool = False) -> None:
         self.base_url = base_url
         self._api_key = api_key
+        self._public_only = public_only
         self._clients = LoopClients(self._new_client)
 
     @property
@@ -78,7 +80,9 @@ class GeminiProvider:
     def _new_client(self) -> genai.Client:
         # Exactly one attempt, which also turns off the SDK's implicit retry of connection errors:
         # the engine retries durably and honours Gemini's retry hint, which SDK retries would hide.
-        options = types.HttpOptions(base_url=self.base_url or None, retry_options=types.HttpRetryOptions(attempts=1))
+        options = types.HttpOptions(
+            base_url=self.base_url or None, retry_options=types.HttpRetryOptions(attempts=1),
+            async_client_args={"transport": netguard.endpoint_transport()} if self._public_only else None)
         return genai.Client(api_key=self._api_key, vertexai=False, http_options=options)
 
     def _require_key(self) -> None:

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import openai
 
+from .. import netguard
 from .base import (
     CHECK_TIMEOUT,
     DeltaCallback,
@@ -34,9 +35,10 @@ FINISH = {"stop": Finish.STOP, "eos": Finish.STOP, "stop_sequence": Finish.STOP,
 class OpenAIProvider:
     name = "openai"
 
-    def __init__(self, *, base_url: str, api_key: str) -> None:
+    def __init__(self, *, base_url: str, api_key: str, public_only: bool = False) -> None:
         self.base_url = base_url
         self._api_key = api_key or "none"
+        self._public_only = public_only
         self._clients = LoopClients(self._new_client)
 
     @property
@@ -45,7 +47,10 @@ class OpenAIProvider:
 
     def _new_client(self) -> openai.AsyncOpenAI:
         # The engine retries durably with backoff; the SDK's own retries would hide Retry-After.
-        return openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=0)
+        http_client = (openai.DefaultAsyncHttpxClient(transport=netguard.endpoint_transport())
+                       if self._public_only else None)
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=0,
+                                  http_client=http_client)
 
     def label(self, model: str) -> str:
         return f"OpenAI-compatible · {model}"

@@ -1,11 +1,8 @@
 """`http_get`: fetch a public web page for the model, without becoming an SSRF proxy.
 
-The address check lives in the network backend that opens every TCP connection: it resolves
-the host once, refuses the whole request if any resolved address is not public, and connects to
-the checked address itself. Nothing resolves the name a second time, so a DNS answer that
-changes between check and connect (rebinding) cannot slip a private address in. TLS still runs
-against the URL's hostname, so SNI and certificate verification are unchanged.
-Redirects are followed by hand, one request per hop, so every hop passes through that backend.
+Every TCP connection is opened by `netguard.checked_transport`, which connects only to addresses
+it checked itself (see there), so a DNS answer that changes between check and connect cannot
+slip a private address in. Redirects are followed by hand, one request per hop, so every hop passes through that backend.
 """
 
 from __future__ import annotations
@@ -14,10 +11,8 @@ import asyncio
 import codecs
 import ssl
 import zlib
-from collections.abc import Iterable
 from typing import Any
 
-import httpcore
 import httpx
 
 from ... import netguard
@@ -51,75 +46,8 @@ _TEXT_TYPES = frozenset(
 )
 
 
-# --- transport --------------------------------------------------------------------------------
-
-
-class CheckedNetworkBackend(httpcore.AsyncNetworkBackend):
-    """Opens TCP connections only to addresses that passed `netguard.check_address`."""
-
-    def __init__(self, allow_private: bool) -> None:
-        self._allow_private = allow_private
-        self._inner = httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        try:
-            addresses = await netguard.checked_addresses(host, port, self._allow_private)
-        except netguard.Unreachable as error:
-            raise ToolError(str(error)) from None
-        failure: Exception | None = None
-        for address in addresses:
-            try:
-                # An IP literal: the inner backend connects to exactly this address.
-                return await self._inner.connect_tcp(
-                    str(address), port, timeout=timeout, local_address=local_address, socket_options=socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failure = exc
-        assert failure is not None
-        raise failure
-
-    async def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.AsyncNetworkStream:
-        raise ToolError("unix sockets are not allowed")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
 def _ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
-
-
-class CheckedTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport with its connection pool rebuilt on `CheckedNetworkBackend`."""
-
-    def __init__(self, allow_private: bool) -> None:
-        context = _ssl_context()
-        super().__init__(verify=context, trust_env=False, retries=0)
-        # httpx offers no public hook for the network backend, so the pool it built is replaced.
-        # Fail loudly if that attribute ever moves: silently keeping httpx's pool would bypass
-        # the address check.
-        if not isinstance(getattr(self, "_pool", None), httpcore.AsyncConnectionPool):
-            raise RuntimeError(
-                "this httpx version does not keep its pool in _pool; the address check cannot be installed"
-            )
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=context,
-            network_backend=CheckedNetworkBackend(allow_private),
-            max_connections=4,
-            keepalive_expiry=5.0,
-            http1=True,
-            http2=False,
-            retries=0,
-        )
 
 
 # --- body -------------------------------------------------------------------------------------
@@ -212,7 +140,7 @@ async def fetch(url: str, *, allow_private: bool, limit: int = MAX_BODY_BYTES) -
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate", "Accept": "*/*"}
     timeout = httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
     async with httpx.AsyncClient(
-        transport=CheckedTransport(allow_private), follow_redirects=False, trust_env=False, timeout=timeout
+        transport=netguard.checked_transport(allow_private, ssl_context=_ssl_context()), follow_redirects=False, trust_env=False, timeout=timeout
     ) as client:
         while True:
             async with client.stream("GET", current, headers=headers) as response:
@@ -287,6 +215,8 @@ async def http_get(ctx: ToolContext, *, url: str) -> dict[str, Any]:
     try:
         async with asyncio.timeout(TOTAL_TIMEOUT):
             return await fetch(url, allow_private=allow_private)
+    except netguard.Unreachable as error:
+        raise ToolError(str(error)) from None
     except TimeoutError:
         raise ToolError(f"the request did not finish within {TOTAL_TIMEOUT:g} seconds") from None
     except httpx.TimeoutException:
