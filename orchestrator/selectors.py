@@ -230,10 +230,6 @@ def problem_call_count(job: Job) -> int:
     return job.tool_calls.filter(is_error=True).count()
 
 
-def jobs_for_user_by_ids(user: AbstractBaseUser, job_ids: list[uuid.UUID]) -> QuerySet[Job]:
-    return with_problem_calls(Job.objects.filter(user=user, pk__in=job_ids))
-
-
 def awaiting_calls_of_job(job: Job) -> list[ToolCall]:
     return list(job.tool_calls.filter(status=ToolCallStatus.AWAITING).order_by("round", "position"))
 
