@@ -139,6 +139,7 @@ class PendingConfirmation(Schema):
 class JobOut(Schema):
     job_id: uuid.UUID
     status: str
+    outcome: str | None = None
     task: str
     created_at: str
     completed_at: str | None = None
@@ -187,6 +188,7 @@ def job_payload(job: Job) -> dict[str, Any]:
     return {
         "job_id": job.id,
         "status": job.status,
+        "outcome": selectors.outcome_of(job.status, sum(call.is_error for call in calls)) if job.is_finished else None,
         "task": job.task,
         "created_at": job.created_at.isoformat(),
         "completed_at": job.completed_at.isoformat() if job.completed_at else None,

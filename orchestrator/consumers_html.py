@@ -12,20 +12,20 @@ session).
   is harmless to repeat.
 - `/ws/me/`: what the person's other pages show live, each part only when asked for and only
   when it differs from what the page said it shows: `pending=<n>` (the navigation counter),
-  `inbox=<pk,pk>` (the confirmation inbox), `jobs=<id:status,…>` (status badges in a job list).
+  `inbox=<pk,pk>` (the confirmation inbox), `list=<filter>&page=<n>&listed=<signature>` (the job
+  list: its filter counts and its rows, with their badges; see `job_page.job_list_context`).
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-import uuid
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.contrib.auth.models import AbstractBaseUser
-from django.http import Http404, HttpRequest
+from django.http import Http404, HttpRequest, QueryDict
 from django.middleware.csrf import get_token
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -35,7 +35,6 @@ from .models import JobEvent
 from .streams import LogStream
 
 BATCH = 500
-MAX_WATCHED_JOBS = 100
 
 
 def _query(scope: dict) -> dict[str, str]:
@@ -162,7 +161,12 @@ class UserStream(HtmlStream):
         self.csrf_token = _csrf_token(self.scope)
         self.shown_pending = query.get("pending")
         self.shown_inbox = query.get("inbox")
-        self.shown_statuses = _watched(query.get("jobs", ""))
+        self.job_list = None
+        if "list" in query:
+            # As the page asked for it, so links and pages render as they would there.
+            self.job_list = _request_for(user, reverse("jobs"), {"status": query["list"],
+                                                                 "page": query.get("page", "")})
+            self.shown_list = query.get("listed", "")
 
     def render(self) -> list[str]:
         parts = []
@@ -180,21 +184,23 @@ class UserStream(HtmlStream):
                     "oob": True, "csrf_token": self.csrf_token, "next": reverse("confirmations"),
                     "cards": job_page.cards_for_calls(calls)}))
                 self.shown_inbox = signature
-        if self.shown_statuses:
-            for job in selectors.jobs_for_user_by_ids(self.user, list(self.shown_statuses)):
-                if self.shown_statuses[job.id] != job.status:
-                    parts.append(render_to_string("components.html#status-badge", {"oob": True, "job": job}))
-                    self.shown_statuses[job.id] = job.status
+        if self.job_list is not None:
+            context = job_page.job_list_context(self.user, status=self.job_list.GET.get("status", ""),
+                                                page_number=self.job_list.GET.get("page"))
+            if context["list_signature"] != self.shown_list:
+                context["oob"] = True
+                parts.append(render_to_string("jobs/list.html#job-filters", context, self.job_list))
+                parts.append(render_to_string("jobs/list.html#job-rows", context, self.job_list))
+                self.shown_list = context["list_signature"]
         return ["".join(parts)] if parts else []
 
 
-def _watched(value: str) -> dict[uuid.UUID, str]:
-    """`<id>:<status>,…` as the page rendered them; malformed entries are ignored."""
-    watched = {}
-    for item in value.split(",")[:MAX_WATCHED_JOBS]:
-        job_id, _, status = item.partition(":")
-        try:
-            watched[uuid.UUID(job_id)] = status
-        except ValueError:
-            continue
-    return watched
+def _request_for(user: AbstractBaseUser, path: str, query: dict[str, str]) -> HttpRequest:
+    """A stand-in for the request of the page a fragment belongs to."""
+    request = HttpRequest()
+    request.path = request.path_info = path
+    request.method = "GET"
+    request.GET = QueryDict(mutable=True)
+    request.GET.update({key: value for key, value in query.items() if value})
+    request.user = user
+    return request

@@ -3,16 +3,25 @@ the live stream, so a page that is reloaded looks exactly like one that was watc
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.paginator import Paginator
+
 from . import selectors
 from .forms import ArgumentsForm
-from .models import Job, JobEvent, ToolCall
+from .models import Job, JobEvent, JobStatus, ToolCall
 from .tools.registry import Tool, registry
 
 # Streamed answer text updates the answer panel; it is not a step worth a timeline entry.
+JOBS_PER_PAGE = 20
+OUTCOME_FILTERS = [("", "All"), (JobStatus.AWAITING_CONFIRMATION, "Waiting for you"), (JobStatus.RUNNING, "Running"),
+                   (JobStatus.QUEUED, "Queued"), (JobStatus.COMPLETE, "Complete"),
+                   (selectors.COMPLETE_WITH_PROBLEMS, "Calls denied or failed"), (JobStatus.ERROR, "Error"),
+                   (JobStatus.CANCELLED, "Cancelled")]
 NOT_IN_TIMELINE = frozenset({"answer.delta", "answer.reset"})
 # Events after which the answer panel may read differently.
 ANSWER_EVENTS = frozenset({"answer.delta", "answer.reset", "model.turn", "job.status"})
@@ -46,6 +55,7 @@ def cards_for_calls(calls: Iterable[ToolCall]) -> list[Card]:
 def state_context(job: Job, *, edit_forms: dict[int, ArgumentsForm] | None = None) -> dict[str, Any]:
     """The parts of the job page that show the job's current state rather than its history."""
     edit_forms = edit_forms or {}
+    job.problem_calls = selectors.problem_call_count(job)  # what its badge says (see `outcome`)
     calls = selectors.awaiting_calls_of_job(job)
     answer, streaming = job.response or "", False
     if not answer and not job.is_finished:
@@ -69,3 +79,20 @@ def page_context(job: Job, events: list[JobEvent], **state: Any) -> dict[str, An
         "timeline": [event for event in events if event.type not in NOT_IN_TIMELINE],
         "cursor": events[-1].seq if events else 0,
     }
+
+
+def job_list_context(user: AbstractBaseUser, *, status: str, page_number: Any) -> dict[str, Any]:
+    """The job list as filtered (by outcome, under the name `status` the addresses have always
+    used) and paged, with each filter's count, and a signature of all of it that changes when
+    anything the list shows changes: the stream sends the list again only then."""
+    if status not in selectors.OUTCOMES:
+        status = ""
+    jobs = selectors.jobs_for_user(user, outcome=status or None).select_related("session")
+    page = Paginator(jobs, JOBS_PER_PAGE).get_page(page_number)
+    counts = selectors.job_outcome_counts(user)
+    filters = [{"value": value, "label": label, "count": counts.get(value, 0) if value else sum(counts.values()),
+                "current": value == status} for value, label in OUTCOME_FILTERS]
+    shown = [status, page.number, page.paginator.num_pages, [f["count"] for f in filters],
+             [(str(job.id), job.status, job.problem_calls) for job in page]]
+    signature = hashlib.blake2b(repr(shown).encode(), digest_size=8).hexdigest()
+    return {"page": page, "status": status, "filters": filters, "list_signature": signature}

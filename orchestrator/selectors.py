@@ -9,7 +9,8 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce
 from django.http import Http404
 from django.utils import timezone
 
@@ -18,6 +19,7 @@ from .models import (
     ApiToken,
     Job,
     JobEvent,
+    JobStatus,
     Memory,
     ModelProfile,
     Persona,
@@ -38,10 +40,39 @@ def _uuid_or_404(value: Any) -> uuid.UUID:
         raise Http404("not found") from None
 
 
-def jobs_for_user(user: AbstractBaseUser, *, status: str | None = None) -> QuerySet[Job]:
-    jobs = Job.objects.filter(user=user)
+# The outcome a person sees besides the statuses: the job completed, but some of its calls did not
+# give the model a result (denied, refused, failed, interrupted: each answered the model with an error).
+COMPLETE_WITH_PROBLEMS = "complete_with_problems"
+OUTCOMES = (*JobStatus.values, COMPLETE_WITH_PROBLEMS)
+
+
+def outcome_of(status: str, problem_calls: int) -> str:
+    return COMPLETE_WITH_PROBLEMS if status == JobStatus.COMPLETE and problem_calls else status
+
+
+def _problem_calls() -> Subquery:
+    return Subquery(ToolCall.objects.filter(job=OuterRef("pk"), is_error=True).order_by().values("job")
+                    .annotate(count=Count("pk")).values("count"), output_field=IntegerField())
+
+
+def with_problem_calls(jobs: QuerySet[Job]) -> QuerySet[Job]:
+    """Each job with `problem_calls`, the number of its calls that ended in an error: one
+    subquery per row shown, never a query per job."""
+    return jobs.annotate(problem_calls=Coalesce(_problem_calls(), Value(0)))
+
+
+def jobs_for_user(user: AbstractBaseUser, *, status: str | None = None, outcome: str | None = None) -> QuerySet[Job]:
+    """The user's jobs, newest first. `status` filters by status as the API knows it; `outcome` as
+    the pages show it, where `complete` leaves out the jobs that are COMPLETE_WITH_PROBLEMS."""
+    jobs = with_problem_calls(Job.objects.filter(user=user))
     if status:
         jobs = jobs.filter(status=status)
+    if outcome == COMPLETE_WITH_PROBLEMS:
+        jobs = jobs.filter(status=JobStatus.COMPLETE, problem_calls__gt=0)
+    elif outcome == JobStatus.COMPLETE:
+        jobs = jobs.filter(status=JobStatus.COMPLETE, problem_calls=0)
+    elif outcome:
+        jobs = jobs.filter(status=outcome)
     return jobs.order_by("-created_at")
 
 
@@ -184,13 +215,19 @@ def job_answer_deltas(job: Job) -> str:
     return "".join(str(data.get("text", "")) for data in deltas.values_list("data", flat=True))
 
 
-def job_status_counts(user: AbstractBaseUser) -> dict[str, int]:
-    rows = Job.objects.filter(user=user).order_by().values_list("status").annotate(count=Count("id"))
-    return dict(rows)
+def job_outcome_counts(user: AbstractBaseUser) -> dict[str, int]:
+    """How many of the user's jobs have each outcome (see `jobs_for_user`), in two queries."""
+    counts = dict(Job.objects.filter(user=user).order_by().values_list("status").annotate(count=Count("id")))
+    troubled = (Job.objects.filter(user=user, status=JobStatus.COMPLETE)
+                .filter(Exists(ToolCall.objects.filter(job=OuterRef("pk"), is_error=True))).count())
+    if troubled:
+        counts[JobStatus.COMPLETE] -= troubled
+        counts[COMPLETE_WITH_PROBLEMS] = troubled
+    return counts
 
 
-def jobs_for_user_by_ids(user: AbstractBaseUser, job_ids: list[uuid.UUID]) -> QuerySet[Job]:
-    return Job.objects.filter(user=user, pk__in=job_ids)
+def problem_call_count(job: Job) -> int:
+    return job.tool_calls.filter(is_error=True).count()
 
 
 def awaiting_calls_of_job(job: Job) -> list[ToolCall]:

@@ -17,12 +17,12 @@ from django.contrib.auth.decorators import login_required as django_login_requir
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.paginator import Paginator
 from django.db.models import Count
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import redirect, render, resolve_url
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseClientRedirect, retarget
 
 from . import job_page, roles, selectors, services
@@ -45,7 +45,6 @@ from .models import Job, JobStatus, Memory, ModelProfile, Persona, ToolCall
 from .policy import PolicyContext, decide_all
 from .tools.registry import registry
 
-JOBS_PER_PAGE = 20
 SESSIONS_PER_PAGE = 20
 # The memory being edited has its own field ids, apart from the "add a memory" form on the same page.
 EDIT_PREFIX = "edit"
@@ -69,6 +68,25 @@ def login_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
     return wrapper
 
 
+def post_only(page: str, *url_kwargs: str) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+    """Like `require_POST`, except for a GET: the address a form posts to is reloaded, bookmarked or
+    opened again after a page showed a validation error, and the person gets the page the form
+    belongs to (`page`, with the named arguments of this address) instead of a bare 405."""
+    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @functools.wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method in ("GET", "HEAD"):
+                url = reverse(page, kwargs={name: kwargs[name] for name in url_kwargs})
+                return HttpResponseRedirect(url, status=303)
+            if request.method != "POST":
+                return HttpResponseNotAllowed(["POST"])
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
 def _redirect(request: HttpRequest, url: str) -> HttpResponse:
     """After a write: htmx loads the next page itself, a plain form follows a 302."""
     return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
@@ -90,23 +108,10 @@ def home(request: HttpRequest) -> HttpResponse:
 
 # --- Jobs ----------------------------------------------------------------------------------------
 
-STATUS_FILTERS = [("", "All"), (JobStatus.AWAITING_CONFIRMATION, "Waiting for you"), (JobStatus.RUNNING, "Running"),
-                  (JobStatus.QUEUED, "Queued"), (JobStatus.COMPLETE, "Complete"), (JobStatus.ERROR, "Error"),
-                  (JobStatus.CANCELLED, "Cancelled")]
-
-
 def _job_list_context(request: HttpRequest, form: JobSubmitForm | None = None) -> dict[str, Any]:
-    status = request.GET.get("status", "")
-    if status not in JobStatus.values:
-        status = ""
-    jobs = selectors.jobs_for_user(request.user, status=status or None).select_related("session")
-    page = Paginator(jobs, JOBS_PER_PAGE).get_page(request.GET.get("page"))
-    counts = selectors.job_status_counts(request.user)
-    filters = [{"value": value, "label": label, "count": counts.get(value, 0) if value else sum(counts.values()),
-                "current": value == status} for value, label in STATUS_FILTERS]
-    return {"section": "jobs", "page": page, "status": status, "filters": filters,
-            "watched": ",".join(f"{job.id}:{job.status}" for job in page),
-            "form": form or JobSubmitForm(user=request.user)}
+    context = job_page.job_list_context(request.user, status=request.GET.get("status", ""),
+                                        page_number=request.GET.get("page"))
+    return {**context, "section": "jobs", "form": form or JobSubmitForm(user=request.user)}
 
 
 @login_required
@@ -119,7 +124,7 @@ def job_list(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-@require_POST
+@post_only("jobs")
 def job_submit(request: HttpRequest) -> HttpResponse:
     form = JobSubmitForm(request.POST, user=request.user)
     if form.is_valid():
@@ -156,7 +161,7 @@ def job_detail(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
 
 
 @login_required
-@require_POST
+@post_only("job-detail", "job_id")
 def job_cancel(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
     job = selectors.job_for_user(request.user, job_id)
     try:
@@ -202,7 +207,7 @@ def _already_decided(call: ToolCall) -> str:
 
 
 @login_required
-@require_POST
+@post_only("job-detail", "job_id")
 def call_approve(request: HttpRequest, job_id: uuid.UUID, call_pk: int) -> HttpResponse:
     job = selectors.job_for_user(request.user, job_id)
     call = selectors.tool_call_for_job(job, call_pk)
@@ -214,7 +219,7 @@ def call_approve(request: HttpRequest, job_id: uuid.UUID, call_pk: int) -> HttpR
 
 
 @login_required
-@require_POST
+@post_only("job-detail", "job_id")
 def call_deny(request: HttpRequest, job_id: uuid.UUID, call_pk: int) -> HttpResponse:
     job = selectors.job_for_user(request.user, job_id)
     call = selectors.tool_call_for_job(job, call_pk)
@@ -225,7 +230,7 @@ def call_deny(request: HttpRequest, job_id: uuid.UUID, call_pk: int) -> HttpResp
 
 
 @login_required
-@require_POST
+@post_only("job-detail", "job_id")
 def call_edit(request: HttpRequest, job_id: uuid.UUID, call_pk: int) -> HttpResponse:
     job = selectors.job_for_user(request.user, job_id)
     call = selectors.tool_call_for_job(job, call_pk)
@@ -294,7 +299,7 @@ def session_detail(request: HttpRequest, session_id: uuid.UUID) -> HttpResponse:
 
 
 @login_required
-@require_POST
+@post_only("session-detail", "session_id")
 def session_continue(request: HttpRequest, session_id: uuid.UUID) -> HttpResponse:
     session = selectors.session_for_user(request.user, session_id)
     form = _continue_form(request, request.POST)
@@ -333,7 +338,7 @@ def memory_list(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-@require_POST
+@post_only("memories")
 def memory_create(request: HttpRequest) -> HttpResponse:
     form = MemoryForm(request.POST)
     if form.is_valid():
@@ -386,7 +391,7 @@ def memory_edit(request: HttpRequest, memory_id: int) -> HttpResponse:
 
 
 @login_required
-@require_POST
+@post_only("memories")
 def memory_delete(request: HttpRequest, memory_id: int) -> HttpResponse:
     services.memory_delete(user=request.user, memory_id=memory_id)
     if request.htmx:
@@ -445,7 +450,7 @@ def settings_tools(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-@require_POST
+@post_only("settings-tools")
 def settings_tools_preview(request: HttpRequest) -> HttpResponse:
     """What the selections would do, before they are saved."""
     form = _policy_form(request, request.POST)
@@ -470,7 +475,7 @@ def settings_tokens(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-@require_POST
+@post_only("settings-tokens")
 def token_create(request: HttpRequest) -> HttpResponse:
     form = TokenForm(request.POST)
     if not form.is_valid():
@@ -486,7 +491,7 @@ def token_create(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-@require_POST
+@post_only("settings-tokens")
 def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
     token = services.token_revoke(user=request.user, token_id=token_id)
     if request.htmx:
@@ -559,7 +564,7 @@ def _save_profile(request: HttpRequest, form: ProfileForm, profile: ModelProfile
 
 
 @login_required
-@require_POST
+@post_only("settings-models")
 def profile_create(request: HttpRequest) -> HttpResponse:
     form = ProfileForm(request.POST)
     return _save_profile(request, form, None) or _models_page(request, "profile-form", 400, profile_form=form)
@@ -578,7 +583,7 @@ def profile_edit(request: HttpRequest, profile_id: int) -> HttpResponse:
 
 
 @login_required
-@require_POST
+@post_only("settings-models")
 def profile_delete(request: HttpRequest, profile_id: int) -> HttpResponse:
     profile = selectors.own_profile_for_user(request.user, profile_id)
     services.profile_delete(by=request.user, owner=request.user, profile_id=profile.pk)
@@ -587,7 +592,7 @@ def profile_delete(request: HttpRequest, profile_id: int) -> HttpResponse:
 
 
 @login_required
-@require_POST
+@post_only("settings-models")
 def profile_check(request: HttpRequest, profile_id: int) -> HttpResponse:
     profile = selectors.usable_profile_for_user(request.user, profile_id)
     try:
@@ -622,7 +627,7 @@ def _save_role(request: HttpRequest, form: RoleForm, role: str | None) -> HttpRe
 
 
 @login_required
-@require_POST
+@post_only("settings-models")
 def role_create(request: HttpRequest) -> HttpResponse:
     form = _role_form(request, request.POST)
     return _save_role(request, form, None) or _models_page(request, "role-form", 400, role_form=form)
@@ -641,7 +646,7 @@ def role_edit(request: HttpRequest, role: str) -> HttpResponse:
 
 
 @login_required
-@require_POST
+@post_only("settings-models")
 def role_unassign(request: HttpRequest, role: str) -> HttpResponse:
     assignment = selectors.own_assignment_for_user(request.user, role)
     services.role_unassign(by=request.user, owner=request.user, role=assignment.role)
@@ -688,7 +693,7 @@ def _save_persona(request: HttpRequest, form: PersonaForm, persona: Persona | No
 
 
 @login_required
-@require_POST
+@post_only("settings-personas")
 def persona_create(request: HttpRequest) -> HttpResponse:
     form = PersonaForm(request.POST)
     return _save_persona(request, form, None) or _personas_page(request, 400, form=form)
@@ -705,7 +710,7 @@ def persona_edit(request: HttpRequest, persona_id: int) -> HttpResponse:
 
 
 @login_required
-@require_POST
+@post_only("settings-personas")
 def persona_make_default(request: HttpRequest, persona_id: int) -> HttpResponse:
     persona = selectors.own_persona_for_user(request.user, persona_id)
     services.persona_save(owner=request.user, name=persona.name, prompt=persona.prompt, is_default=True,
@@ -715,7 +720,7 @@ def persona_make_default(request: HttpRequest, persona_id: int) -> HttpResponse:
 
 
 @login_required
-@require_POST
+@post_only("settings-personas")
 def persona_delete(request: HttpRequest, persona_id: int) -> HttpResponse:
     persona = selectors.own_persona_for_user(request.user, persona_id)
     services.persona_delete(owner=request.user, persona_id=persona.pk)

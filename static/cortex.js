@@ -32,6 +32,21 @@
   document.addEventListener("htmx:wsOpen", markStream("live"));
   document.addEventListener("htmx:wsClose", markStream("offline"));
 
+  // A form that previews its changes before they are saved (the tool settings) marks them
+  // `data-unsaved`: leaving the page then asks first, except by saving them.
+  let saving = false;
+  document.addEventListener("submit", function (event) {
+    if (event.target instanceof Element && event.target.hasAttribute("data-warn-unsaved")) {
+      saving = true;
+    }
+  });
+  window.addEventListener("beforeunload", function (event) {
+    if (!saving && document.querySelector("[data-warn-unsaved] [data-unsaved]")) {
+      event.preventDefault();
+      event.returnValue = "";
+    }
+  });
+
   // The server closes a stream with 4401 when its session ended (signed out in another tab, or
   // expired): load the page again, which leads to the sign-in page and from there back here.
   document.addEventListener("htmx:wsClose", function (event) {

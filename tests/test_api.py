@@ -12,7 +12,7 @@ from tests.conftest import ApiClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-JOB_FIELDS = {"job_id", "status", "task", "created_at", "completed_at", "session_id", "response", "tool_calls",
+JOB_FIELDS = {"job_id", "status", "outcome", "task", "created_at", "completed_at", "session_id", "response", "tool_calls",
               "backend", "backend_label", "host", "gemini_summary", "error", "pending_confirmation"}
 
 
@@ -161,6 +161,19 @@ def test_a_job_has_the_original_fields(api, engine):
     assert body["backend"] == "demo:demo" and "Demo" in body["backend_label"]
     assert body["tool_calls"][0]["name"] == "current_time"
     assert "current_time" in body["response"]
+
+
+def test_the_outcome_tells_a_clean_completion_from_one_with_denied_calls(api, engine, awaiting):
+    assert api.get(f"/orchestrate/{awaiting}").json()["outcome"] is None  # not finished yet
+    api.post(f"/orchestrate/{awaiting}/deny")
+    run(engine, awaiting, "complete")
+    body = api.get(f"/orchestrate/{awaiting}").json()
+    assert (body["status"], body["outcome"]) == ("complete", "complete_with_problems")
+    clean = submit(api, "What time is it?")
+    run(engine, clean, "complete")
+    assert api.get(f"/orchestrate/{clean}").json()["outcome"] == "complete"
+    assert {job["outcome"] for job in api.get("/orchestrate", status="complete").json()} == {
+        "complete", "complete_with_problems"}
 
 
 def test_the_list_is_newest_first_paginated_and_filtered(api, outsider_api):

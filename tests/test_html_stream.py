@@ -167,7 +167,7 @@ async def test_streamed_answers_are_sanitised(owner, default_persona):
     streamed = "".join(await received(socket))
     await socket.disconnect()
     assert "<script" not in streamed and "alert(1)" not in streamed
-    assert "javascript:" not in streamed and "onclick" not in streamed and "<b>b</b>" in streamed
+    assert 'href="javascript:' not in streamed and "onclick" not in streamed and "<b>b</b>" in streamed
 
 
 async def test_streamed_forms_carry_a_working_csrf_token(owner, engine, default_persona):
@@ -224,20 +224,47 @@ async def test_the_navigation_counter_follows_pending_calls(owner, awaiting_job)
     assert 'class="counter counter-zero"' in update and ">0</span>" in update
 
 
-async def test_job_badges_change_live_and_only_for_my_jobs(owner, outsider, awaiting_job):
+def list_stream_of(html: str) -> str:
+    return re.search(r'ws-connect="(/ws/me/\?list=[^"]*)"', html).group(1).replace("&amp;", "&")
+
+
+async def test_the_job_list_and_its_counts_follow_my_jobs_only(owner, outsider, engine, awaiting_job):
     job = await awaiting_job()
-    mine = await open_socket(f"/ws/me/?jobs={job.pk}:awaiting_confirmation,not-a-job:queued",
-                             (await browser_for(owner)).headers())
-    theirs = await open_socket(f"/ws/me/?jobs={job.pk}:queued", (await browser_for(outsider)).headers())
+    alice, bob = await browser_for(owner), await browser_for(outsider)
+    mine = await open_socket(list_stream_of(await sync_to_async(alice.page)("/jobs/")), alice.headers())
+    theirs = await open_socket(list_stream_of(await sync_to_async(bob.page)("/jobs/")), bob.headers())
     assert await received(mine) == [] and await received(theirs) == []
 
-    await sync_to_async(services.job_cancel)(user=owner, job_id=job.pk)
-    [badge] = await received(mine)
-    assert badge == (f'<span id="job-{job.pk}-status" class="badge status status-cancelled" '
-                     'hx-swap-oob="true">Cancelled</span>')
+    await sync_to_async(services.job_submit)(user=owner, task="A second task")
+    [update] = await received(mine)
+    assert '<nav id="job-filters" class="filters" aria-label="Filter by outcome" hx-swap-oob="true">' in update
+    assert '<div id="job-rows" hx-swap-oob="true">' in update and "A second task" in update
+    assert 'All <span class="filter-count">2<' in update and 'Queued <span class="filter-count">1<' in update
+    assert await received(theirs) == []
+
+    await sync_to_async(services.job_deny)(user=owner, job_id=job.pk)
+    await engine.run_until(job.pk, "complete")
+    updated = "".join(await received(mine))
+    assert (f'<span id="job-{job.pk}-status" class="badge status status-complete_with_problems">'
+            "Complete · 1 call denied or failed</span>") in updated
+    assert 'Calls denied or failed <span class="filter-count">1<' in updated
     assert await received(theirs) == []
     await mine.disconnect()
     await theirs.disconnect()
+
+
+async def test_the_job_list_stream_keeps_to_its_filter_and_page(owner, awaiting_job):
+    await awaiting_job()
+    alice = await browser_for(owner)
+    waiting = await open_socket(list_stream_of(await sync_to_async(alice.page)("/jobs/?status=awaiting_confirmation")),
+                                alice.headers())
+    assert await received(waiting) == []
+    await sync_to_async(services.job_submit)(user=owner, task="Not waiting for anyone")
+    [update] = await received(waiting)
+    await waiting.disconnect()
+    rows = update[update.index('<div id="job-rows"'):]
+    assert "Not waiting for anyone" not in rows and "Write a note: buy milk" in rows
+    assert 'href="?status=queued"' in update and 'Queued <span class="filter-count">1<' in update
 
 
 async def test_the_inbox_fills_as_calls_wait(owner, engine, default_persona):

@@ -10,6 +10,8 @@ from html import unescape
 import pytest
 from asgiref.sync import async_to_sync
 from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.test import Client
 from django.urls import reverse
 
@@ -114,10 +116,28 @@ def test_an_unknown_job_is_404(alice):
     assert alice.get(reverse("job-detail", args=[NO_ID])).status_code == 404
 
 
+# The page each form that posts to an address belongs to.
+OWNING_PAGES = {"job-submit": "jobs", "job-cancel": "job-detail", "call-approve": "job-detail",
+                "call-deny": "job-detail", "call-edit": "job-detail", "session-continue": "session-detail",
+                "memory-create": "memories", "memory-delete": "memories", "settings-tools-preview": "settings-tools",
+                "token-create": "settings-tokens", "token-revoke": "settings-tokens"}
+
+
 @pytest.mark.parametrize("name", [name for name in POSTS if name not in ("settings-tools", "memory-edit")])
-def test_post_only_addresses_refuse_get(name, objects, alice):
+def test_a_get_on_a_post_only_address_shows_the_page_it_belongs_to(name, objects, alice):
     response = alice.get(url_of(name, objects))
-    assert response.status_code == 405 and response["Allow"] == "POST"
+    assert response.status_code == 303 and response["Location"] == url_of(OWNING_PAGES[name], objects)
+    assert alice.get(response["Location"]).status_code == 200
+    changed = alice.put(url_of(name, objects))
+    assert changed.status_code == 405 and changed["Allow"] == "POST"
+    job = Job.objects.get(pk=objects["job"])
+    assert job.status == JobStatus.AWAITING_CONFIRMATION and job.tool_calls.get().decision == ""
+    assert Memory.objects.count() == 1 and ApiToken.objects.get(pk=objects["token"]).revoked_at is None
+
+
+def test_a_get_on_another_users_post_only_address_is_still_not_found(objects, bob):
+    response = bob.get(url_of("call-approve", objects), follow=True)
+    assert response.redirect_chain == [(url_of("job-detail", objects), 303)] and response.status_code == 404
 
 
 @pytest.mark.parametrize("name", PAGES)
@@ -229,7 +249,7 @@ def test_the_list_shows_only_my_jobs_newest_first_with_filters(owner, outsider, 
     assert listing.index("Queued one") < listing.index("Write a note: buy milk")
     assert "secret" not in html
     assert f'id="job-{waiting.pk}-status"' in html
-    assert 'ws-connect="/ws/me/?jobs=' in html and f"{waiting.pk}:awaiting_confirmation" in html
+    assert re.search(r'ws-connect="/ws/me/\?list=&amp;page=1&amp;listed=[0-9a-f]{16}"', html)
 
     filtered = listing_of(alice.get(reverse("jobs"), {"status": "awaiting_confirmation"}))
     assert "Write a note" in filtered and "Queued one" not in filtered
@@ -283,9 +303,91 @@ def test_the_answer_is_markdown_without_scripts(owner, alice):
     answer = html[html.index('id="job-answer"'):html.index('id="timeline-title"')]
     assert "<h1>Title</h1>" in answer and "<strong>bold</strong>" in answer
     assert "<script" not in answer and "alert('x')" not in answer
-    assert "javascript:" not in answer and "onclick" not in answer and "onerror" not in answer
+    # A `javascript:` link is not made a link at all: what the model wrote stays as text.
+    assert not re.search(r"""=\s*["']?javascript:""", answer) and "[click](javascript:alert(1))" in answer
+    assert "onclick" not in answer and "onerror" not in answer
     assert "hx-get" not in answer and "<img" not in answer
     assert '<a href="https://example.org" rel="noopener noreferrer nofollow">ok</a>' in answer
+
+
+def test_an_answer_is_commonmark_with_lists_code_and_tables(owner, alice):
+    job = services.job_submit(user=owner, task="Hello")
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.COMPLETE, response=(
+        "The model said:\n- one\n- two\n\n```python\nif a < b:\n    pass\n```\n\n| name | size |\n|---|--:|\n"
+        "| a | 1 |\n\n<script>alert(1)</script>\n\n<img src=x onerror=alert(2)> [go](javascript:alert(3))"))
+    html = alice.get(reverse("job-detail", args=[job.pk])).content.decode()
+    answer = html[html.index('id="job-answer"'):html.index('id="timeline-title"')]
+    assert "<p>The model said:</p>\n<ul>\n<li>one</li>\n<li>two</li>\n</ul>" in answer
+    assert "<pre><code>if a &lt; b:\n    pass\n</code></pre>" in answer
+    assert "<table>" in answer and "<th>name</th>" in answer and "<td>1</td>" in answer
+    assert "<script" not in answer and "alert(1)" not in answer and "<img" not in answer and "onerror" not in answer
+    assert 'href="javascript:' not in answer
+
+
+@pytest.fixture
+def job_with_a_denied_call(owner, engine, awaiting_job):
+    job = awaiting_job()
+    services.job_deny(user=owner, job_id=job.pk, reason="no")
+    return async_to_sync(engine.run_until)(job.pk, "complete")
+
+
+def test_a_job_with_a_denied_call_does_not_show_a_clean_complete(alice, job_with_a_denied_call):
+    job = job_with_a_denied_call
+    badge = (f'<span id="job-{job.pk}-status" class="badge status status-complete_with_problems">'
+             "Complete · 1 call denied or failed</span>")
+    assert badge in alice.get(reverse("job-detail", args=[job.pk])).content.decode()
+    assert badge in listing_of(alice.get(reverse("jobs")))
+
+
+def test_the_list_filters_by_outcome_with_counts(owner, alice, engine, job_with_a_denied_call):
+    clean = services.job_submit(user=owner, task="What time is it?")
+    async_to_sync(engine.run_until)(clean.pk, "complete")
+    services.job_cancel(user=owner, job_id=services.job_submit(user=owner, task="Never mind").pk)
+    listing = listing_of(alice.get(reverse("jobs")))
+    counts = dict(re.findall(r'>([^<>]+) <span class="filter-count">(\d+)<', listing))
+    assert counts == {"All": "3", "Waiting for you": "0", "Running": "0", "Queued": "0", "Complete": "1",
+                      "Calls denied or failed": "1", "Error": "0", "Cancelled": "1"}
+    assert 'href="?status=complete_with_problems"' in listing  # one question mark: the filter works
+    troubled = listing_of(alice.get(reverse("jobs"), {"status": "complete_with_problems"}))
+    assert "Write a note: buy milk" in troubled and "What time is it?" not in troubled
+    complete = listing_of(alice.get(reverse("jobs"), {"status": "complete"}))
+    assert "What time is it?" in complete and "Write a note: buy milk" not in complete
+
+
+def test_the_list_reads_its_badges_in_a_fixed_number_of_queries(owner, alice, engine, job_with_a_denied_call):
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert alice.get(reverse("jobs")).status_code == 200
+        return len(captured)
+
+    few = queries()
+    for number in range(6):
+        job = services.job_submit(user=owner, task=f"Write a note: item {number}")
+        async_to_sync(engine.run_until)(job.pk, "awaiting_confirmation")
+        services.job_deny(user=owner, job_id=job.pk)
+    async_to_sync(engine.run_until)(job.pk, "complete")
+    assert listing_of(alice.get(reverse("jobs"))).count("status-complete_with_problems") == 7
+    assert queries() == few
+
+
+def test_the_model_is_named_the_same_while_the_job_runs_and_after(owner, alice, engine):
+    job = services.job_submit(user=owner, task="What time is it?")
+    meta = re.compile(r"<dt>Model</dt><dd>([^<]*)</dd>")
+    assert meta.findall(alice.get(reverse("job-detail", args=[job.pk])).content.decode()) == [
+        "Demo model (offline, scripted)"]
+    async_to_sync(engine.run_until)(job.pk, "complete")
+    html = alice.get(reverse("job-detail", args=[job.pk])).content.decode()
+    assert meta.findall(html) == ["Demo model (offline, scripted)"] and "demo:demo" not in html
+
+
+def test_without_javascript_an_unfinished_job_says_it_does_not_update_by_itself(owner, alice):
+    job = services.job_submit(user=owner, task="Hello")
+    html = alice.get(reverse("job-detail", args=[job.pk])).content.decode()
+    note = re.search(r"<noscript>(.*?)</noscript>", html, re.S).group(1)
+    assert "does not update by itself" in note and f'href="{reverse("job-detail", args=[job.pk])}"' in note
+    assert 'class="stream-state js-only"' in html  # "Connecting…" only where a script connects
+    services.job_cancel(user=owner, job_id=job.pk)
+    assert "<noscript>" not in alice.get(reverse("job-detail", args=[job.pk])).content.decode()
 
 
 def test_an_answer_cut_off_shows_why_above_what_was_written(owner, alice):
@@ -580,8 +682,9 @@ def test_the_preview_shows_the_effect_before_saving(owner, alice):
     assert re.search(r'id="effective-workspace_write"[^>]*>\s*<span class="effective-summary">Not offered', html)
     assert re.search(r'id="effective-http_get"[^>]*>\s*<span class="effective-summary">Offered, asks first', html)
     assert re.search(r'id="effective-calculator"[^>]*>\s*<span class="effective-summary">Offered, asks first', html)
-    assert "not saved yet" in html
+    assert "not saved yet" in html and "data-unsaved" in html  # leaving the page asks first
     assert not ToolPolicy.objects.filter(user=owner).exists()
+    assert "data-unsaved" not in alice.get(reverse("settings-tools")).content.decode()
 
 
 def test_the_preview_keeps_to_the_role_allow_list(owner, alice):

@@ -136,9 +136,12 @@ def test_site_wide_profiles_can_be_used_and_tested_but_not_changed(objects, outs
 
 
 @pytest.mark.parametrize("name", POST_ONLY)
-def test_post_only_addresses_refuse_get(name, objects, alice):
+def test_a_get_on_a_post_only_address_shows_the_page_it_belongs_to(name, objects, alice, fake):
     response = alice.get(url_of(name, objects))
-    assert response.status_code == 405 and response["Allow"] == "POST"
+    page = reverse("settings-personas" if name.startswith("persona") else "settings-models")
+    assert response.status_code == 303 and response["Location"] == page
+    assert alice.put(url_of(name, objects)).status_code == 405
+    assert unchanged(objects) and fake.request_count == 0
 
 
 @pytest.mark.parametrize("name", PAGES)

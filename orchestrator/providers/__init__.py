@@ -10,7 +10,7 @@ from django.conf import settings
 from .base import ModelRequest, ModelResponse, ModelToolCall, Provider, ProviderError, Usage
 
 __all__ = ["ModelRequest", "ModelResponse", "ModelToolCall", "Provider", "ProviderError", "Usage",
-           "ProviderUnknown", "parse_model", "resolve", "PROVIDERS"]
+           "ProviderUnknown", "label", "parse_model", "resolve", "PROVIDERS"]
 
 PROVIDERS = ("demo", "openai", "gemini", "anthropic")
 
@@ -53,6 +53,16 @@ def resolve(value: str, *, base_url: str | None = None, api_key: str | None = No
         return (_anthropic(*_endpoint(base_url, api_key, settings.CORTEX_ANTHROPIC_BASE_URL,
                                       settings.ANTHROPIC_API_KEY), public_only), choice.model)
     return _demo(), choice.model
+
+
+def label(value: str) -> str:
+    """A human label for `provider:model`, the one answers are recorded with; the string itself
+    when it names no known provider."""
+    try:
+        provider, model = resolve(value)
+    except ProviderUnknown:
+        return value
+    return provider.label(model)
 
 
 def _endpoint(base_url: str | None, api_key: str | None, env_base_url: str, env_key: str) -> tuple[str, str]:

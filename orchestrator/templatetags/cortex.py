@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import markdown as markdown_lib
 import nh3
 from django import template
 from django.utils.safestring import SafeString, mark_safe
+from markdown_it import MarkdownIt
+
+from .. import providers, selectors
 
 register = template.Library()
 
@@ -27,6 +29,7 @@ STATUS_LABELS = {
     "running": "Running",
     "awaiting_confirmation": "Waiting for you",
     "complete": "Complete",
+    selectors.COMPLETE_WITH_PROBLEMS: "Complete with denied or failed calls",
     "error": "Error",
     "cancelled": "Cancelled",
 }
@@ -44,8 +47,13 @@ EVENT_LABELS = {
 }
 
 
+# CommonMark, as models write it (a list right after "said:", fenced code), plus GitHub's tables.
+# Raw HTML passes through the parser on purpose: nh3 then keeps what is allowed and drops the rest.
+MARKDOWN = MarkdownIt("commonmark").enable("table")
+
+
 def render_markdown(text: str) -> str:
-    html = markdown_lib.markdown(text or "", extensions=["fenced_code", "tables", "sane_lists"])
+    html = MARKDOWN.render(text or "")
     return nh3.clean(html, tags=ALLOWED_TAGS, attributes=ALLOWED_ATTRIBUTES, url_schemes=ALLOWED_SCHEMES,
                      clean_content_tags={"script", "style"}, link_rel="noopener noreferrer nofollow")
 
@@ -70,6 +78,27 @@ def short_id(value: Any) -> str:
 @register.filter
 def status_label(status: str) -> str:
     return STATUS_LABELS.get(status, status.replace("_", " "))
+
+
+@register.filter
+def outcome(job: Any) -> str:
+    """The job's status, except that a complete job with calls that ended in an error (counted in
+    `problem_calls`, which `selectors.with_problem_calls` annotates) is not shown as a clean one."""
+    return selectors.outcome_of(job.status, getattr(job, "problem_calls", 0))
+
+
+@register.filter
+def outcome_label(job: Any) -> str:
+    if outcome(job) == selectors.COMPLETE_WITH_PROBLEMS:
+        count = job.problem_calls
+        return f"Complete · {count} call{'' if count == 1 else 's'} denied or failed"
+    return status_label(job.status)
+
+
+@register.filter
+def model_label(value: str) -> str:
+    """`provider:model` as its provider names it, e.g. "Claude · claude-sonnet-4-5"."""
+    return providers.label(value) if value else ""
 
 
 @register.filter

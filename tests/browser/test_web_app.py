@@ -110,7 +110,7 @@ def test_deny_a_call_with_a_reason(sign_in, owner, default_persona):
     card(page).get_by_label("Reason for denying (optional)").fill("not without asking me")
     card(page).get_by_role("button", name="Deny").click()
     expect(page.locator("#timeline")).to_contain_text("denied by alice: “not without asking me”")
-    expect(page.locator(f"#job-{job_id}-status")).to_have_text("Complete")
+    expect(page.locator(f"#job-{job_id}-status")).to_have_text("Complete · 1 call denied or failed")
     expect(page.locator("#job-answer")).to_contain_text("failed or was not allowed")
     assert Job.objects.get(pk=job_id).tool_calls.get().reason == "not without asking me"
 
