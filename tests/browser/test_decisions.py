@@ -118,3 +118,16 @@ def test_an_edited_path_that_leaves_the_workspace_is_refused_on_the_card(sign_in
     expect(card).to_contain_text("approved with your arguments")
     call.refresh_from_db()
     assert call.decision == "edited" and call.args["path"] == "notes/fixed.txt"
+
+
+def test_without_javascript_the_decided_card_keeps_its_place_too(sign_in, owner, default_persona):
+    first, second = waiting_job(owner, "Write a note: first"), waiting_job(owner, "Write a note: second")
+    page = sign_in(owner, javascript=False)
+    page.goto("/confirmations/")
+    approve = inbox_cards(page).first.get_by_role("button", name="Approve", exact=True)
+    box = approve.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    expect(page.locator(".flash")).to_contain_text("workspace_write: approved")
+    expect(inbox_cards(page).first).to_contain_text("Approved ✓ — undo is not possible.")
+    expect(inbox_cards(page).first.get_by_role("button", name="Approve", exact=True)).to_be_disabled()
+    assert decisions() == {first.task: "approved", second.task: ""}
