@@ -129,6 +129,8 @@ class PendingTool(Schema):
     args: Any = None
     risk: str
     interrupted: bool = False
+    args_digest: str = Field(description="Digest of this call and its arguments as shown here; send it back with "
+                                         "a decision to have it refused (409) if the call is no longer exactly this.")
 
 
 class PendingConfirmation(Schema):
@@ -161,6 +163,9 @@ class ConfirmIn(Schema):
     args: Annotated[dict[str, Any], AfterValidator(_storable)] | None = Field(
         None, description="Edited arguments, checked against the tool's schema.")
     remember: Literal["job"] | None = Field(None, description='"job": approve this tool for the rest of the job.')
+    args_digest: Text | None = Field(
+        None, max_length=64, description="The `args_digest` of the pending call as you saw it (needs tool_call_id): "
+                                         "if the call's arguments are no longer those, 409 and nothing changes.")
 
 
 class DenyIn(Schema):
@@ -168,6 +173,9 @@ class DenyIn(Schema):
 
     tool_call_id: Text | None = None
     reason: Text = Field("", max_length=2000)
+    args_digest: Text | None = Field(
+        None, max_length=64, description="The `args_digest` of the pending call as you saw it (needs tool_call_id): "
+                                         "if the call's arguments are no longer those, 409 and nothing changes.")
 
 
 class Detail(Schema):
@@ -246,7 +254,7 @@ def job_status(request: HttpRequest, job_id: str):
 def confirm(request: HttpRequest, job_id: str, payload: ConfirmIn | None = Body(None)):
     payload = payload or ConfirmIn()
     job = services.job_confirm(user=request.user, job_id=job_id, tool_call_id=payload.tool_call_id,
-                               args=payload.args, remember=payload.remember)
+                               args=payload.args, remember=payload.remember, args_digest=payload.args_digest)
     return {"job_id": job.id, "status": job.status}
 
 
@@ -255,7 +263,7 @@ def confirm(request: HttpRequest, job_id: str, payload: ConfirmIn | None = Body(
 def deny(request: HttpRequest, job_id: str, payload: DenyIn | None = Body(None)):
     payload = payload or DenyIn()
     job = services.job_deny(user=request.user, job_id=job_id, tool_call_id=payload.tool_call_id,
-                            reason=payload.reason)
+                            reason=payload.reason, args_digest=payload.args_digest)
     return {"job_id": job.id, "status": job.status}
 
 

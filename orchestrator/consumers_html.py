@@ -12,14 +12,16 @@ session).
   is harmless to repeat.
 - `/ws/me/`: what the person's other pages show live, each part only when asked for and only
   when it differs from what the page said it shows: `pending=<n>` (the navigation counter),
-  `inbox=<pk,pk>` (the confirmation inbox), `list=<filter>&page=<n>&listed=<signature>` (the job
-  list: its filter counts and its rows, with their badges; see `job_page.job_list_context`).
+  `inbox=<pk,pk>` (the confirmation inbox, where a decided card keeps its place for a few seconds:
+  `<pk>d`, and the stream reads again when it is due to leave), `list=<filter>&page=<n>&listed=<signature>`
+  (the job list: its filter counts and its rows, with their badges; see `job_page.job_list_context`).
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+from datetime import datetime
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
@@ -29,6 +31,7 @@ from django.http import Http404, HttpRequest, QueryDict
 from django.middleware.csrf import get_token
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils import timezone
 
 from . import events, job_page, selectors
 from .models import JobEvent
@@ -154,6 +157,26 @@ class JobPageStream(HtmlStream):
 
 
 class UserStream(HtmlStream):
+    # When a decided card is due to leave the inbox, and the read that will take it away.
+    inbox_changes_at: datetime | None = None
+    inbox_refresh: asyncio.Task | None = None
+
+    async def read_log(self) -> None:
+        await super().read_log()
+        if self.inbox_changes_at is not None and self.inbox_refresh in (None, asyncio.current_task()):
+            delay = max(0.0, (self.inbox_changes_at - timezone.now()).total_seconds()) + 0.1
+            self.inbox_refresh = asyncio.create_task(self.refresh_inbox_after(delay))
+
+    async def refresh_inbox_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self.inbox_refresh = None
+        await self.read_log()
+
+    async def disconnect(self, code: int) -> None:
+        if self.inbox_refresh is not None:
+            self.inbox_refresh.cancel()
+        await super().disconnect(code)
+
     def open(self, user: AbstractBaseUser) -> None:
         self.user = user
         self.group = events.user_group(user.pk)
@@ -177,13 +200,13 @@ class UserStream(HtmlStream):
                                               {"oob": True, "pending_confirmations": count}))
                 self.shown_pending = str(count)
         if self.shown_inbox is not None:
-            calls = list(selectors.pending_calls_for_user(self.user))
-            signature = ",".join(str(call.pk) for call in calls)
-            if signature != self.shown_inbox:
+            inbox = job_page.inbox_for(self.user)
+            self.inbox_changes_at = inbox.until
+            if inbox.signature != self.shown_inbox:
                 parts.append(render_to_string("confirmations/inbox.html#inbox-list", {
                     "oob": True, "csrf_token": self.csrf_token, "next": reverse("confirmations"),
-                    "cards": job_page.cards_for_calls(calls)}))
-                self.shown_inbox = signature
+                    "cards": inbox.cards}))
+                self.shown_inbox = inbox.signature
         if self.job_list is not None:
             context = job_page.job_list_context(self.user, status=self.job_list.GET.get("status", ""),
                                                 page_number=self.job_list.GET.get("page"))

@@ -6,14 +6,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.paginator import Paginator
+from django.utils import timezone
 
 from . import selectors
 from .forms import ArgumentsForm
-from .models import Job, JobEvent, JobStatus, ToolCall
+from .models import Job, JobEvent, JobStatus, ToolCall, ToolCallStatus
 from .tools.registry import Tool, registry
 
 # Streamed answer text updates the answer panel; it is not a step worth a timeline entry.
@@ -25,6 +27,9 @@ OUTCOME_FILTERS = [("", "All"), (JobStatus.AWAITING_CONFIRMATION, "Waiting for y
 NOT_IN_TIMELINE = frozenset({"answer.delta", "answer.reset"})
 # Events after which the answer panel may read differently.
 ANSWER_EVENTS = frozenset({"answer.delta", "answer.reset", "model.turn", "job.status"})
+# How long a decided card keeps its place in the inbox, showing the decision, before the cards
+# below move up: long enough that a second click meant for it cannot land on the next card.
+DECIDED_CARD_SECONDS = 6
 
 
 @dataclass
@@ -35,6 +40,10 @@ class Card:
     call: ToolCall
     tool: Tool | None
     form: ArgumentsForm | None
+
+    @property
+    def decided(self) -> bool:
+        return self.call.status != ToolCallStatus.AWAITING
 
 
 def card_for(job: Job, call: ToolCall, form: ArgumentsForm | None = None) -> Card:
@@ -50,6 +59,32 @@ def form_prefix(call: ToolCall) -> str:
 
 def cards_for_calls(calls: Iterable[ToolCall]) -> list[Card]:
     return [card_for(call.job, call) for call in calls]
+
+
+@dataclass
+class Inbox:
+    """The inbox: the calls that wait, and those decided in the last few seconds in their places."""
+
+    calls: list[ToolCall]
+    until: datetime | None  # when the first decided card leaves; None without one
+
+    @property
+    def signature(self) -> str:
+        """What the page shows, for the stream to tell whether it changed: pks, decided ones marked."""
+        return ",".join(f"{call.pk}{'' if call.status == ToolCallStatus.AWAITING else 'd'}" for call in self.calls)
+
+    @property
+    def cards(self) -> list[Card]:
+        return cards_for_calls(self.calls)
+
+
+def inbox_for(user: AbstractBaseUser) -> Inbox:
+    since = timezone.now() - timedelta(seconds=DECIDED_CARD_SECONDS)
+    calls = selectors.inbox_calls_for_user(user, decided_since=since)
+    decided = [call.decided_at or call.finished_at or since for call in calls
+               if call.status != ToolCallStatus.AWAITING]
+    until = min(decided) + timedelta(seconds=DECIDED_CARD_SECONDS) if decided else None
+    return Inbox(calls=calls, until=until)
 
 
 def state_context(job: Job, *, edit_forms: dict[int, ArgumentsForm] | None = None) -> dict[str, Any]:

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -161,6 +164,15 @@ class ToolCallStatus(models.TextChoices):
 OPEN_CALL_STATUSES = (ToolCallStatus.AWAITING, ToolCallStatus.READY, ToolCallStatus.RUNNING)
 
 
+def arguments_digest(*, pk: int, call_id: str, name: str, args: Any) -> str:
+    """SHA-256 (hex) of the canonical JSON (sorted keys, no whitespace, UTF-8 as is) of one call's
+    identity and arguments. A decision carries the digest of what the person was shown; it matches
+    only that call (its row, whatever id the model gave it) with exactly those arguments."""
+    canonical = json.dumps({"args": args, "call": pk, "id": call_id, "name": name},
+                           sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 class ToolCall(models.Model):
     class Verdict(models.TextChoices):
         RUN = "run"
@@ -214,9 +226,13 @@ class ToolCall(models.Model):
             return int((self.finished_at - self.started_at).total_seconds() * 1000)
         return None
 
+    @property
+    def args_digest(self) -> str:
+        return arguments_digest(pk=self.pk, call_id=self.call_id, name=self.name, args=self.args)
+
     def as_pending(self) -> dict:
         return {"id": self.call_id, "name": self.name, "args": self.args, "risk": self.risk,
-                "interrupted": self.interrupted}
+                "interrupted": self.interrupted, "args_digest": self.args_digest}
 
     def as_summary(self) -> dict:
         return {"id": self.call_id, "name": self.name, "args": self.args, "risk": self.risk,

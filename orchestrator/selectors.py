@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -94,6 +94,15 @@ def job_tool_calls(job: Job) -> list[ToolCall]:
 def pending_calls_for_user(user: AbstractBaseUser) -> QuerySet[ToolCall]:
     return (ToolCall.objects.filter(job__user=user, status=ToolCallStatus.AWAITING)
             .select_related("job").order_by("created_at"))
+
+
+def inbox_calls_for_user(user: AbstractBaseUser, *, decided_since: datetime) -> list[ToolCall]:
+    """The calls that wait for the user, and those decided since `decided_since`, in the order the
+    inbox first showed them."""
+    recent = Q(decided_at__gte=decided_since) | Q(decision="", finished_at__gte=decided_since)
+    return list(ToolCall.objects.filter(Q(status=ToolCallStatus.AWAITING) | (Q(verdict="ask") & recent),
+                                        job__user=user)
+                .select_related("job", "decided_by").order_by("created_at", "pk"))
 
 
 def sessions_for_user(user: AbstractBaseUser) -> QuerySet[Session]:

@@ -27,6 +27,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from . import context, crypto, events, netguard, roles, selectors, transitions
+from .engine.loop import workspace_for
 from .models import (
     ACTIVE_STATUSES,
     ApiToken,
@@ -42,7 +43,7 @@ from .models import (
     ToolPolicy,
 )
 from .policy import RiskPolicy
-from .tools.registry import ArgumentsInvalid, registry
+from .tools.registry import ArgumentsInvalid, ToolContext, registry
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +232,11 @@ def _locked_job(user: AbstractBaseUser, job_id: Any) -> Job:
     return Job.objects.select_for_update().get(pk=job_id)
 
 
-def _awaiting_calls(job: Job, tool_call_id: str | None) -> list[ToolCall]:
+def _awaiting_calls(job: Job, tool_call_id: str | None, args_digest: str | None = None) -> list[ToolCall]:
+    """The calls a decision applies to. With `args_digest`, the one call named must be exactly as
+    the person (or client) was shown it, else nothing is decided."""
+    if args_digest is not None and tool_call_id is None:
+        raise Invalid("args_digest needs a tool_call_id")
     if job.status != JobStatus.AWAITING_CONFIRMATION:
         raise Conflict(f"job is {job.status}, not awaiting confirmation")
     calls = list(job.tool_calls.filter(status=ToolCallStatus.AWAITING).order_by("round", "position"))
@@ -243,7 +248,26 @@ def _awaiting_calls(job: Job, tool_call_id: str | None) -> list[ToolCall]:
             raise NotFound(f"no tool call {tool_call_id} in this job")
     if not calls:
         raise Conflict("no tool call is awaiting confirmation")
+    if args_digest is not None and any(call.args_digest != args_digest for call in calls):
+        raise Conflict(f"tool call {tool_call_id} is not the call you were shown: its arguments changed since "
+                       "(or the digest is another call's); nothing was changed. Look at the call again and decide "
+                       "on what it says now.")
     return calls
+
+
+def _edited_args(job: Job, call: ToolCall, args: Any) -> dict[str, Any]:
+    """Edited arguments checked by the tool's schema and its own rules (a workspace path may not
+    leave the workspace), so what is approved is what can run."""
+    tool = registry.get(call.name)
+    if tool is None:
+        raise Invalid(f"the tool {call.name} no longer exists; approve or deny the call as it is")
+    context = ToolContext(user_id=job.user_id, username=job.user.get_username(), job_id=str(job.id),
+                          workspace=workspace_for(job.user_id), settings=settings,
+                          off_record=bool(job.options.get("off_record")))
+    try:
+        return tool.check_args(args, context)
+    except ArgumentsInvalid as error:
+        raise Invalid(str(error)) from None
 
 
 def _after_decision(job: Job) -> None:
@@ -253,23 +277,22 @@ def _after_decision(job: Job) -> None:
 
 
 def job_confirm(*, user: AbstractBaseUser, job_id: Any, tool_call_id: str | None = None,
-                args: dict[str, Any] | None = None, remember: str | None = None) -> Job:
+                args: dict[str, Any] | None = None, remember: str | None = None,
+                args_digest: str | None = None) -> Job:
+    """Approve the awaiting calls (or the one named), optionally with edited arguments. With
+    `args_digest` (see `ToolCall.args_digest`) the call must still be exactly as shown."""
     if remember not in (None, "job"):
         raise Invalid('remember must be "job" when given')
     if args is not None and tool_call_id is None:
         raise Invalid("edited args need a tool_call_id")
     with transaction.atomic():
         job = _locked_job(user, job_id)
-        calls = _awaiting_calls(job, tool_call_id)
+        calls = _awaiting_calls(job, tool_call_id, args_digest)
         now = timezone.now()
         for call in calls:
             decision = ToolCall.Decision.APPROVED
             if args is not None:
-                tool = registry.get(call.name)
-                try:
-                    edited = tool.validate(args)
-                except ArgumentsInvalid as error:
-                    raise Invalid(str(error)) from None
+                edited = _edited_args(job, call, args)
                 if edited != call.args:
                     call.original_args = call.args
                     call.args = edited
@@ -289,11 +312,12 @@ def job_confirm(*, user: AbstractBaseUser, job_id: Any, tool_call_id: str | None
     return job
 
 
-def job_deny(*, user: AbstractBaseUser, job_id: Any, tool_call_id: str | None = None, reason: str = "") -> Job:
+def job_deny(*, user: AbstractBaseUser, job_id: Any, tool_call_id: str | None = None, reason: str = "",
+             args_digest: str | None = None) -> Job:
     reason = (reason or "").strip()[:2000]
     with transaction.atomic():
         job = _locked_job(user, job_id)
-        calls = _awaiting_calls(job, tool_call_id)
+        calls = _awaiting_calls(job, tool_call_id, args_digest)
         now = timezone.now()
         for call in calls:
             call.status = ToolCallStatus.DENIED

@@ -180,8 +180,10 @@ def job_cancel(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
 
 # --- Confirmations -------------------------------------------------------------------------------
 
-def _decide(request: HttpRequest, job: Job, call: ToolCall, decide: Callable[[], Job], done: str) -> HttpResponse:
-    """Apply a decision; a call someone else decided first gets a clear message, not an error page."""
+def _decide(request: HttpRequest, job: Job, call: ToolCall, decide: Callable[[], Job], done: str,
+            form: ArgumentsForm | None = None) -> HttpResponse:
+    """Apply a decision. The card answers in place: decided, with its controls disabled, or, when the
+    call was decided elsewhere or is no longer as shown, with a clear message and nothing changed."""
     url = _next_url(request, job_url(job))
     try:
         decide()
@@ -189,14 +191,28 @@ def _decide(request: HttpRequest, job: Job, call: ToolCall, decide: Callable[[],
         call.refresh_from_db()
         problem = _already_decided(call) or error.message
         if request.htmx:
-            return render(request, "components.html#decided-card", {"call": call, "problem": problem}, status=409)
+            return _card(request, job, call, url, problem=problem, form=form, status=409)
         messages.warning(request, problem)
         return redirect(url)
     call.refresh_from_db()
     if request.htmx:
-        return render(request, "components.html#decided-card", {"call": call})
+        return _card(request, job, call, url, form=form)
     messages.success(request, f"{call.name}: {done}.")
     return redirect(url)
+
+
+def _card(request: HttpRequest, job: Job, call: ToolCall, url: str, *, problem: str = "",
+          form: ArgumentsForm | None = None, status: int = 200) -> HttpResponse:
+    """One confirmation card, as the page it came from shows it (the inbox names the job)."""
+    return render(request, "components.html#confirmation-card", {
+        "card": job_page.card_for(job, call, form), "problem": problem, "next": url,
+        "show_job": url == reverse("confirmations")}, status=status)
+
+
+def _shown_digest(request: HttpRequest) -> str:
+    """The digest of the arguments the card showed. Every card sends one; a form without it comes
+    from a page older than the digests and is refused like a stale one ("" matches no call)."""
+    return request.POST.get("args_digest", "")[:128]
 
 
 def _already_decided(call: ToolCall) -> str:
@@ -214,7 +230,8 @@ def call_approve(request: HttpRequest, job_id: uuid.UUID, call_pk: int) -> HttpR
     form = ApproveForm(request.POST)
     remember = "job" if form.is_valid() and form.cleaned_data["remember"] == "job" else None
     return _decide(request, job, call, lambda: services.job_confirm(
-        user=request.user, job_id=job.id, tool_call_id=call.call_id, remember=remember),
+        user=request.user, job_id=job.id, tool_call_id=call.call_id, remember=remember,
+        args_digest=_shown_digest(request)),
         "approved for the rest of this job" if remember else "approved")
 
 
@@ -226,7 +243,8 @@ def call_deny(request: HttpRequest, job_id: uuid.UUID, call_pk: int) -> HttpResp
     form = DenyForm(request.POST)
     reason = form.cleaned_data["reason"] if form.is_valid() else ""
     return _decide(request, job, call, lambda: services.job_deny(
-        user=request.user, job_id=job.id, tool_call_id=call.call_id, reason=reason), "denied")
+        user=request.user, job_id=job.id, tool_call_id=call.call_id, reason=reason,
+        args_digest=_shown_digest(request)), "denied")
 
 
 @login_required
@@ -241,24 +259,23 @@ def call_edit(request: HttpRequest, job_id: uuid.UUID, call_pk: int) -> HttpResp
     if form.is_valid():
         try:
             return _decide(request, job, call, lambda: services.job_confirm(
-                user=request.user, job_id=job.id, tool_call_id=call.call_id, args=form.arguments()),
-                "approved with your arguments")
+                user=request.user, job_id=job.id, tool_call_id=call.call_id, args=form.arguments(),
+                args_digest=_shown_digest(request)),
+                "approved with your arguments", form=form)
         except services.Invalid as error:
             form.add_error(None, error.message)
     if request.htmx:
-        card = job_page.card_for(job, call, form)
-        return render(request, "components.html#confirmation-card",
-                      {"card": card, "next": _next_url(request, job_url(job)), "show_job": False}, status=400)
+        return _card(request, job, call, _next_url(request, job_url(job)), form=form, status=400)
     return _job_detail(request, job, status=400, edit_forms={call.pk: form})
 
 
 @login_required
 @require_GET
 def confirmation_inbox(request: HttpRequest) -> HttpResponse:
-    calls = list(selectors.pending_calls_for_user(request.user))
+    inbox = job_page.inbox_for(request.user)
     return render(request, "confirmations/inbox.html", {
-        "section": "confirmations", "cards": job_page.cards_for_calls(calls), "next": request.path,
-        "inbox_signature": ",".join(str(call.pk) for call in calls)})
+        "section": "confirmations", "cards": inbox.cards, "next": request.path,
+        "inbox_signature": inbox.signature})
 
 
 # --- Sessions ------------------------------------------------------------------------------------

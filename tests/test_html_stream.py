@@ -15,7 +15,7 @@ from django.test import Client
 from django.urls import reverse
 
 from cortex_site.asgi import application
-from orchestrator import consumers_html, events, services
+from orchestrator import consumers_html, events, job_page, services
 from orchestrator.engine import state
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -267,7 +267,9 @@ async def test_the_job_list_stream_keeps_to_its_filter_and_page(owner, awaiting_
     assert 'href="?status=queued"' in update and 'Queued <span class="filter-count">1<' in update
 
 
-async def test_the_inbox_fills_as_calls_wait(owner, engine, default_persona):
+async def test_the_inbox_fills_as_calls_wait_and_a_decided_card_keeps_its_place_briefly(
+        owner, engine, default_persona, monkeypatch):
+    monkeypatch.setattr(job_page, "DECIDED_CARD_SECONDS", 0.5)
     browser = await browser_for(owner)
     inbox = await open_socket("/ws/me/?inbox=", browser.headers())
     job = await sync_to_async(services.job_submit)(user=owner, task="Write a note: water the plants")
@@ -277,9 +279,13 @@ async def test_the_inbox_fills_as_calls_wait(owner, engine, default_persona):
     assert 'name="csrfmiddlewaretoken"' in streamed and 'value="/confirmations/"' in streamed
 
     await sync_to_async(services.job_deny)(user=owner, job_id=job.pk)
-    emptied = "".join(await received(inbox))
+    decided = "".join(await received(inbox, quiet=0.2))
+    assert "Denied ✓" in decided and "water the plants" in decided and " disabled>" in decided
+    assert "Nothing waits for you" not in decided
+
+    emptied = "".join(await received(inbox, quiet=1.0))  # once its time is up, without another event
     await inbox.disconnect()
-    assert "Nothing waits for you" in emptied
+    assert "Nothing waits for you" in emptied and "water the plants" not in emptied
 
 
 async def test_the_user_stream_leaves_out_other_users_waiting_calls(owner, outsider, engine, default_persona):

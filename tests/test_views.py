@@ -418,10 +418,15 @@ def test_htmx_cancel_redraws_the_actions(owner, alice):
 
 # --- Confirmations ------------------------------------------------------------------------------
 
+def shown(call, **fields) -> dict:
+    """A decision form as the card sends it: with the digest of the arguments it showed."""
+    return {"args_digest": call.args_digest, **fields}
+
+
 def test_it_approves_a_call(owner, alice, awaiting_job):
     job = awaiting_job()
     call = job.tool_calls.get()
-    response = alice.post(reverse("call-approve", args=[job.pk, call.pk]), {"next": reverse("confirmations")})
+    response = alice.post(reverse("call-approve", args=[job.pk, call.pk]), shown(call, next=reverse("confirmations")))
     assert response.status_code == 302 and response["Location"] == reverse("confirmations")
     call.refresh_from_db()
     assert call.decision == "approved" and call.decided_by == owner and not call.remember
@@ -430,15 +435,15 @@ def test_it_approves_a_call(owner, alice, awaiting_job):
 
 def test_it_never_redirects_to_another_site(alice, awaiting_job):
     job = awaiting_job()
-    response = alice.post(reverse("call-approve", args=[job.pk, job.tool_calls.get().pk]),
-                          {"next": "https://evil.example/"})
+    call = job.tool_calls.get()
+    response = alice.post(reverse("call-approve", args=[job.pk, call.pk]), shown(call, next="https://evil.example/"))
     assert response["Location"] == reverse("job-detail", args=[job.pk])
 
 
 def test_htmx_approve_for_the_rest_of_the_job_answers_with_the_decided_card(alice, awaiting_job):
     job = awaiting_job()
     call = job.tool_calls.get()
-    response = alice.post(reverse("call-approve", args=[job.pk, call.pk]), {"remember": "job"}, headers=HTMX)
+    response = alice.post(reverse("call-approve", args=[job.pk, call.pk]), shown(call, remember="job"), headers=HTMX)
     html = response.content.decode()
     assert response.status_code == 200 and html.lstrip().startswith(f'<article id="call-{call.pk}"')
     assert "approved for the rest of this job" in html
@@ -448,7 +453,7 @@ def test_htmx_approve_for_the_rest_of_the_job_answers_with_the_decided_card(alic
 def test_it_denies_with_a_reason(owner, alice, awaiting_job):
     job = awaiting_job()
     call = job.tool_calls.get()
-    response = alice.post(reverse("call-deny", args=[job.pk, call.pk]), {"reason": "not today"}, headers=HTMX)
+    response = alice.post(reverse("call-deny", args=[job.pk, call.pk]), shown(call, reason="not today"), headers=HTMX)
     assert response.status_code == 200 and "“not today”" in response.content.decode()
     call.refresh_from_db()
     assert call.decision == "denied" and call.reason == "not today" and call.decided_by == owner
@@ -459,17 +464,19 @@ def test_edited_arguments_are_checked_against_the_tool_schema(alice, awaiting_jo
     call = job.tool_calls.get()
     prefix = f"call-{call.pk}"
     bad = alice.post(reverse("call-edit", args=[job.pk, call.pk]),
-                     {f"{prefix}-path": "", f"{prefix}-content": "oat milk"}, headers=HTMX)
+                     shown(call, **{f"{prefix}-path": "", f"{prefix}-content": "oat milk"}), headers=HTMX)
     assert bad.status_code == 400
     assert "is required" in bad.content.decode() or "path" in bad.content.decode()
     schema_bad = alice.post(reverse("call-edit", args=[job.pk, call.pk]),
-                            {f"{prefix}-path": "x" * 1100, f"{prefix}-content": "oat milk"}, headers=HTMX)
+                            shown(call, **{f"{prefix}-path": "x" * 1100, f"{prefix}-content": "oat milk"}),
+                            headers=HTMX)
     assert schema_bad.status_code == 400 and "invalid arguments for workspace_write" in schema_bad.content.decode()
     call.refresh_from_db()
     assert call.status == "awaiting" and call.decision == ""
 
     good = alice.post(reverse("call-edit", args=[job.pk, call.pk]),
-                      {f"{prefix}-path": "notes/oat.txt", f"{prefix}-content": "oat milk"}, headers=HTMX)
+                      shown(call, **{f"{prefix}-path": "notes/oat.txt", f"{prefix}-content": "oat milk"}),
+                      headers=HTMX)
     assert good.status_code == 200 and "approved with your arguments" in good.content.decode()
     call.refresh_from_db()
     assert call.decision == "edited" and call.args == {"path": "notes/oat.txt", "content": "oat milk"}
@@ -480,7 +487,7 @@ def test_a_bad_edit_without_javascript_shows_the_job_page_with_the_error(alice, 
     job = awaiting_job()
     call = job.tool_calls.get()
     response = alice.post(reverse("call-edit", args=[job.pk, call.pk]),
-                          {f"call-{call.pk}-path": "y" * 1100, f"call-{call.pk}-content": "z"})
+                          shown(call, **{f"call-{call.pk}-path": "y" * 1100, f"call-{call.pk}-content": "z"}))
     html = response.content.decode()
     assert response.status_code == 400 and "<html" in html and "invalid arguments for workspace_write" in html
     assert '<details class="edit-args" open>' in html
@@ -490,13 +497,13 @@ def test_a_bad_edit_without_javascript_shows_the_job_page_with_the_error(alice, 
 def test_a_second_decision_gets_a_clear_message_not_an_error_page(alice, awaiting_job, second):
     job = awaiting_job()
     call = job.tool_calls.get()
-    assert alice.post(reverse("call-approve", args=[job.pk, call.pk])).status_code == 302
+    assert alice.post(reverse("call-approve", args=[job.pk, call.pk]), shown(call)).status_code == 302
 
-    fragment = alice.post(reverse(second, args=[job.pk, call.pk]), headers=HTMX)
+    fragment = alice.post(reverse(second, args=[job.pk, call.pk]), shown(call), headers=HTMX)
     assert fragment.status_code == 409
     assert "This call was already approved by alice; nothing was changed." in fragment.content.decode()
 
-    page = alice.post(reverse(second, args=[job.pk, call.pk]), follow=True)
+    page = alice.post(reverse(second, args=[job.pk, call.pk]), shown(call), follow=True)
     assert page.status_code == 200
     assert "This call was already approved by alice; nothing was changed." in page.content.decode()
     call.refresh_from_db()

@@ -46,6 +46,8 @@ class ToolContext:
 
 
 Handler = Callable[..., Awaitable[Any]]
+# A tool's own rules for its arguments, beyond the schema: raises ToolError naming the problem.
+ArgumentsCheck = Callable[[dict[str, Any], ToolContext], None]
 
 
 def tool_result_text(value: Any) -> str:
@@ -66,6 +68,7 @@ class Tool:
     timeout: float
     handler: Handler = field(repr=False, compare=False)
     groups: frozenset[str] | None = None  # the permission groups that may use it; None: everyone
+    check: ArgumentsCheck | None = field(default=None, repr=False, compare=False)
 
     def validate(self, args: Any) -> dict[str, Any]:
         """Check `args` against the JSON schema; return them or raise ArgumentsInvalid."""
@@ -76,6 +79,19 @@ class Tool:
             first = errors[0]
             where = ".".join(str(p) for p in first.path) or "arguments"
             raise ArgumentsInvalid(f"invalid arguments for {self.name}: {where}: {first.message}")
+        return args
+
+    def check_args(self, args: Any, context: ToolContext) -> dict[str, Any]:
+        """The schema, then the tool's own rules (the ones its handler applies when it runs), so
+        arguments a person typed are refused before they are approved, not when the tool runs."""
+        args = self.validate(args)
+        if self.check is not None:
+            try:
+                self.check(args, context)
+            except ArgumentsInvalid:
+                raise
+            except ToolError as error:
+                raise ArgumentsInvalid(f"invalid arguments for {self.name}: {error}") from None
         return args
 
     @cached_property
@@ -129,9 +145,11 @@ def tool(
     parameters: dict[str, Any] | None = None,
     timeout: float = 10.0,
     groups: frozenset[str] | None = None,
+    check: ArgumentsCheck | None = None,
     into: ToolRegistry | None = None,
 ) -> Callable[[Handler], Handler]:
-    """Declare an async handler as a tool in the global registry (or `into`)."""
+    """Declare an async handler as a tool in the global registry (or `into`). `check(args, context)`,
+    when given, applies the tool's own rules to arguments a person edited (see `Tool.check_args`)."""
 
     def decorate(handler: Handler) -> Handler:
         if not inspect.iscoroutinefunction(handler):
@@ -147,6 +165,7 @@ def tool(
                 timeout=timeout,
                 handler=handler,
                 groups=groups,
+                check=check,
             )
         )
         return handler

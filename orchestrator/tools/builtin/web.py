@@ -127,6 +127,12 @@ def _parse_url(text: str) -> httpx.URL:
     return url
 
 
+def _check_url(args: dict[str, Any], ctx: ToolContext) -> None:
+    """The URL's form (scheme, host, no credentials), as `fetch` checks it; addresses are checked
+    when the tool runs, as they may change."""
+    _parse_url(args.get("url", ""))
+
+
 def _peer(response: httpx.Response) -> str | None:
     stream = response.extensions.get("network_stream")
     address = stream.get_extra_info("server_addr") if stream is not None else None
@@ -195,6 +201,7 @@ async def _describe(response: httpx.Response, url: str, redirects: list[str], li
     risk="medium",
     idempotent=True,
     timeout=20.0,
+    check=_check_url,
     parameters={
         "type": "object",
         "properties": {

@@ -71,6 +71,37 @@ def _root(ctx: ToolContext) -> Path:
     return root.resolve()
 
 
+def _file_in_workspace(root: Path, relative: str) -> Path:
+    """The real path of a file to read or write: inside the workspace, and not its root."""
+    target = resolve_in_workspace(root, relative)
+    if target == root.resolve():
+        raise ToolError("give the path of a file, not the workspace root")
+    return target
+
+
+def _entry_to_delete(root: Path, relative: str) -> tuple[Path, PurePosixPath]:
+    """The real parent directory and the name of what to delete. Only the parent is resolved: the
+    last component is removed, never followed, so deleting a symlink leaves its target alone."""
+    pure = _relative_path(relative)
+    if not pure.parts:
+        raise ToolError("the workspace root cannot be deleted")
+    return resolve_in_workspace(root, pure.parent.as_posix()), pure
+
+
+# The same rules the handlers apply, for arguments a person edits before approving: they are
+# refused on the confirmation card instead of failing when the tool runs.
+def _check_directory(args: dict[str, Any], ctx: ToolContext) -> None:
+    resolve_in_workspace(Path(ctx.workspace), args.get("path", ""))
+
+
+def _check_file(args: dict[str, Any], ctx: ToolContext) -> None:
+    _file_in_workspace(Path(ctx.workspace), args.get("path", ""))
+
+
+def _check_delete(args: dict[str, Any], ctx: ToolContext) -> None:
+    _entry_to_delete(Path(ctx.workspace), args.get("path", ""))
+
+
 async def _in_thread(action: str, relative: str, function: Callable[..., Any], *args: Any) -> Any:
     """Run blocking file work off the event loop; turn unexpected OS errors into ToolError."""
     try:
@@ -141,6 +172,7 @@ def _list(root: Path, relative: str, recursive: bool) -> dict[str, Any]:
     risk="low",
     idempotent=True,
     timeout=15.0,
+    check=_check_directory,
     parameters={
         "type": "object",
         "properties": {
@@ -164,9 +196,7 @@ async def workspace_list(ctx: ToolContext, *, path: str = "", recursive: bool = 
 
 
 def _read(root: Path, relative: str) -> dict[str, Any]:
-    target = resolve_in_workspace(root, relative)
-    if target == root:
-        raise ToolError("give the path of a file; use workspace_list for directories")
+    target = _file_in_workspace(root, relative)
     try:
         fd = os.open(target, os.O_RDONLY | _NOFOLLOW)
     except FileNotFoundError:
@@ -221,6 +251,7 @@ def _read(root: Path, relative: str) -> dict[str, Any]:
     risk="low",
     idempotent=True,
     timeout=15.0,
+    check=_check_file,
     parameters={
         "type": "object",
         "properties": {
@@ -247,9 +278,7 @@ def _write(root: Path, relative: str, content: str) -> dict[str, Any]:
     data = content.encode("utf-8")
     if len(data) > MAX_WRITE_BYTES:
         raise ToolError(f"the content is {len(data)} bytes; the limit is {MAX_WRITE_BYTES} bytes (1 MiB)")
-    target = resolve_in_workspace(root, relative)
-    if target == root:
-        raise ToolError("give the path of a file to write, not the workspace root")
+    target = _file_in_workspace(root, relative)
     if target.is_dir():
         raise ToolError(f"{relative!r} is a directory")
     try:
@@ -288,6 +317,7 @@ def _write(root: Path, relative: str, content: str) -> dict[str, Any]:
     risk="medium",
     idempotent=True,
     timeout=15.0,
+    check=_check_file,
     parameters={
         "type": "object",
         "properties": {
@@ -312,12 +342,7 @@ async def workspace_write(ctx: ToolContext, *, path: str, content: str) -> dict[
 
 
 def _delete(root: Path, relative: str) -> dict[str, Any]:
-    pure = _relative_path(relative)
-    if not pure.parts:
-        raise ToolError("the workspace root cannot be deleted")
-    # Resolve only the parent: the last component is removed, never followed, so deleting a
-    # symlink removes the link and leaves whatever it points to alone.
-    parent = resolve_in_workspace(root, pure.parent.as_posix())
+    parent, pure = _entry_to_delete(root, relative)
     entry = parent / pure.name
     shown = _shown(root, parent / pure.name)
     try:
@@ -350,6 +375,7 @@ def _delete(root: Path, relative: str) -> dict[str, Any]:
     risk="high",
     idempotent=True,
     timeout=15.0,
+    check=_check_delete,
     parameters={
         "type": "object",
         "properties": {
