@@ -134,6 +134,15 @@ def renew(jobs: QuerySet[Job]) -> None:
     jobs.update(lease_expires_at=_lease_end(timezone.now()))
 
 
+def hold(job: Job, *, owner: str) -> bool:
+    """Lock a job for the caller's transaction if `owner` still holds it exactly as `job` was last
+    saved: the same claim (`claims` counts them, so a lease lost and taken again does not match)
+    and no event appended since (every transition appends one). Writes nothing else."""
+    return Job.objects.filter(pk=job.pk, lease_owner=owner, claims=job.claims, last_seq=job.last_seq,
+                              status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).update(
+        updated_at=timezone.now()) == 1
+
+
 def release(jobs: QuerySet[Job]) -> None:
     """Hand the jobs back unfinished: any executor may claim them at once."""
     jobs.update(lease_owner="", lease_expires_at=None)
