@@ -20,6 +20,7 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 
 from .models import Job, JobEvent
+from .rows import insert as insert_rows
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def append(job: Job, *events: tuple[str, dict[str, Any]]) -> list[JobEvent]:
         rows.append(JobEvent(job=job, seq=job.last_seq, type=event_type, data=data))
     pending = getattr(_held, "rows", None)
     if pending is None:
-        JobEvent.objects.bulk_create(rows)
+        insert_rows(rows)
     else:
         pending.extend(rows)
     _ring_after_commit(Doorbell(job_group(job.id), user_group(job.user_id)))
@@ -77,8 +78,7 @@ def batched() -> Iterator[None]:
         rows = _held.rows
     finally:
         _held.rows = None
-    if rows:
-        JobEvent.objects.bulk_create(rows)
+    insert_rows(rows)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from .. import events, selectors, transitions
+from .. import events, rows, selectors, transitions
 from ..context import final_answer_brief
 from ..models import OPEN_CALL_STATUSES, Job, JobStatus, ToolCall, ToolCallStatus
 from ..policy import Decision, PolicyContext, decide, decide_all
@@ -146,7 +146,7 @@ def _save(job: Job, memo: Memo) -> None:
     """Write what the step changed on the job (a field's value is replaced, never changed in place)."""
     changed = [name for name, before in memo.saved.items() if getattr(job, name) is not before]
     if changed:
-        job.save(update_fields=[*changed, "updated_at"])
+        rows.update(job, [*changed, "updated_at"])
         memo.saved = _snapshot(job)
 
 
@@ -252,7 +252,7 @@ def _next_action(job: Job, owner: str, *, memo: Memo) -> Action:
     if ready is not None:
         ready.status = ToolCallStatus.RUNNING
         ready.started_at = timezone.now()
-        ready.save(update_fields=["status", "started_at"])
+        rows.update(ready, ["status", "started_at"])
         events.append(job, ("tool.started", {"id": ready.call_id, "name": ready.name, "args": ready.args}))
         _save(job, memo)
         return RunTool(ready.pk, ready.call_id, ready.name, ready.args or {}, job.user_id,
@@ -491,7 +491,7 @@ def _record_calls(job: Job, response: ModelResponse, memo: Memo,
     `sanitise.model_response` parsed them, or its problem."""
     context = memo.policy_of(job)
     offered = ", ".join(decision.name for decision in _offer(job, memo)) or "none"
-    rows = []
+    recorded = []
     for position, model_call in enumerate(response.tool_calls):
         decision = decide(model_call.name, registry.get(model_call.name), context)
         call = ToolCall(job=job, call_id=model_call.id, round=job.rounds, position=position,
@@ -508,12 +508,12 @@ def _record_calls(job: Job, response: ModelResponse, memo: Memo,
         else:
             call.verdict, call.verdict_reason = decision.verdict, decision.because[:500]
             call.status = ToolCallStatus.READY if decision.verdict == "run" else ToolCallStatus.AWAITING
-        rows.append(call)
-    ToolCall.objects.bulk_create(rows)
+        recorded.append(call)
+    ToolCall.objects.bulk_create(recorded)
     events.append(job, *[("tool.call", {"id": c.call_id, "name": c.name, "args": c.args, "risk": c.risk,
                                         "verdict": c.verdict, "status": c.status, "reason": c.verdict_reason,
-                                        "result": c.result}) for c in rows])
-    return rows
+                                        "result": c.result}) for c in recorded])
+    return recorded
 
 
 def _arguments(check: sanitise.CheckedCall, tool: Tool | None) -> tuple[Any, str | None]:
@@ -549,7 +549,7 @@ def _finish_call(job: Job, call_pk: int, result: str, is_error: bool, memo: Memo
     call.result = sanitise.storable(result)
     call.is_error = is_error
     call.finished_at = timezone.now()
-    call.save(update_fields=["status", "result", "is_error", "finished_at"])
+    rows.update(call, ["status", "result", "is_error", "finished_at"])
     events.append(job, ("tool.finished", finished_event(call)))
     _save(job, memo)
 
