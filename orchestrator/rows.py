@@ -40,9 +40,10 @@ def update(instance: Model, names: Iterable[str], *, where: Mapping[str, Any] | 
         return cursor.rowcount
 
 
-def insert(objects: Sequence[Model]) -> None:
-    """Insert new rows of one model whose ids the caller does not need, as few statements as the
-    database's limit on parameters allows."""
+def insert(objects: Sequence[Model], *, ids: bool = False) -> None:
+    """Insert new rows of one model, in as few statements as the database's limit on parameters
+    allows. `ids`: set each object's primary key from the database, where it can say (PostgreSQL,
+    SQLite 3.35 and later, as `bulk_create` does); otherwise they stay None."""
     if not objects:
         return
     meta = objects[0]._meta
@@ -50,9 +51,15 @@ def insert(objects: Sequence[Model]) -> None:
     quote = connection.ops.quote_name
     row = f"({', '.join(['%s'] * len(fields))})"
     head = f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(field.column) for field in fields)}) VALUES "
+    returning = ids and connection.features.can_return_rows_from_bulk_insert
+    tail = f" RETURNING {quote(meta.pk.column)}" if returning else ""
     size = max(1, connection.ops.bulk_batch_size(fields, objects))
     with connection.cursor() as cursor:
         for start in range(0, len(objects), size):
             batch = objects[start:start + size]
             params = [field.get_db_prep_save(field.pre_save(obj, True), connection) for obj in batch for field in fields]
-            cursor.execute(head + ", ".join([row] * len(batch)), params)
+            cursor.execute(head + ", ".join([row] * len(batch)) + tail, params)
+            if returning:
+                for obj, (pk,) in zip(batch, cursor.fetchall(), strict=True):
+                    obj.pk = pk
+                    obj._state.adding, obj._state.db = False, connection.alias

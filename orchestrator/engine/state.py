@@ -90,7 +90,8 @@ class Memo:
     context: PolicyContext | None = None
     job: Job | None = None
     calls: list[ToolCall] | None = None
-    saved: dict[str, Any] = field(default_factory=dict, repr=False)  # `job`'s fields as last written
+    saved: dict[str, Any] = field(default_factory=dict, repr=False)  # `job`'s fields as the step found them
+    offer: list[Decision] | None = None
 
     def policy_of(self, job: Job) -> PolicyContext:
         if self.context is None:
@@ -117,7 +118,7 @@ def _step(owner: str, job_id: str, memo: Memo) -> Iterator[Job]:
     one): then the copy in memory is the row, and nothing needs reading. When it does not match,
     the job is read afresh, locked, as any step did before, and `LeaseLost` raised if it is no
     longer ours. The events the step appends are inserted together, and only the fields it changed
-    are written (`_save`)."""
+    are written, once, at its end (`_save`)."""
     try:
         with transaction.atomic(), events.batched():
             job = memo.job
@@ -127,6 +128,7 @@ def _step(owner: str, job_id: str, memo: Memo) -> Iterator[Job]:
                 memo.job = job
             memo.saved = _snapshot(job)
             yield job
+            _save(job, memo)
     except BaseException:
         memo.forget()
         raise
@@ -147,7 +149,6 @@ def _save(job: Job, memo: Memo) -> None:
     changed = [name for name, before in memo.saved.items() if getattr(job, name) is not before]
     if changed:
         rows.update(job, [*changed, "updated_at"])
-        memo.saved = _snapshot(job)
 
 
 def jobs_claim(*, owner: str, limit: int) -> list[str]:
@@ -156,6 +157,10 @@ def jobs_claim(*, owner: str, limit: int) -> list[str]:
         return []
     now = timezone.now()
     claimable = transitions.claimable(now)
+    # Most calls find nothing (an executor also looks each time one of its jobs ends): find that
+    # out with a plain read, without taking SQLite's write lock or locking rows elsewhere.
+    if not Job.objects.filter(claimable).exists():
+        return []
     with transaction.atomic():
         ids = list(Job.objects.select_for_update(skip_locked=True).filter(claimable)
                    .order_by("created_at").values_list("id", flat=True)[:limit])
@@ -241,7 +246,6 @@ def _next_action(job: Job, owner: str, *, memo: Memo) -> Action:
         transitions.start(job, owner=owner)
     if job.claims > MAX_CLAIMS:
         transitions.fail(job, f"gave up after {MAX_CLAIMS} executors stopped while running this job")
-        _save(job, memo)
         return Stop("poison")
 
     calls = memo.round_calls(job)
@@ -254,22 +258,18 @@ def _next_action(job: Job, owner: str, *, memo: Memo) -> Action:
         ready.started_at = timezone.now()
         rows.update(ready, ["status", "started_at"])
         events.append(job, ("tool.started", {"id": ready.call_id, "name": ready.name, "args": ready.args}))
-        _save(job, memo)
         return RunTool(ready.pk, ready.call_id, ready.name, ready.args or {}, job.user_id,
                        job.user.get_username(), off_record=bool(job.options.get("off_record")))
 
     awaiting = [call for call in open_calls if call.status == ToolCallStatus.AWAITING]
     if awaiting:
         transitions.pause(job, awaiting=awaiting)
-        _save(job, memo)
         return Stop("awaiting confirmation")
 
-    _save(job, memo)
     try:
         return _model_call(job, calls, memo)
     except SecretUnreadable as error:
         transitions.fail(job, f"cannot call the model: {error}")
-        _save(job, memo)
         return Stop("model settings unusable")
 
 
@@ -329,7 +329,10 @@ def _offered_tools(job: Job, memo: Memo) -> list[dict[str, Any]]:
 
 
 def _offer(job: Job, memo: Memo) -> list[Decision]:
-    return [decision for decision in decide_all(registry, memo.policy_of(job)) if decision.offered]
+    """What the policy offers the job, decided once per drive (see `Memo`)."""
+    if memo.offer is None:
+        memo.offer = [decision for decision in decide_all(registry, memo.policy_of(job)) if decision.offered]
+    return memo.offer
 
 
 def _recover_interrupted(job: Job, calls: list[ToolCall]) -> None:
@@ -388,7 +391,6 @@ def _record_turn(job: Job, action: CallModel, response: ModelResponse, backend: 
         events.append(job, ("model.turn", _turn_event(action, response, purpose=action.purpose)))
         job.response = response.text or None
         transitions.fail(job, _incomplete_error(job, action, response, backend_label))
-        _save(job, memo)
         return
     if action.purpose == "final":
         events.append(job, ("model.turn", _turn_event(action, response, purpose="final")))
@@ -397,7 +399,6 @@ def _record_turn(job: Job, action: CallModel, response: ModelResponse, backend: 
         else:
             transitions.complete(job, response=response.text, backend=backend, backend_label=backend_label,
                                  summary=job.orchestrator_summary)
-        _save(job, memo)
         return
     calls = memo.round_calls(job)
     _normalise_call_ids(response, job.rounds + 1)
@@ -418,7 +419,6 @@ def _record_turn(job: Job, action: CallModel, response: ModelResponse, backend: 
         calls = _record_calls(job, response, memo, checks)
         # A database that cannot return inserted ids leaves them to be read.
         memo.calls = None if any(call.pk is None for call in calls) else calls
-    _save(job, memo)
 
 
 def _unusual_finish(response: ModelResponse) -> str:
@@ -509,7 +509,7 @@ def _record_calls(job: Job, response: ModelResponse, memo: Memo,
             call.verdict, call.verdict_reason = decision.verdict, decision.because[:500]
             call.status = ToolCallStatus.READY if decision.verdict == "run" else ToolCallStatus.AWAITING
         recorded.append(call)
-    ToolCall.objects.bulk_create(recorded)
+    rows.insert(recorded, ids=True)
     events.append(job, *[("tool.call", {"id": c.call_id, "name": c.name, "args": c.args, "risk": c.risk,
                                         "verdict": c.verdict, "status": c.status, "reason": c.verdict_reason,
                                         "result": c.result}) for c in recorded])
@@ -551,7 +551,6 @@ def _finish_call(job: Job, call_pk: int, result: str, is_error: bool, memo: Memo
     call.finished_at = timezone.now()
     rows.update(call, ["status", "result", "is_error", "finished_at"])
     events.append(job, ("tool.finished", finished_event(call)))
-    _save(job, memo)
 
 
 def record_retry(*, owner: str, job_id: str, attempt: int, wait: float, error: str,
