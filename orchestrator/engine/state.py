@@ -105,7 +105,8 @@ class Memo:
 
     def round_calls(self, job: Job) -> list[ToolCall]:
         if self.calls is None:
-            self.calls = _round_calls(job)
+            # A call belongs to the round its turn opened (1 and up): a job in round 0 has none.
+            self.calls = _round_calls(job) if job.rounds else []
         return self.calls
 
 
