@@ -137,8 +137,10 @@ def _step(owner: str, job_id: str, memo: Memo) -> Iterator[Job]:
         memo.forget()
 
 
-# The job's fields a step may change, compared with how it found them to write only those.
-_STEP_FIELDS = tuple(sorted({*transitions.FIELDS, "transcript", "rounds", "usage"} - {"updated_at"}))
+# Every field of the job's row, compared with how the step found it to write only what changed:
+# a field nobody changed is never written back from memory (the heartbeat moves `lease_expires_at`).
+_STEP_FIELDS = tuple(field.attname for field in Job._meta.concrete_fields
+                     if not field.primary_key and field.name != "updated_at")
 
 
 def _snapshot(job: Job) -> dict[str, Any]:
