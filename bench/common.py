@@ -55,6 +55,15 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def rss_mb() -> float:
+    """Resident set size of this process now (VmRSS), in MiB; 0 where /proc is missing."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process (VmHWM), in MiB."""
     with contextlib.suppress(OSError):  # no /proc: fall back to getrusage

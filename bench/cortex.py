@@ -3,6 +3,7 @@ against a real SQLite database, in this one process.
 
     python -m bench.cortex prepare --conversation FILE      # migrate, create the user, record the request
     python -m bench.cortex run --jobs 200 --at-once 1 --rounds 5 [--profile DIR]
+    python -m bench.cortex park --jobs 1000 --at-once 250                 # jobs left waiting for a person
 
 The environment (CORTEX_VAR_DIR, OPENAI_BASE_URL, ...) is set by the driver, `bench.run`.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import json
 import os
 import re
@@ -42,15 +44,18 @@ from orchestrator.models import ACTIVE_STATUSES, Job, JobStatus, ToolCallStatus
 
 from .common import (
     MODEL,
+    RESULT_PREFIX,
     TASK,
     BenchFailure,
     Conversation,
     Outcome,
     cpu_seconds,
     peak_rss_mb,
+    rss_mb,
 )
 
 USERNAME = "bench"
+SIDE_TIMEOUT = 900  # seconds, as the driver allows a side
 WARMUP_JOBS = 3
 # A finished Cortex job answers with the orchestrator's own text, as the floor does; asking a
 # chat-role model to rewrite it would be one more model call that the floor does not make.
@@ -105,6 +110,14 @@ class Submitter:
     async def unfinished(self, ids: list[str]) -> int:
         def count() -> int:
             return Job.objects.filter(id__in=ids, status__in=ACTIVE_STATUSES).count()
+        return await asyncio.get_running_loop().run_in_executor(self.pool, count)
+
+    async def waiting(self, ids: list[str]) -> dict[str, int]:
+        """How many of the jobs are in each status, counting as waiting only those no executor holds."""
+        def count() -> dict[str, int]:
+            rows = (Job.objects.filter(id__in=ids).exclude(status=JobStatus.AWAITING_CONFIRMATION, lease_owner__gt="")
+                    .order_by().values_list("status").annotate(n=Count("id")))
+            return dict(rows)
         return await asyncio.get_running_loop().run_in_executor(self.pool, count)
 
     def close(self) -> None:
@@ -247,6 +260,53 @@ async def run(args: argparse.Namespace) -> Outcome:
                    cpu_seconds=cpu, peak_rss_mb=peak_rss_mb())
 
 
+async def park(args: argparse.Namespace) -> dict[str, Any]:
+    """Jobs that stop for a person: every job's first call (current_time, which the bench user's
+    policy is set to confirm) waits for a confirmation that never comes. Such a job should hold no
+    executor task and no memory: compares the process's resident memory before the jobs are
+    submitted with after they have all stopped to wait (both after a collection)."""
+    user = await asyncio.to_thread(_ask_before_current_time)
+    submitter = Submitter(user)
+    executor = Executor(concurrency=args.at_once)
+    running = asyncio.create_task(executor.run())
+    await asyncio.sleep(0)
+    try:
+        await all_waiting(executor, submitter, WARMUP_JOBS)  # connections, lazy imports
+        gc.collect()
+        before = rss_mb()
+        ids = await all_waiting(executor, submitter, args.jobs)
+        tasks = len(executor.tasks)
+        gc.collect()
+        after = rss_mb()
+    finally:
+        await executor.stop()
+        await running
+        submitter.close()
+    return {"jobs": len(ids), "executor_tasks": tasks, "rss_before_mb": round(before, 1),
+            "rss_after_mb": round(after, 1), "rss_growth_mb": round(after - before, 1)}
+
+
+def _ask_before_current_time() -> Any:
+    user = get_user_model().objects.get(username=USERNAME)
+    services.policy_update(user=user, max_risk="high", overrides={}, confirmations={"current_time": "ask"})
+    return user
+
+
+async def all_waiting(executor: Executor, submitter: Submitter, count: int) -> list[str]:
+    """Submit `count` jobs; return once each waits for a person, let go by the executor."""
+    submitting = asyncio.ensure_future(submitter.submit(count))
+    for _ in range(SIDE_TIMEOUT * 10):
+        await asyncio.sleep(0.1)
+        if submitting.done() and not executor.tasks:
+            ids = submitting.result()
+            counts = await submitter.waiting(ids)
+            if counts.get(JobStatus.AWAITING_CONFIRMATION) == len(ids):
+                return ids
+            if set(counts) - {JobStatus.AWAITING_CONFIRMATION, JobStatus.QUEUED, JobStatus.RUNNING}:
+                raise BenchFailure(f"park: jobs that should wait for a person ended otherwise: {counts}")
+    raise BenchFailure("park: the jobs did not all stop to wait for a person")
+
+
 def verify_and_close(ids: list[str], rounds: int) -> None:
     try:
         verify(ids, rounds)
@@ -264,6 +324,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     go.add_argument("--at-once", type=int, default=1, help="the executor's concurrency")
     go.add_argument("--rounds", type=int, default=5)
     go.add_argument("--profile", type=Path, default=None, help="write cProfile stats and a query count here")
+    parked = commands.add_parser("park")
+    parked.add_argument("--jobs", type=int, required=True)
+    parked.add_argument("--at-once", type=int, default=250, help="the executor's concurrency")
     return parser.parse_args(argv)
 
 
@@ -271,6 +334,9 @@ def main() -> None:
     args = parse()
     if args.command == "prepare":
         prepare(args.conversation)
+        return
+    if args.command == "park":
+        print(RESULT_PREFIX + json.dumps(asyncio.run(park(args))), flush=True)
         return
     asyncio.run(run(args)).emit()
 

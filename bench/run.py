@@ -3,6 +3,8 @@
 Two scenarios, each with its own fake OpenAI-compatible server in a separate process:
 - serial, zero model latency: time per tool round, jobs strictly one after another;
 - concurrent, with model latency: jobs per second with many jobs in flight, and peak memory.
+A third runs Cortex alone: jobs that stop to wait for a person, and what the executor keeps
+holding for them (tasks, resident memory).
 
 Every measurement runs in a fresh process (`python -m bench.floor` or `python -m bench.cortex run`),
 so its peak memory is that side's alone. The two sides alternate, and each measurement is repeated,
@@ -39,6 +41,7 @@ from .common import RESULT_PREFIX, Outcome
 ROOT = Path(__file__).resolve().parent.parent
 SERIAL_TARGET = 1.5  # Cortex's time per round at most this many times the floor's
 THROUGHPUT_TARGET = 0.7  # Cortex's jobs per second at least this share of the floor's
+PARKED_MEMORY_TARGET = 10.0  # MiB the executor's process may grow by for jobs waiting for a person
 SIDE_TIMEOUT = 900  # seconds; a side taking longer than this is stuck, not slow
 # Every setting a caller's environment might hold that would change what is measured.
 DROPPED_PREFIXES = ("CORTEX_", "OPENAI_", "DJANGO_")
@@ -147,6 +150,26 @@ class Sides:
         finally:
             shutil.rmtree(var_dir, ignore_errors=True)
 
+    def park(self, jobs: int, at_once: int, base_url: str) -> dict[str, Any]:
+        self.cortex_runs += 1
+        var_dir = self.workdir / f"cortex-{self.cortex_runs}"
+        var_dir.mkdir()
+        shutil.copyfile(self.template / "cortex.sqlite3", var_dir / "cortex.sqlite3")
+        env = {**self.env, "CORTEX_VAR_DIR": str(var_dir), "OPENAI_BASE_URL": base_url}
+        argv = ["-m", "bench.cortex", "park", "--jobs", str(jobs), "--at-once", str(at_once)]
+        try:
+            done = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
+                                  timeout=SIDE_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired as error:
+            raise BenchError(f"bench.cortex park did not finish within {SIDE_TIMEOUT} s") from error
+        finally:
+            shutil.rmtree(var_dir, ignore_errors=True)
+        lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+        if done.returncode != 0 or not lines:
+            tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
+            raise BenchError(f"bench.cortex park failed (exit {done.returncode}):\n{tail}")
+        return json.loads(lines[-1][len(RESULT_PREFIX):])
+
     def prepare(self) -> None:
         env = {**self.env, "CORTEX_VAR_DIR": str(self.template)}
         done = subprocess.run([sys.executable, "-m", "bench.cortex", "prepare", "--conversation",
@@ -206,7 +229,7 @@ def paired(pairs: list[tuple[Outcome, Outcome]], figure: Figure, *, digits: int 
 
 
 def report(serial: list[tuple[Outcome, Outcome]], concurrent: list[tuple[Outcome, Outcome]],
-           config: dict[str, Any]) -> dict[str, Any]:
+           parked: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     per_round = paired(serial, per_round_ms)
     per_round.update(target=f"<= {SERIAL_TARGET}", met=per_round["ratio"] <= SERIAL_TARGET,
                      runs=[compare(per_round_ms(c), per_round_ms(f)) for c, f in serial])
@@ -218,13 +241,16 @@ def report(serial: list[tuple[Outcome, Outcome]], concurrent: list[tuple[Outcome
     memory["scenario"] = "concurrent"
     # CPU time barely moves when other processes compete for the machine; wall time does.
     cpu = {name: paired(pairs, cpu_ms_per_round) for name, pairs in (("serial", serial), ("concurrent", concurrent))}
+    parked = {**parked, "target": f"no executor task, <= {PARKED_MEMORY_TARGET:g} MiB growth",
+              "met": parked["executor_tasks"] == 0 and parked["rss_growth_mb"] <= PARKED_MEMORY_TARGET}
     return {"time_per_round_serial_ms": per_round, "throughput_concurrent_jobs_per_s": throughput,
-            "peak_memory_mb": memory, "cpu_ms_per_round": cpu, "config": config}
+            "peak_memory_mb": memory, "cpu_ms_per_round": cpu, "waiting_for_confirmation": parked,
+            "config": config}
 
 
 def verdicts(figures: dict[str, Any]) -> list[str]:
     per_round, throughput = figures["time_per_round_serial_ms"], figures["throughput_concurrent_jobs_per_s"]
-    memory = figures["peak_memory_mb"]
+    memory, parked = figures["peak_memory_mb"], figures["waiting_for_confirmation"]
     return [
         (f"time per round, serial: Cortex {per_round['cortex']} ms, floor {per_round['floor']} ms, "
          f"{per_round['ratio']}x (target {per_round['target']}x): {'MET' if per_round['met'] else 'MISSED'}"),
@@ -232,6 +258,9 @@ def verdicts(figures: dict[str, Any]) -> list[str]:
          f"{throughput['ratio']}x (target {throughput['target']}x): {'MET' if throughput['met'] else 'MISSED'}"),
         (f"peak memory, concurrent: Cortex {memory['cortex']} MiB, floor {memory['floor']} MiB "
          f"({memory['ratio']}x; no target)"),
+        (f"{parked['jobs']:,} jobs waiting for confirmation: {parked['executor_tasks']} executor tasks, "
+         f"resident memory {parked['rss_growth_mb']:+} MiB (target {parked['target']}): "
+         f"{'MET' if parked['met'] else 'MISSED'}"),
     ]
 
 
@@ -261,6 +290,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--at-once", type=int, default=None, help="jobs in flight in the concurrent scenario (250)")
     parser.add_argument("--latency", type=float, default=0.1, help="model latency, concurrent scenario (s)")
     parser.add_argument("--rounds", type=int, default=5, help="tool rounds per job")
+    parser.add_argument("--parked-jobs", type=int, default=None,
+                        help="jobs left waiting for confirmation in the third scenario (1000)")
     parser.add_argument("--repeats", type=int, default=None, help="serial measurements per side (3)")
     parser.add_argument("--concurrent-repeats", type=int, default=None,
                         help="concurrent measurements per side (2: the long ones, once in each order)")
@@ -269,12 +300,15 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="after measuring, profile one serial Cortex run into this directory")
     parser.add_argument("--quick", action="store_true", help="a small smoke run (figures are rough)")
     args = parser.parse_args(argv)
-    quick = {"serial_jobs": 20, "concurrent_jobs": 50, "at_once": 25, "repeats": 1, "concurrent_repeats": 1}
-    full = {"serial_jobs": 200, "concurrent_jobs": 500, "at_once": 250, "repeats": 3, "concurrent_repeats": 2}
+    quick = {"serial_jobs": 20, "concurrent_jobs": 50, "at_once": 25, "repeats": 1, "concurrent_repeats": 1,
+             "parked_jobs": 100}
+    full = {"serial_jobs": 200, "concurrent_jobs": 500, "at_once": 250, "repeats": 3, "concurrent_repeats": 2,
+            "parked_jobs": 1000}
     for name, value in (quick if args.quick else full).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    for name in ("serial_jobs", "concurrent_jobs", "at_once", "rounds", "repeats", "concurrent_repeats"):
+    for name in ("serial_jobs", "concurrent_jobs", "at_once", "rounds", "repeats", "concurrent_repeats",
+                 "parked_jobs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
@@ -298,6 +332,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{args.latency * 1000:g} ms model latency")
         with FakeServer(latency=args.latency, rounds=args.rounds, env=env) as server:
             concurrent_pairs = alternate(sides, concurrent, server.base_url, args.concurrent_repeats)
+        log(f"waiting for confirmation: {args.parked_jobs} jobs, each stopping at its first call")
+        with FakeServer(latency=0.0, rounds=args.rounds, env=env) as server:
+            parked = sides.park(args.parked_jobs, concurrent.at_once, server.base_url)
+        log(f"  {parked['jobs']} jobs waiting: {parked['executor_tasks']} executor tasks, resident memory "
+            f"{parked['rss_before_mb']} MiB before, {parked['rss_after_mb']} MiB after")
         if args.profile is not None:
             with FakeServer(latency=0.0, rounds=args.rounds, env=env) as server:
                 profiled = sides.cortex(serial, server.base_url, profile=args.profile.resolve())
@@ -326,7 +365,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "duration_s": round(time.monotonic() - started),
     }
-    figures = report(serial_pairs, concurrent_pairs, config)
+    config["waiting_for_confirmation"] = {
+        "jobs": args.parked_jobs, "at_once": concurrent.at_once,
+        "method": ("Cortex alone: the bench user's policy asks before current_time, so every job stops at its "
+                   "first call; resident memory (VmRSS, after a garbage collection) before submitting and once "
+                   "every job waits with no executor holding it")}
+    figures = report(serial_pairs, concurrent_pairs, parked, config)
     text = json.dumps(figures, indent=2)
     print(text, flush=True)
     if args.output is not None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,12 +20,15 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 
 from .models import Job, JobEvent
+from .rows import insert as insert_rows
 
 logger = logging.getLogger(__name__)
 
 EXECUTORS_GROUP = "cortex.executors"
 
 _loop: asyncio.AbstractEventLoop | None = None
+# Events appended inside `batched()` on this thread, not yet inserted.
+_held = threading.local()
 
 
 def bind_loop(loop: asyncio.AbstractEventLoop | None) -> None:
@@ -48,9 +54,31 @@ def append(job: Job, *events: tuple[str, dict[str, Any]]) -> list[JobEvent]:
     for event_type, data in events:
         job.last_seq += 1
         rows.append(JobEvent(job=job, seq=job.last_seq, type=event_type, data=data))
-    JobEvent.objects.bulk_create(rows)
+    pending = getattr(_held, "rows", None)
+    if pending is None:
+        insert_rows(rows)
+    else:
+        pending.extend(rows)
     _ring_after_commit(Doorbell(job_group(job.id), user_group(job.user_id)))
     return rows
+
+
+@contextmanager
+def batched() -> Iterator[None]:
+    """Hold the events appended inside and insert them all in one statement on the way out.
+
+    Open it inside the caller's transaction, so the events still commit with the changes they
+    describe; if the block raises, they are dropped with the rest of the transaction."""
+    if getattr(_held, "rows", None) is not None:  # an outer batch inserts them
+        yield
+        return
+    _held.rows = []
+    try:
+        yield
+        rows = _held.rows
+    finally:
+        _held.rows = None
+    insert_rows(rows)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Q
+from django.db.models import F, Q
 
 from . import crypto
 from .models import ModelProfile, RoleAssignment
@@ -49,9 +49,11 @@ class RoleConfig:
 
 def assignment_for(user: AbstractBaseUser | None, role: str) -> RoleAssignment | None:
     """The user's own assignment, else the site-wide one (the only one when `user` is None)."""
-    assignments = RoleAssignment.objects.select_related("profile").filter(role=role)
-    own = assignments.filter(owner=user).first() if user is not None else None
-    return own or assignments.filter(owner=None).first()
+    owners = Q(owner=None) | Q(owner=user) if user is not None else Q(owner=None)
+    # Both in one read: the user's own, if any, sorts first.
+    found = RoleAssignment.objects.select_related("profile").filter(owners, role=role).order_by(
+        F("owner").asc(nulls_last=True))
+    return found.first()
 
 
 def role_config(user: AbstractBaseUser | None, role: str) -> RoleConfig:

@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from . import events
+from . import events, rows
 from .models import OPEN_CALL_STATUSES, Job, JobStatus, Message, Session, ToolCall, ToolCallStatus
 
 # Every field a transition may change on the job.
@@ -132,6 +132,15 @@ def claim(jobs: QuerySet[Job], *, owner: str, now: datetime) -> None:
 
 def renew(jobs: QuerySet[Job]) -> None:
     jobs.update(lease_expires_at=_lease_end(timezone.now()))
+
+
+def hold(job: Job, *, owner: str) -> bool:
+    """Lock a job for the caller's transaction if `owner` still holds it exactly as `job` was last
+    saved: the same claim (`claims` counts them, so a lease lost and taken again does not match)
+    and no event appended since (every transition appends one). Writes nothing else."""
+    return rows.update(job, ["updated_at"], where={
+        "lease_owner": owner, "claims": job.claims, "last_seq": job.last_seq,
+        "status": (JobStatus.QUEUED, JobStatus.RUNNING)}) == 1
 
 
 def release(jobs: QuerySet[Job]) -> None:

@@ -8,7 +8,8 @@ executor's `owner` id and acts only while that owner still holds the job's lease
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -17,7 +18,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from .. import events, selectors, transitions
+from .. import events, rows, selectors, transitions
 from ..context import final_answer_brief
 from ..models import OPEN_CALL_STATUSES, Job, JobStatus, ToolCall, ToolCallStatus
 from ..policy import Decision, PolicyContext, decide, decide_all
@@ -80,9 +81,17 @@ class Memo:
     The tools offered to the model and the verdict on each call it then makes come from this one
     reading, so a call is judged against the very list the model was offered in that round. A
     policy change reaches a running job the next time an executor picks it up (after a
-    confirmation, for instance), not in the middle of a drive."""
+    confirmation, for instance), not in the middle of a drive.
+
+    It also keeps the job as the drive last committed it, and the calls of its current round as
+    they stand in the database: while the lease is held, nothing else changes them, so a step need
+    not read them again (see `_step`)."""
 
     context: PolicyContext | None = None
+    job: Job | None = None
+    calls: list[ToolCall] | None = None
+    saved: dict[str, Any] = field(default_factory=dict, repr=False)  # `job`'s fields as the step found them
+    offer: list[Decision] | None = None
 
     def policy_of(self, job: Job) -> PolicyContext:
         if self.context is None:
@@ -91,6 +100,59 @@ class Memo:
         # for an offered tool, so they never change what is offered.
         return replace(self.context, approved=frozenset(job.approved_tools))
 
+    def forget(self) -> None:
+        self.job = self.calls = None
+
+    def round_calls(self, job: Job) -> list[ToolCall]:
+        if self.calls is None:
+            # A call belongs to the round its turn opened (1 and up): a job in round 0 has none.
+            self.calls = _round_calls(job) if job.rounds else []
+        return self.calls
+
+
+@contextmanager
+def _step(owner: str, job_id: str, memo: Memo) -> Iterator[Job]:
+    """One transaction of a drive, on its job locked and still held by `owner`.
+
+    The job the drive last committed is locked by a guarded UPDATE that matches only while `owner`
+    holds the lease of the same claim and no event was appended since (every transition appends
+    one): then the copy in memory is the row, and nothing needs reading. When it does not match,
+    the job is read afresh, locked, as any step did before, and `LeaseLost` raised if it is no
+    longer ours. The events the step appends are inserted together, and only the fields it changed
+    are written, once, at its end (`_save`)."""
+    try:
+        with transaction.atomic(), events.batched():
+            job = memo.job
+            if job is None or not transitions.hold(job, owner=owner):
+                memo.forget()
+                job = _lock(owner, job_id)
+                memo.job = job
+            memo.saved = _snapshot(job)
+            yield job
+            _save(job, memo)
+    except BaseException:
+        memo.forget()
+        raise
+    if not _held_by(job, owner):
+        memo.forget()
+
+
+# Every field of the job's row, compared with how the step found it to write only what changed:
+# a field nobody changed is never written back from memory (the heartbeat moves `lease_expires_at`).
+_STEP_FIELDS = tuple(field.attname for field in Job._meta.concrete_fields
+                     if not field.primary_key and field.name != "updated_at")
+
+
+def _snapshot(job: Job) -> dict[str, Any]:
+    return {name: getattr(job, name) for name in _STEP_FIELDS}
+
+
+def _save(job: Job, memo: Memo) -> None:
+    """Write what the step changed on the job (a field's value is replaced, never changed in place)."""
+    changed = [name for name, before in memo.saved.items() if getattr(job, name) is not before]
+    if changed:
+        rows.update(job, [*changed, "updated_at"])
+
 
 def jobs_claim(*, owner: str, limit: int) -> list[str]:
     """Lease up to `limit` runnable jobs: queued ones, and running ones whose holder went away."""
@@ -98,6 +160,10 @@ def jobs_claim(*, owner: str, limit: int) -> list[str]:
         return []
     now = timezone.now()
     claimable = transitions.claimable(now)
+    # Most calls find nothing (an executor also looks each time one of its jobs ends): find that
+    # out with a plain read, without taking SQLite's write lock or locking rows elsewhere.
+    if not Job.objects.filter(claimable).exists():
+        return []
     with transaction.atomic():
         ids = list(Job.objects.select_for_update(skip_locked=True).filter(claimable)
                    .order_by("created_at").values_list("id", flat=True)[:limit])
@@ -166,67 +232,52 @@ def _round_results(job: Job, calls: list[ToolCall]) -> list[dict[str, Any]]:
 
 def next_action(*, owner: str, job_id: str, memo: Memo | None = None) -> Action:
     """Decide the job's next step, taking the first ready tool call as started if there is one."""
-    with transaction.atomic():
-        try:
-            job = _lock(owner, job_id)
-        except (LeaseLost, Job.DoesNotExist):
-            return Stop("lease lost")
-        return _next_action(job, owner, memo=memo or Memo())
+    memo = memo or Memo()
+    try:
+        with _step(owner, job_id, memo) as job:
+            return _next_action(job, owner, memo=memo)
+    except (LeaseLost, Job.DoesNotExist):
+        return Stop("lease lost")
 
 
-def _next_action(job: Job, owner: str, calls: list[ToolCall] | None = None, *, memo: Memo) -> Action:
-    """`next_action` on a job the caller's transaction has locked and holds the lease of.
+def _next_action(job: Job, owner: str, *, memo: Memo) -> Action:
+    """`next_action` on a job the caller's `_step` holds.
 
-    `calls`: the calls of the job's current round, when the caller's transaction already holds
-    them exactly as they stand in the database (spares reading them again). Otherwise a step reads
-    only the round's open calls, and all of them once, when the round is over: a step costs the
-    same however many calls the round has finished."""
-    seq_before = job.last_seq
+    The round's calls are read once per drive (`Memo.round_calls`) and kept up to date in memory
+    after that: a step costs the same however many calls the round has finished."""
     if job.status == JobStatus.QUEUED:
         transitions.start(job, owner=owner)
     if job.claims > MAX_CLAIMS:
         transitions.fail(job, f"gave up after {MAX_CLAIMS} executors stopped while running this job")
-        job.save()
         return Stop("poison")
 
-    open_calls = _open_calls(job) if calls is None else [c for c in calls if c.status in OPEN_CALL_STATUSES]
+    calls = memo.round_calls(job)
+    open_calls = [c for c in calls if c.status in OPEN_CALL_STATUSES]
     _recover_interrupted(job, open_calls)
 
     ready = next((call for call in open_calls if call.status == ToolCallStatus.READY), None)
     if ready is not None:
         ready.status = ToolCallStatus.RUNNING
         ready.started_at = timezone.now()
-        ready.save(update_fields=["status", "started_at"])
+        rows.update(ready, ["status", "started_at"])
         events.append(job, ("tool.started", {"id": ready.call_id, "name": ready.name, "args": ready.args}))
-        # Only a transition's fields can have changed since the job was locked (or last saved in this
-        # transaction); writing them alone spares re-encoding the transcript and options on every tool.
-        job.save(update_fields=transitions.FIELDS)
         return RunTool(ready.pk, ready.call_id, ready.name, ready.args or {}, job.user_id,
                        job.user.get_username(), off_record=bool(job.options.get("off_record")))
 
     awaiting = [call for call in open_calls if call.status == ToolCallStatus.AWAITING]
     if awaiting:
         transitions.pause(job, awaiting=awaiting)
-        job.save()
         return Stop("awaiting confirmation")
 
-    if job.last_seq != seq_before:  # every change above appended an event
-        job.save()
     try:
-        return _model_call(job, _round_calls(job) if calls is None else calls, memo)
+        return _model_call(job, calls, memo)
     except SecretUnreadable as error:
         transitions.fail(job, f"cannot call the model: {error}")
-        job.save()
         return Stop("model settings unusable")
 
 
 def _round_calls(job: Job) -> list[ToolCall]:
     return list(job.tool_calls.filter(round=job.rounds).order_by("position"))
-
-
-def _open_calls(job: Job) -> list[ToolCall]:
-    """The round's calls still to run or to decide: at most the cap per turn, plus any waiting."""
-    return list(job.tool_calls.filter(round=job.rounds, status__in=OPEN_CALL_STATUSES).order_by("position"))
 
 
 def _model_call(job: Job, calls: list[ToolCall], memo: Memo) -> CallModel:
@@ -281,7 +332,10 @@ def _offered_tools(job: Job, memo: Memo) -> list[dict[str, Any]]:
 
 
 def _offer(job: Job, memo: Memo) -> list[Decision]:
-    return [decision for decision in decide_all(registry, memo.policy_of(job)) if decision.offered]
+    """What the policy offers the job, decided once per drive (see `Memo`)."""
+    if memo.offer is None:
+        memo.offer = [decision for decision in decide_all(registry, memo.policy_of(job)) if decision.offered]
+    return memo.offer
 
 
 def _recover_interrupted(job: Job, calls: list[ToolCall]) -> None:
@@ -320,21 +374,19 @@ def record_turn_and_continue(*, owner: str, job_id: str, action: CallModel, resp
     Every state this commits is one the two separate transactions would have committed in turn,
     so what a crash can leave behind is unchanged; it saves a commit, a second read of the job
     and a round trip to the database thread on every model turn."""
-    with transaction.atomic():
-        try:
-            job = _lock(owner, job_id)
-        except (LeaseLost, Job.DoesNotExist):
-            return Stop("lease lost")
-        memo = memo or Memo()
-        calls = _record_turn(job, action, response, backend, backend_label, memo)
-        if not _held_by(job, owner):  # the turn completed or failed the job
-            return Stop("finished")
-        return _next_action(job, owner, calls, memo=memo)
+    memo = memo or Memo()
+    try:
+        with _step(owner, job_id, memo) as job:
+            _record_turn(job, action, response, backend, backend_label, memo)
+            if not _held_by(job, owner):  # the turn completed or failed the job
+                return Stop("finished")
+            return _next_action(job, owner, memo=memo)
+    except (LeaseLost, Job.DoesNotExist):
+        return Stop("lease lost")
 
 
 def _record_turn(job: Job, action: CallModel, response: ModelResponse, backend: str,
-                 backend_label: str, memo: Memo) -> list[ToolCall] | None:
-    """Returns the calls of the job's round as it now stands, when known without another read."""
+                 backend_label: str, memo: Memo) -> None:
     response, checks = sanitise.model_response(response, max_calls=settings.CORTEX_MAX_CALLS_PER_TURN)
     job.usage = _add_usage(job.usage, response.usage)
     if response.incomplete:
@@ -342,8 +394,7 @@ def _record_turn(job: Job, action: CallModel, response: ModelResponse, backend: 
         events.append(job, ("model.turn", _turn_event(action, response, purpose=action.purpose)))
         job.response = response.text or None
         transitions.fail(job, _incomplete_error(job, action, response, backend_label))
-        job.save()
-        return None
+        return
     if action.purpose == "final":
         events.append(job, ("model.turn", _turn_event(action, response, purpose="final")))
         if not response.text.strip():
@@ -351,9 +402,8 @@ def _record_turn(job: Job, action: CallModel, response: ModelResponse, backend: 
         else:
             transitions.complete(job, response=response.text, backend=backend, backend_label=backend_label,
                                  summary=job.orchestrator_summary)
-        job.save()
-        return None
-    calls = _round_calls(job)
+        return
+    calls = memo.round_calls(job)
     _normalise_call_ids(response, job.rounds + 1)
     job.transcript = job.transcript + _round_results(job, calls) + [response.as_message()]
     events.append(job, ("model.turn", _turn_event(action, response)))
@@ -370,10 +420,8 @@ def _record_turn(job: Job, action: CallModel, response: ModelResponse, backend: 
     else:
         job.rounds += 1
         calls = _record_calls(job, response, memo, checks)
-        if any(call.pk is None for call in calls):  # a database that cannot return inserted ids
-            calls = None
-    job.save()
-    return calls
+        # A database that cannot return inserted ids leaves them to be read.
+        memo.calls = None if any(call.pk is None for call in calls) else calls
 
 
 def _unusual_finish(response: ModelResponse) -> str:
@@ -446,7 +494,7 @@ def _record_calls(job: Job, response: ModelResponse, memo: Memo,
     `sanitise.model_response` parsed them, or its problem."""
     context = memo.policy_of(job)
     offered = ", ".join(decision.name for decision in _offer(job, memo)) or "none"
-    rows = []
+    recorded = []
     for position, model_call in enumerate(response.tool_calls):
         decision = decide(model_call.name, registry.get(model_call.name), context)
         call = ToolCall(job=job, call_id=model_call.id, round=job.rounds, position=position,
@@ -463,12 +511,12 @@ def _record_calls(job: Job, response: ModelResponse, memo: Memo,
         else:
             call.verdict, call.verdict_reason = decision.verdict, decision.because[:500]
             call.status = ToolCallStatus.READY if decision.verdict == "run" else ToolCallStatus.AWAITING
-        rows.append(call)
-    ToolCall.objects.bulk_create(rows)
+        recorded.append(call)
+    rows.insert(recorded, ids=True)
     events.append(job, *[("tool.call", {"id": c.call_id, "name": c.name, "args": c.args, "risk": c.risk,
                                         "verdict": c.verdict, "status": c.status, "reason": c.verdict_reason,
-                                        "result": c.result}) for c in rows])
-    return rows
+                                        "result": c.result}) for c in recorded])
+    return recorded
 
 
 def _arguments(check: sanitise.CheckedCall, tool: Tool | None) -> tuple[Any, str | None]:
@@ -485,26 +533,27 @@ def _arguments(check: sanitise.CheckedCall, tool: Tool | None) -> tuple[Any, str
 def finish_call_and_continue(*, owner: str, job_id: str, call_pk: int, result: str, is_error: bool,
                              memo: Memo | None = None) -> Action:
     """Record a tool result, then decide the next step, in one transaction (see `record_turn_and_continue`)."""
-    with transaction.atomic():
-        try:
-            job = _lock(owner, job_id)
-        except (LeaseLost, Job.DoesNotExist):
-            return Stop("lease lost")
-        _finish_call(job, call_pk, result, is_error)
-        return _next_action(job, owner, memo=memo or Memo())
+    memo = memo or Memo()
+    try:
+        with _step(owner, job_id, memo) as job:
+            _finish_call(job, call_pk, result, is_error, memo)
+            return _next_action(job, owner, memo=memo)
+    except (LeaseLost, Job.DoesNotExist):
+        return Stop("lease lost")
 
 
-def _finish_call(job: Job, call_pk: int, result: str, is_error: bool) -> None:
-    call = ToolCall.objects.get(pk=call_pk)
+def _finish_call(job: Job, call_pk: int, result: str, is_error: bool, memo: Memo) -> None:
+    call = next((call for call in memo.round_calls(job) if call.pk == call_pk), None)
+    if call is None:
+        call = ToolCall.objects.get(pk=call_pk)
     if call.status != ToolCallStatus.RUNNING:
         return
     call.status = ToolCallStatus.FAILED if is_error else ToolCallStatus.SUCCEEDED
     call.result = sanitise.storable(result)
     call.is_error = is_error
     call.finished_at = timezone.now()
-    call.save(update_fields=["status", "result", "is_error", "finished_at"])
+    rows.update(call, ["status", "result", "is_error", "finished_at"])
     events.append(job, ("tool.finished", finished_event(call)))
-    job.save(update_fields=["last_seq", "updated_at"])
 
 
 def record_retry(*, owner: str, job_id: str, attempt: int, wait: float, error: str,
