@@ -47,6 +47,61 @@
     }
   });
 
+  // A decision answers with its card, in place (components.html#confirmation-card): the button
+  // that was pressed is gone with the old card. Focus moves on to the next call that waits (or,
+  // with none left, to the decision written on the card), or to the card's error when the
+  // decision was refused; and what was decided is read out in the live region, where it stays
+  // long enough to be read after the card itself has left the page.
+  const ANNOUNCEMENT_SECONDS = 12;
+  let announcementTimer = null;
+
+  function announce(note) {
+    const region = document.getElementById("announcer");
+    if (!region) return;
+    region.classList.toggle("alert-warning", note.classList.contains("alert-warning"));
+    region.classList.toggle("alert-success", !note.classList.contains("alert-warning"));
+    region.textContent = note.textContent.replace(/\s+/g, " ").trim();
+    clearTimeout(announcementTimer);
+    announcementTimer = setTimeout(function () { region.textContent = ""; }, ANNOUNCEMENT_SECONDS * 1000);
+  }
+
+  function nextWaitingApprove(card) {
+    const waiting = Array.from(document.querySelectorAll("article.confirm-card:not(.decided)"));
+    const after = waiting.filter(function (other) {
+      return card.compareDocumentPosition(other) & Node.DOCUMENT_POSITION_FOLLOWING;
+    });
+    const next = after[0] || waiting[waiting.length - 1];
+    return next ? next.querySelector("[data-approve]") : null;
+  }
+
+  // After the settle: until then the new card still wears the old one's classes.
+  document.addEventListener("htmx:afterSettle", function (event) {
+    const swapped = event.detail.target;
+    const card = swapped && swapped.id ? document.getElementById(swapped.id) : null;
+    if (!card || !card.matches("article.confirm-card")) return;
+    const problem = card.querySelector("[role=alert]") ||
+      card.querySelector(".field-invalid input, .field-invalid textarea, .field-invalid select");
+    const note = card.querySelector(".decision-note");
+    if (note) announce(note);
+    const target = problem || (note && nextWaitingApprove(card)) || note;
+    if (target) target.focus();
+  });
+
+  // The streams redraw whole parts of a page (the inbox, a job's calls): whatever had the focus
+  // there is replaced by its new copy, which gets the focus back when it has an id.
+  let focusedId = null;
+  document.addEventListener("htmx:wsBeforeMessage", function () {
+    const active = document.activeElement;
+    focusedId = active && active !== document.body ? active.id || null : null;
+  });
+  document.addEventListener("htmx:wsAfterMessage", function () {
+    if (focusedId && (!document.activeElement || document.activeElement === document.body)) {
+      const again = document.getElementById(focusedId);
+      if (again) again.focus({ preventScroll: true });
+    }
+    focusedId = null;
+  });
+
   // The server closes a stream with 4401 when its session ended (signed out in another tab, or
   // expired): load the page again, which leads to the sign-in page and from there back here.
   document.addEventListener("htmx:wsClose", function (event) {
