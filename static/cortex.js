@@ -102,6 +102,25 @@
     focusedId = null;
   });
 
+  // A "Copy" button copies the text of the element it names (a new API token): the server sends
+  // the value once, so copying it exactly matters. Where the clipboard is not allowed, the text is
+  // selected for the person to copy.
+  document.addEventListener("click", function (event) {
+    const button = event.target instanceof Element ? event.target.closest("[data-copy]") : null;
+    if (!button) return;
+    const source = document.getElementById(button.dataset.copy);
+    const said = document.getElementById(button.getAttribute("aria-describedby"));
+    if (!source) return;
+    function selectIt() {
+      window.getSelection().selectAllChildren(source);
+      if (said) said.textContent = "Selected: press Ctrl+C (⌘C) to copy.";
+    }
+    if (!navigator.clipboard) { selectIt(); return; }
+    navigator.clipboard.writeText(source.textContent.trim()).then(function () {
+      if (said) said.textContent = "Copied.";
+    }, selectIt);
+  });
+
   // The server closes a stream with 4401 when its session ended (signed out in another tab, or
   // expired): load the page again, which leads to the sign-in page and from there back here.
   document.addEventListener("htmx:wsClose", function (event) {
