@@ -335,8 +335,10 @@ def session_continue(request: HttpRequest, session_id: uuid.UUID) -> HttpRespons
                                       persona=form.cleaned_data["persona"] or None, options=form.options())
         except services.ServiceError as error:
             form.add_error("task", error.message)
-        else:  # back to the conversation, at the turn just started
-            return _redirect(request, f"{reverse('session-detail', args=[session.id])}#job-{job.id}")
+        else:
+            # Back to the conversation, where the turn just started shows. Without a #fragment: the
+            # browser would only scroll to it on the same page, not load it again.
+            return _redirect(request, reverse("session-detail", args=[session.id]))
     if request.htmx:
         return render(request, "sessions/detail.html#continue-form", {"form": form, "session": session}, status=400)
     return _session_page(request, session_id, form, status=400)
