@@ -17,11 +17,20 @@ from .tools.registry import RISKS, Tool
 RECENT_SESSIONS = 50
 
 
+class PersonaField(forms.ChoiceField):
+    """The default persona is offered once, as "Default (its name)"; its name is still accepted."""
+
+    accepted: set[str] = set()
+
+    def valid_value(self, value: Any) -> bool:
+        return value in self.accepted or super().valid_value(value)
+
+
 class JobSubmitForm(forms.Form):
     task = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 4, "placeholder": "What should Cortex do? Try “Write a note: buy milk”."}))
     session = forms.ChoiceField(required=False, label="Conversation")
-    persona = forms.ChoiceField(required=False)
+    persona = PersonaField(required=False)
     off_record = forms.BooleanField(required=False, label="Off the record",
                                     help_text="Not remembered and kept out of the conversation's memory.")
     respond_with_final = forms.BooleanField(required=False, initial=True, label="Answer by the chat model",
@@ -44,11 +53,9 @@ class JobSubmitForm(forms.Form):
             (str(session.id), session.title or "Untitled conversation") for session in sessions]
         default = selectors.default_persona(user)
         names = dict.fromkeys(persona.name for persona in selectors.personas_for_user(user))
-        # The default is offered once, under its name, and chosen to begin with.
-        self.fields["persona"].choices = ([] if default else [("", "Default")]) + [
-            (name, f"{name} (default)" if default and name == default.name else name) for name in names]
-        if default:
-            self.fields["persona"].initial = default.name
+        self.fields["persona"].choices = [("", f"Default ({default.name})" if default else "Default")] + [
+            (name, name) for name in names if not default or name != default.name]
+        self.fields["persona"].accepted = set(names)
         self.fields["chat_role"].choices = [(name, name) for name in selectors.role_names_for_user(user)
                                             if name != roles.ORCHESTRATOR]
 

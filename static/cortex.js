@@ -74,17 +74,38 @@
     return next ? next.querySelector("[data-approve]") : null;
   }
 
+  // The card of the decision on its way. Its answer may come second: the stream can redraw the
+  // card (decided) before the request's own answer, which then lands in a card no longer shown.
+  let deciding = null;
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    const card = event.target instanceof Element ? event.target.closest("article.confirm-card") : null;
+    if (card) deciding = card.id;
+  });
+
+  // `answered` by the request itself: only then does an error on the card belong to this decision.
+  function settleDecision(answered) {
+    if (!deciding) return;
+    const card = document.getElementById(deciding);
+    if (!card) {  // a job page's stream took the decided card away before its answer came
+      deciding = null;
+      const next = document.querySelector("article.confirm-card:not(.decided) [data-approve]");
+      if (next) next.focus();
+      return;
+    }
+    const problem = answered && (card.querySelector("[role=alert]") ||
+      card.querySelector(".field-invalid input, .field-invalid textarea, .field-invalid select"));
+    const note = card.querySelector(".decision-note");
+    if (!problem && !note) return;  // not decided yet
+    deciding = null;
+    if (note) announce(note);
+    const target = problem || nextWaitingApprove(card) || note;
+    target.focus();
+  }
+
   // After the settle: until then the new card still wears the old one's classes.
   document.addEventListener("htmx:afterSettle", function (event) {
     const swapped = event.detail.target;
-    const card = swapped && swapped.id ? document.getElementById(swapped.id) : null;
-    if (!card || !card.matches("article.confirm-card")) return;
-    const problem = card.querySelector("[role=alert]") ||
-      card.querySelector(".field-invalid input, .field-invalid textarea, .field-invalid select");
-    const note = card.querySelector(".decision-note");
-    if (note) announce(note);
-    const target = problem || (note && nextWaitingApprove(card)) || note;
-    if (target) target.focus();
+    if (swapped && deciding && swapped.id === deciding) settleDecision(true);
   });
 
   // The streams redraw whole parts of a page (the inbox, a job's calls): whatever had the focus
@@ -100,6 +121,7 @@
       if (again) again.focus({ preventScroll: true });
     }
     focusedId = null;
+    settleDecision(false);
   });
 
   // A "Copy" button copies the text of the element it names (a new API token): the server sends

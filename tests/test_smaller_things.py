@@ -23,7 +23,9 @@ def select_options(html: str, name: str) -> list[str]:
 
 def test_the_persona_list_shows_the_default_once(alice, default_persona):
     options = select_options(alice.get(reverse("jobs")).content.decode(), "persona")
-    assert options == ["assistant (default)"]
+    assert options == ["Default (assistant)"]
+    chosen_by_name = alice.post(reverse("job-submit"), {"task": "Hi", "persona": "assistant", "chat_role": "chat"})
+    assert chosen_by_name.status_code == 302
 
 
 def test_the_chat_role_is_a_choice_of_the_roles_that_exist(owner, alice, default_persona):

@@ -48,7 +48,7 @@ def test_continuing_a_conversation_stays_in_it(sign_in, owner, default_persona):
     page.goto(f"/sessions/{first.session_id}/")
     page.locator("#continue-form").get_by_label("Task").fill("And tomorrow?")
     page.get_by_role("button", name="Send").click()
-    expect(page.locator(".conversation")).to_contain_text("And tomorrow?")
+    expect(page.locator(".conversation")).to_contain_text("And tomorrow?", timeout=10_000)
     assert page.url.endswith(f"/sessions/{first.session_id}/")
     expect(page.get_by_role("heading", level=1)).to_have_text("What time is it?")
     expect(page.locator(".conversation")).to_contain_text("And tomorrow?")
