@@ -165,7 +165,8 @@ class JobAdmin(ReadOnlyAdmin):
 
     @admin.display(description="task")
     def task_excerpt(self, job: Job) -> str:
-        return job.task if len(job.task) <= 90 else job.task[:89] + "…"
+        excerpt = job.task if len(job.task) <= 90 else job.task[:89] + "…"
+        return format_html('<span class="task-excerpt" title="{}">{}</span>', job.task, excerpt)
 
     @admin.action(description="Export selected jobs as CSV", permissions=["view"])
     def export_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> HttpResponse:

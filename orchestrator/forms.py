@@ -7,7 +7,7 @@ from typing import Any
 from django import forms
 from django.contrib.auth.models import AbstractBaseUser
 
-from . import selectors
+from . import roles, selectors
 from .models import Memory, ModelProfile, Persona
 from .policy import OVERRIDES, RiskPolicy, default_action
 from .roles import RoleConfig
@@ -17,11 +17,20 @@ from .tools.registry import RISKS, Tool
 RECENT_SESSIONS = 50
 
 
+class PersonaField(forms.ChoiceField):
+    """The default persona is offered once, as "Default (its name)"; its name is still accepted."""
+
+    accepted: set[str] = set()
+
+    def valid_value(self, value: Any) -> bool:
+        return value in self.accepted or super().valid_value(value)
+
+
 class JobSubmitForm(forms.Form):
     task = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 4, "placeholder": "What should Cortex do? Try “Write a note: buy milk”."}))
     session = forms.ChoiceField(required=False, label="Conversation")
-    persona = forms.ChoiceField(required=False)
+    persona = PersonaField(required=False)
     off_record = forms.BooleanField(required=False, label="Off the record",
                                     help_text="Not remembered and kept out of the conversation's memory.")
     respond_with_final = forms.BooleanField(required=False, initial=True, label="Answer by the chat model",
@@ -32,18 +41,23 @@ class JobSubmitForm(forms.Form):
     include_long = forms.BooleanField(required=False, initial=True, label="Long-term memories")
     include_mid = forms.BooleanField(required=False, initial=True, label="Mid-term memories")
     include_short = forms.BooleanField(required=False, initial=True, label="Short-term memories")
-    chat_role = forms.SlugField(max_length=64, initial="chat", label="Chat role",
-                                help_text="Which configured model role writes the answer.")
+    chat_role = forms.ChoiceField(initial=roles.CHAT, label="Chat role",
+                                  help_text="Which configured model role writes the answer.")
 
-    def __init__(self, *args: Any, user: AbstractBaseUser, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, user: AbstractBaseUser, autofocus: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if autofocus:  # the page is there to start a task
+            self.fields["task"].widget.attrs["autofocus"] = True
         sessions = selectors.sessions_for_user(user)[:RECENT_SESSIONS]
         self.fields["session"].choices = [("", "Start a new conversation")] + [
             (str(session.id), session.title or "Untitled conversation") for session in sessions]
-        names = dict.fromkeys(persona.name for persona in selectors.personas_for_user(user))
         default = selectors.default_persona(user)
+        names = dict.fromkeys(persona.name for persona in selectors.personas_for_user(user))
         self.fields["persona"].choices = [("", f"Default ({default.name})" if default else "Default")] + [
-            (name, name) for name in names]
+            (name, name) for name in names if not default or name != default.name]
+        self.fields["persona"].accepted = set(names)
+        self.fields["chat_role"].choices = [(name, name) for name in selectors.role_names_for_user(user)
+                                            if name != roles.ORCHESTRATOR]
 
     def options(self) -> JobOptions:
         data = self.cleaned_data
@@ -163,6 +177,10 @@ def confirmation_field(tool: Tool) -> str:
 
 class TokenForm(forms.Form):
     name = forms.CharField(max_length=100, required=False, help_text="To tell your tokens apart, e.g. “nightly cron”.")
+
+
+class SessionRenameForm(forms.Form):
+    title = forms.CharField(max_length=200, label="Title")
 
 
 class MemoryForm(forms.Form):

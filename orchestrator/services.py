@@ -364,6 +364,17 @@ def memory_save(*, user: AbstractBaseUser, content: str, tier: str = Memory.Tier
     return Memory.objects.create(user=user, content=content[:10000], tier=tier, source_job_id=source_job_id)
 
 
+def session_rename(*, user: AbstractBaseUser, session_id: Any, title: str) -> Session:
+    """A conversation's new title; it keeps its place in the list (renaming is not a turn)."""
+    session = selectors.session_for_user(user, session_id)
+    title = " ".join((title or "").split())
+    if not title:
+        raise Invalid("a conversation's title must not be empty")
+    session.title = title[:200]
+    session.save(update_fields=["title"])
+    return session
+
+
 def memory_update(*, user: AbstractBaseUser, memory_id: int, content: str, tier: str) -> Memory:
     memory = selectors.memory_for_user(user, memory_id)
     content = (content or "").strip()

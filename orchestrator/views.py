@@ -20,6 +20,7 @@ from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import redirect, render, resolve_url
 from django.template.loader import render_to_string
+from django.templatetags.static import static
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_GET, require_http_methods
@@ -36,6 +37,7 @@ from .forms import (
     PersonaForm,
     ProfileForm,
     RoleForm,
+    SessionRenameForm,
     TokenForm,
     ToolPolicyForm,
     confirmation_field,
@@ -106,12 +108,18 @@ def home(request: HttpRequest) -> HttpResponse:
     return redirect("jobs")
 
 
+@require_GET
+def favicon(request: HttpRequest) -> HttpResponse:
+    """Browsers ask for /favicon.ico whatever the page's `<link rel=icon>` says."""
+    return HttpResponseRedirect(static("favicon.svg"), status=301)
+
+
 # --- Jobs ----------------------------------------------------------------------------------------
 
 def _job_list_context(request: HttpRequest, form: JobSubmitForm | None = None) -> dict[str, Any]:
     context = job_page.job_list_context(request.user, status=request.GET.get("status", ""),
                                         page_number=request.GET.get("page"))
-    return {**context, "section": "jobs", "form": form or JobSubmitForm(user=request.user)}
+    return {**context, "section": "jobs", "form": form or JobSubmitForm(user=request.user, autofocus=True)}
 
 
 @login_required
@@ -299,14 +307,15 @@ def _continue_form(request: HttpRequest, data: Any = None) -> JobSubmitForm:
 
 
 def _session_page(request: HttpRequest, session_id: uuid.UUID, form: JobSubmitForm | None = None,
-                  status: int = 200) -> HttpResponse:
+                  status: int = 200, rename_form: SessionRenameForm | None = None) -> HttpResponse:
     session = selectors.session_for_user(request.user, session_id)
     form = form or _continue_form(request)
     return render(request, "sessions/detail.html", {
         "section": "sessions", "session": session, "messages_list": session.messages.all(),
         "active_jobs": session.jobs.filter(status__in=[JobStatus.QUEUED, JobStatus.RUNNING,
                                                          JobStatus.AWAITING_CONFIRMATION]),
-        "form": form}, status=status)
+        "form": form, "rename_form": rename_form or SessionRenameForm(initial={"title": session.title})},
+        status=status)
 
 
 @login_required
@@ -327,10 +336,28 @@ def session_continue(request: HttpRequest, session_id: uuid.UUID) -> HttpRespons
         except services.ServiceError as error:
             form.add_error("task", error.message)
         else:
-            return _redirect(request, job_url(job))
+            # Back to the conversation, where the turn just started shows. Without a #fragment: the
+            # browser would only scroll to it on the same page, not load it again.
+            return _redirect(request, reverse("session-detail", args=[session.id]))
     if request.htmx:
         return render(request, "sessions/detail.html#continue-form", {"form": form, "session": session}, status=400)
     return _session_page(request, session_id, form, status=400)
+
+
+@login_required
+@post_only("session-detail", "session_id")
+def session_rename(request: HttpRequest, session_id: uuid.UUID) -> HttpResponse:
+    session = selectors.session_for_user(request.user, session_id)
+    form = SessionRenameForm(request.POST)
+    if form.is_valid():
+        try:
+            services.session_rename(user=request.user, session_id=session.id, title=form.cleaned_data["title"])
+        except services.ServiceError as error:
+            form.add_error("title", error.message)
+        else:
+            messages.success(request, "Conversation renamed.")
+            return _redirect(request, reverse("session-detail", args=[session.id]))
+    return _session_page(request, session.id, status=400, rename_form=form)
 
 
 # --- Memories ------------------------------------------------------------------------------------

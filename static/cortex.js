@@ -47,6 +47,102 @@
     }
   });
 
+  // A decision answers with its card, in place (components.html#confirmation-card): the button
+  // that was pressed is gone with the old card. Focus moves on to the next call that waits (or,
+  // with none left, to the decision written on the card), or to the card's error when the
+  // decision was refused; and what was decided is read out in the live region, where it stays
+  // long enough to be read after the card itself has left the page.
+  const ANNOUNCEMENT_SECONDS = 12;
+  let announcementTimer = null;
+
+  function announce(note) {
+    const region = document.getElementById("announcer");
+    if (!region) return;
+    region.classList.toggle("alert-warning", note.classList.contains("alert-warning"));
+    region.classList.toggle("alert-success", !note.classList.contains("alert-warning"));
+    region.textContent = note.textContent.replace(/\s+/g, " ").trim();
+    clearTimeout(announcementTimer);
+    announcementTimer = setTimeout(function () { region.textContent = ""; }, ANNOUNCEMENT_SECONDS * 1000);
+  }
+
+  function nextWaitingApprove(card) {
+    const waiting = Array.from(document.querySelectorAll("article.confirm-card:not(.decided)"));
+    const after = waiting.filter(function (other) {
+      return card.compareDocumentPosition(other) & Node.DOCUMENT_POSITION_FOLLOWING;
+    });
+    const next = after[0] || waiting[waiting.length - 1];
+    return next ? next.querySelector("[data-approve]") : null;
+  }
+
+  // The card of the decision on its way. Its answer may come second: the stream can redraw the
+  // card (decided) before the request's own answer, which then lands in a card no longer shown.
+  let deciding = null;
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    const card = event.target instanceof Element ? event.target.closest("article.confirm-card") : null;
+    if (card) deciding = card.id;
+  });
+
+  // `answered` by the request itself: only then does an error on the card belong to this decision.
+  function settleDecision(answered) {
+    if (!deciding) return;
+    const card = document.getElementById(deciding);
+    if (!card) {  // a job page's stream took the decided card away before its answer came
+      deciding = null;
+      const next = document.querySelector("article.confirm-card:not(.decided) [data-approve]");
+      if (next) next.focus();
+      return;
+    }
+    const problem = answered && (card.querySelector("[role=alert]") ||
+      card.querySelector(".field-invalid input, .field-invalid textarea, .field-invalid select"));
+    const note = card.querySelector(".decision-note");
+    if (!problem && !note) return;  // not decided yet
+    deciding = null;
+    if (note) announce(note);
+    const target = problem || nextWaitingApprove(card) || note;
+    target.focus();
+  }
+
+  // After the settle: until then the new card still wears the old one's classes.
+  document.addEventListener("htmx:afterSettle", function (event) {
+    const swapped = event.detail.target;
+    if (swapped && deciding && swapped.id === deciding) settleDecision(true);
+  });
+
+  // The streams redraw whole parts of a page (the inbox, a job's calls): whatever had the focus
+  // there is replaced by its new copy, which gets the focus back when it has an id.
+  let focusedId = null;
+  document.addEventListener("htmx:wsBeforeMessage", function () {
+    const active = document.activeElement;
+    focusedId = active && active !== document.body ? active.id || null : null;
+  });
+  document.addEventListener("htmx:wsAfterMessage", function () {
+    if (focusedId && (!document.activeElement || document.activeElement === document.body)) {
+      const again = document.getElementById(focusedId);
+      if (again) again.focus({ preventScroll: true });
+    }
+    focusedId = null;
+    settleDecision(false);
+  });
+
+  // A "Copy" button copies the text of the element it names (a new API token): the server sends
+  // the value once, so copying it exactly matters. Where the clipboard is not allowed, the text is
+  // selected for the person to copy.
+  document.addEventListener("click", function (event) {
+    const button = event.target instanceof Element ? event.target.closest("[data-copy]") : null;
+    if (!button) return;
+    const source = document.getElementById(button.dataset.copy);
+    const said = document.getElementById(button.getAttribute("aria-describedby"));
+    if (!source) return;
+    function selectIt() {
+      window.getSelection().selectAllChildren(source);
+      if (said) said.textContent = "Selected: press Ctrl+C (⌘C) to copy.";
+    }
+    if (!navigator.clipboard) { selectIt(); return; }
+    navigator.clipboard.writeText(source.textContent.trim()).then(function () {
+      if (said) said.textContent = "Copied.";
+    }, selectIt);
+  });
+
   // The server closes a stream with 4401 when its session ended (signed out in another tab, or
   // expired): load the page again, which leads to the sign-in page and from there back here.
   document.addEventListener("htmx:wsClose", function (event) {

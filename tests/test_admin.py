@@ -144,3 +144,11 @@ def test_the_policys_reason_and_the_persons_reason_are_kept_apart(owner, engine,
     call = job.tool_calls.get()
     assert call.verdict_reason == "medium risk asks by default"
     assert call.reason == "not now"
+
+
+def test_the_admin_task_column_shows_the_whole_task_on_hover(root, owner, default_persona):
+    task = "Write a note: " + ", ".join(["a long shopping list"] * 10)
+    services.job_submit(user=owner, task=task)
+    html = root.get(reverse("admin:orchestrator_job_changelist")).content.decode()
+    assert f'title="{task}"' in html
+    assert task[:89] + "…" in html

@@ -569,7 +569,9 @@ def test_a_session_continues_from_its_page(owner, alice):
     first = services.job_submit(user=owner, task="Start")
     response = alice.post(reverse("session-continue", args=[first.session_id]), {"task": "Go on", "chat_role": "chat"})
     job = Job.objects.get(task="Go on")
-    assert response.status_code == 302 and response["Location"] == reverse("job-detail", args=[job.pk])
+    # Continuing opens the conversation, at the new turn, not the job.
+    assert response.status_code == 302
+    assert response["Location"] == reverse("session-detail", args=[first.session_id])
     assert job.session_id == first.session_id
 
     empty = alice.post(reverse("session-continue", args=[first.session_id]), {"task": "", "chat_role": "chat"},
