@@ -65,13 +65,14 @@
     announcementTimer = setTimeout(function () { region.textContent = ""; }, ANNOUNCEMENT_SECONDS * 1000);
   }
 
-  function nextWaitingApprove(card) {
+  // The next waiting card itself, not its Approve button: a second Enter pressed out of habit must
+  // not approve a call the person has not looked at. Tab from there reaches its buttons.
+  function nextWaitingCard(card) {
     const waiting = Array.from(document.querySelectorAll("article.confirm-card:not(.decided)"));
     const after = waiting.filter(function (other) {
       return card.compareDocumentPosition(other) & Node.DOCUMENT_POSITION_FOLLOWING;
     });
-    const next = after[0] || waiting[waiting.length - 1];
-    return next ? next.querySelector("[data-approve]") : null;
+    return after[0] || waiting[waiting.length - 1] || null;
   }
 
   // The card of the decision on its way. Its answer may come second: the stream can redraw the
@@ -88,7 +89,7 @@
     const card = document.getElementById(deciding);
     if (!card) {  // a job page's stream took the decided card away before its answer came
       deciding = null;
-      const next = document.querySelector("article.confirm-card:not(.decided) [data-approve]");
+      const next = document.querySelector("article.confirm-card:not(.decided)");
       if (next) next.focus();
       return;
     }
@@ -98,7 +99,7 @@
     if (!problem && !note) return;  // not decided yet
     deciding = null;
     if (note) announce(note);
-    const target = problem || nextWaitingApprove(card) || note;
+    const target = problem || nextWaitingCard(card) || note;
     target.focus();
   }
 
