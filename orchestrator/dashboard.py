@@ -1,0 +1,230 @@
+"""The activity dashboard's figures: jobs per day by outcome, tokens per day by model, tool calls by
+tool and decision, and how long confirmations waited. Every figure is aggregated in the database
+over the jobs and calls `selectors.activity_jobs` / `selectors.activity_tool_calls` let the person
+see; this module never widens that scope."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db.models import Case, CharField, Count, DurationField, ExpressionWrapper, F, IntegerField, Q, QuerySet, Sum, Value, When
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast, Coalesce, TruncDate
+from django.utils import timezone
+
+from .models import Job, JobStatus, ToolCall, ToolCallStatus
+from .selectors import COMPLETE_WITH_PROBLEMS
+
+PERIODS = (7, 30, 90)
+DEFAULT_PERIOD = 30
+
+# The outcomes of a finished job, as the badges show them.
+JOB_OUTCOMES = (
+    (JobStatus.COMPLETE, "Complete"),
+    (COMPLETE_WITH_PROBLEMS, "Complete, calls denied or failed"),
+    (JobStatus.ERROR, "Error"),
+    (JobStatus.CANCELLED, "Cancelled"),
+)
+
+# What became of a tool call. Confirmations do not expire (yet), so there is no "expired".
+RAN = "ran"
+APPROVED = "approved"
+EDITED = "edited"
+DENIED = "denied"
+REFUSED_OR_FAILED = "refused_or_failed"
+UNDECIDED = "undecided"
+CALL_DECISIONS = (
+    (RAN, "Ran without asking"),
+    (APPROVED, "Approved"),
+    (EDITED, "Edited, then approved"),
+    (DENIED, "Denied"),
+    (REFUSED_OR_FAILED, "Refused or failed"),
+    (UNDECIDED, "Not decided"),
+)
+
+
+def parse_period(value: Any) -> int:
+    """The period in days a GET parameter asks for; anything else is the default."""
+    try:
+        days = int(value)
+    except (TypeError, ValueError):
+        return DEFAULT_PERIOD
+    return days if days in PERIODS else DEFAULT_PERIOD
+
+
+@dataclass(frozen=True)
+class Period:
+    days: int
+    first_day: dt.date
+    start: dt.datetime  # the first day's midnight, in the current time zone
+
+    @classmethod
+    def ending_today(cls, days: int, *, now: dt.datetime | None = None) -> Period:
+        today = timezone.localdate(now or timezone.now())
+        first_day = today - dt.timedelta(days=days - 1)
+        start = timezone.make_aware(dt.datetime.combine(first_day, dt.time()))
+        return cls(days=days, first_day=first_day, start=start)
+
+    @property
+    def dates(self) -> list[dt.date]:
+        return [self.first_day + dt.timedelta(days=n) for n in range(self.days)]
+
+    def fixed_utc_offset(self) -> dt.timedelta | None:
+        """The current time zone's offset from UTC when it is the same all through the period
+        (always, in UTC), else None."""
+        zone = timezone.get_current_timezone()
+        offsets = {zone.utcoffset(dt.datetime.combine(day, dt.time()))
+                   for day in [*self.dates, self.first_day + dt.timedelta(days=self.days)]}
+        return offsets.pop() if len(offsets) == 1 else None
+
+
+class LocalDate(TruncDate):
+    """`TruncDate` in the current time zone. On SQLite Django computes that with a Python function
+    called for every row, far too slow for 100,000 jobs; when the zone's offset does not change in
+    the period (always in UTC, the default), SQLite's own `date()` shifted by the offset gives the
+    same day."""
+
+    def __init__(self, expression: Any, *, fixed_offset: dt.timedelta | None, **extra: Any) -> None:
+        self.fixed_offset = fixed_offset
+        super().__init__(expression, **extra)
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra_context: Any) -> tuple[str, list[Any]]:
+        if self.fixed_offset is None:
+            return super().as_sql(compiler, connection, **extra_context)
+        sql, params = compiler.compile(self.lhs)
+        return f"date({sql}, %s)", [*params, f"{int(self.fixed_offset.total_seconds()):+d} seconds"]
+
+
+@dataclass
+class Activity:
+    period: Period
+    jobs_by_day: dict[dt.date, dict[str, int]]
+    tokens_by_day: dict[dt.date, dict[str, int]]
+    models: list[str]
+    calls_by_tool: dict[str, dict[str, int]]
+    median_wait: dt.timedelta | None
+    decided_confirmations: int
+    totals: dict[str, int] = field(default_factory=dict)
+
+
+def jobs_by_day(jobs: QuerySet[Job], period: Period) -> dict[dt.date, dict[str, int]]:
+    """Finished jobs by the day they were submitted (`created_at`) and their outcome. A complete job
+    with any call that ended in an error (`ToolCall.is_error`: denied, refused, failed, interrupted)
+    is COMPLETE_WITH_PROBLEMS. Two grouped queries: counts by day and status, and the troubled
+    complete jobs by day, counted from their error calls (a few) rather than a subquery per job."""
+    day = LocalDate("created_at", fixed_offset=period.fixed_utc_offset())
+    finished = jobs.filter(created_at__gte=period.start,
+                           status__in=(JobStatus.COMPLETE, JobStatus.ERROR, JobStatus.CANCELLED))
+    counts = {date: {outcome: 0 for outcome, _ in JOB_OUTCOMES} for date in period.dates}
+    for date, status, number in (finished.order_by().annotate(day=day).values("day", "status")
+                                 .annotate(number=Count("pk")).values_list("day", "status", "number")):
+        if date in counts:
+            counts[date][status] += number
+    troubled = (ToolCall.objects.filter(is_error=True, job__in=finished.filter(status=JobStatus.COMPLETE))
+                .order_by().annotate(day=LocalDate("job__created_at", fixed_offset=period.fixed_utc_offset()))
+                .values("day").annotate(number=Count("job", distinct=True)).values_list("day", "number"))
+    for date, number in troubled:
+        if date in counts:
+            counts[date][JobStatus.COMPLETE] -= number
+            counts[date][COMPLETE_WITH_PROBLEMS] += number
+    return counts
+
+
+def tokens_by_day(jobs: QuerySet[Job], period: Period) -> tuple[dict[dt.date, dict[str, int]], list[str]]:
+    """Input plus output tokens (`Job.usage`) of every job submitted in the period, whatever its
+    outcome, by day and by the job's orchestrator model (the usage is recorded per job, not per
+    model, so a chat model's answer counts under the job's orchestrator model). Summed in the
+    database over the JSON keys. Returns the sums and the models, most tokens first."""
+    day = LocalDate("created_at", fixed_offset=period.fixed_utc_offset())
+    tokens = (Coalesce(Cast(KT("usage__input_tokens"), IntegerField()), 0)
+              + Coalesce(Cast(KT("usage__output_tokens"), IntegerField()), 0))
+    rows = (jobs.filter(created_at__gte=period.start).order_by().annotate(day=day)
+            .values("day", "orchestrator_model").annotate(tokens=Sum(tokens))
+            .values_list("day", "orchestrator_model", "tokens"))
+    by_day: dict[dt.date, dict[str, int]] = {date: {} for date in period.dates}
+    per_model: dict[str, int] = {}
+    for date, model, number in rows:
+        if date in by_day and number:
+            by_day[date][model] = by_day[date].get(model, 0) + number
+            per_model[model] = per_model.get(model, 0) + number
+    models = sorted(per_model, key=lambda model: (-per_model[model], model))
+    return {date: {model: models_tokens.get(model, 0) for model in models}
+            for date, models_tokens in by_day.items()}, models
+
+
+def _call_decision() -> Case:
+    """What became of a call, from its fields: the person's `decision` first, then the policy's
+    `verdict` and the call's `status`."""
+    return Case(
+        When(decision=ToolCall.Decision.DENIED, then=Value(DENIED)),
+        When(Q(verdict=ToolCall.Verdict.REFUSE) | Q(status__in=(ToolCallStatus.REFUSED, ToolCallStatus.FAILED)),
+             then=Value(REFUSED_OR_FAILED)),
+        When(decision=ToolCall.Decision.EDITED, then=Value(EDITED)),
+        When(decision=ToolCall.Decision.APPROVED, then=Value(APPROVED)),
+        When(verdict=ToolCall.Verdict.RUN, then=Value(RAN)),
+        default=Value(UNDECIDED),
+        output_field=CharField(),
+    )
+
+
+def calls_by_tool(calls: QuerySet[ToolCall], period: Period) -> dict[str, dict[str, int]]:
+    """Tool calls recorded in the period (`ToolCall.created_at`) by tool name and what became of
+    them (see `_call_decision`). A call approved or ran that then failed counts as failed. Tools
+    with the most calls first."""
+    rows = (calls.filter(created_at__gte=period.start).order_by().annotate(decided=_call_decision())
+            .values("name", "decided").annotate(number=Count("pk")).values_list("name", "decided", "number"))
+    by_tool: dict[str, dict[str, int]] = {}
+    for name, decided, number in rows:
+        by_tool.setdefault(name, {key: 0 for key, _ in CALL_DECISIONS})[decided] += number
+    return dict(sorted(by_tool.items(), key=lambda item: (-sum(item[1].values()), item[0])))
+
+
+def confirmation_waits(calls: QuerySet[ToolCall], period: Period) -> tuple[dt.timedelta | None, int]:
+    """The median time a confirmation waited, and how many waits it is the median of.
+
+    A call the policy asks about is recorded with status `awaiting` when the model makes it, so
+    its `created_at` is when it started waiting; `decided_at` is when the person approved, edited
+    or denied it. Calls decided in the period count. The median is found in the database: the
+    waits are counted, then the middle one (or two) read in order, never all of them."""
+    wait = ExpressionWrapper(F("decided_at") - F("created_at"), output_field=DurationField())
+    decided = (calls.filter(verdict=ToolCall.Verdict.ASK, decided_at__gte=period.start)
+               .order_by().annotate(wait=wait).order_by("wait"))
+    number = decided.count()
+    if not number:
+        return None, 0
+    middle = list(decided.values_list("wait", flat=True)[(number - 1) // 2: number // 2 + 1])
+    return sum(middle, dt.timedelta()) / len(middle), number
+
+
+def activity(jobs: QuerySet[Job], calls: QuerySet[ToolCall], *, days: int,
+             now: dt.datetime | None = None) -> Activity:
+    period = Period.ending_today(days, now=now)
+    by_day = jobs_by_day(jobs, period)
+    tokens, models = tokens_by_day(jobs, period)
+    by_tool = calls_by_tool(calls, period)
+    median_wait, decided = confirmation_waits(calls, period)
+    totals = {outcome: sum(day[outcome] for day in by_day.values()) for outcome, _ in JOB_OUTCOMES}
+    totals["jobs"] = sum(totals.values())
+    totals["tokens"] = sum(sum(day.values()) for day in tokens.values())
+    totals["calls"] = sum(sum(tool.values()) for tool in by_tool.values())
+    return Activity(period=period, jobs_by_day=by_day, tokens_by_day=tokens, models=models,
+                    calls_by_tool=by_tool, median_wait=median_wait, decided_confirmations=decided,
+                    totals=totals)
+
+
+def csv_rows(data: Activity) -> list[list[Any]]:
+    """Every figure of the page as rows of one CSV file, the first row naming the columns."""
+    rows: list[list[Any]] = [["series", "day", "name", "category", "value"]]
+    for date, outcomes in data.jobs_by_day.items():
+        rows.extend(["jobs", date.isoformat(), "", outcome, number] for outcome, number in outcomes.items())
+    for date, by_model in data.tokens_by_day.items():
+        rows.extend(["tokens", date.isoformat(), model, "input_and_output", number]
+                    for model, number in by_model.items())
+    for name, decisions in data.calls_by_tool.items():
+        rows.extend(["tool_calls", "", name, decided, number] for decided, number in decisions.items())
+    if data.median_wait is not None:
+        rows.append(["confirmation_wait", "", "", "median_seconds", round(data.median_wait.total_seconds(), 3)])
+    rows.append(["confirmation_wait", "", "", "decided", data.decided_confirmations])
+    return rows
