@@ -1,4 +1,4 @@
-"""The geometry of the dashboard's SVG charts, as plain data: the template draws the rectangles.
+"""The dashboard's SVG charts: their geometry as plain data, then drawn as inline SVG.
 Colours are not chosen here: each bar has a series number, and the stylesheet fills `.series-N`
 from its colour variables, so the charts follow the light and the dark scheme."""
 
@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
 
 WIDTH = 720
 HEIGHT = 220
@@ -105,3 +108,21 @@ def stacked_rows(rows: Sequence[tuple[str, Sequence[int]]], names: Sequence[str]
     ticks = [Label(x=round(NAME_WIDTH + plot_width * part, 2), y=height - 6, text=f"{round(top * part):,}")
              for part in (0, 0.5, 1)]
     return Chart(width=WIDTH, height=height, bars=bars, labels=labels, ticks=ticks, gridlines=[])
+
+
+def svg(chart: Chart, *, id: str, label: str, kind: str) -> SafeString:
+    """The chart as inline SVG: a titled image whose bars take their fill from the stylesheet
+    (`.series-N`) and whose text and grid lines are `currentColor`. Built here rather than in a
+    template loop, which takes a tenth of a second for the 90 days × series of a busy site."""
+    grid = format_html_join("", '<line class="chart-grid" x1="{}" x2="{}" y1="{}" y2="{}" stroke="currentColor"/>',
+                            ((LEFT, chart.width, y, y) for y in chart.gridlines))
+    bars = format_html_join("", '<rect class="chart-bar series-{}" x="{}" y="{}" width="{}" height="{}">'
+                                '<title>{}</title></rect>',
+                            ((bar.series, bar.x, bar.y, bar.width, bar.height, bar.title) for bar in chart.bars))
+    ticks = format_html_join("", '<text class="chart-tick" x="{}" y="{}" fill="currentColor">{}</text>',
+                             ((tick.x, tick.y, tick.text) for tick in chart.ticks))
+    labels = format_html_join("", '<text class="chart-label {}" x="{}" y="{}" fill="currentColor">{}</text>',
+                              ((kind, text.x, text.y, text.text) for text in chart.labels))
+    return format_html('<svg class="chart {}-chart" viewBox="0 0 {} {}" role="img" aria-labelledby="{}-title" '
+                       'preserveAspectRatio="xMinYMin meet"><title id="{}-title">{}</title>{}{}{}{}</svg>',
+                       kind, chart.width, chart.height, id, id, label, grid, bars, ticks, labels)

@@ -1,7 +1,8 @@
 """The activity dashboard's figures: jobs per day by outcome, tokens per day by model, tool calls by
-tool and decision, and how long confirmations waited. Every figure is aggregated in the database
-over the jobs and calls `selectors.activity_jobs` / `selectors.activity_tool_calls` let the person
-see; this module never widens that scope."""
+tool and decision, and how long confirmations waited. Every figure is about the jobs submitted in
+the period (by `Job.created_at`, in the current time zone) and their calls, and is aggregated in
+the database over the jobs and calls `selectors.activity_jobs` / `selectors.activity_tool_calls`
+let the person see; this module never widens that scope."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import Case, CharField, Count, DurationField, ExpressionWrapper, F, IntegerField, Q, QuerySet, Sum, Value, When
+from django.db.models import Case, CharField, Count, F, FloatField, Func, IntegerField, Q, QuerySet, Sum, Value, When
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce, TruncDate
 from django.utils import timezone
@@ -109,49 +110,64 @@ class Activity:
     totals: dict[str, int] = field(default_factory=dict)
 
 
-def jobs_by_day(jobs: QuerySet[Job], period: Period) -> dict[dt.date, dict[str, int]]:
-    """Finished jobs by the day they were submitted (`created_at`) and their outcome. A complete job
-    with any call that ended in an error (`ToolCall.is_error`: denied, refused, failed, interrupted)
-    is COMPLETE_WITH_PROBLEMS. Two grouped queries: counts by day and status, and the troubled
-    complete jobs by day, counted from their error calls (a few) rather than a subquery per job."""
-    day = LocalDate("created_at", fixed_offset=period.fixed_utc_offset())
-    finished = jobs.filter(created_at__gte=period.start,
-                           status__in=(JobStatus.COMPLETE, JobStatus.ERROR, JobStatus.CANCELLED))
-    counts = {date: {outcome: 0 for outcome, _ in JOB_OUTCOMES} for date in period.dates}
-    for date, status, number in (finished.order_by().annotate(day=day).values("day", "status")
-                                 .annotate(number=Count("pk")).values_list("day", "status", "number")):
-        if date in counts:
-            counts[date][status] += number
-    troubled = (ToolCall.objects.filter(is_error=True, job__in=finished.filter(status=JobStatus.COMPLETE))
-                .order_by().annotate(day=LocalDate("job__created_at", fixed_offset=period.fixed_utc_offset()))
+class UsageTokens(Func):
+    """Input plus output tokens of a job's `usage`, 0 for a missing key. On SQLite Django's KT()
+    compiles to a CASE that parses the JSON up to three times per key; `json_extract` parses it
+    once. Elsewhere (PostgreSQL): KT() cast to an integer, which is already a plain `->>`."""
+
+    output_field = IntegerField()
+
+    def __init__(self, **extra: Any) -> None:
+        super().__init__(Coalesce(Cast(KT("usage__input_tokens"), IntegerField()), 0)
+                         + Coalesce(Cast(KT("usage__output_tokens"), IntegerField()), 0), **extra)
+
+    def as_sql(self, compiler: Any, connection: Any, **extra_context: Any) -> tuple[str, list[Any]]:
+        return compiler.compile(self.source_expressions[0])
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra_context: Any) -> tuple[str, list[Any]]:
+        usage, params = compiler.compile(F("usage").resolve_expression(compiler.query))
+        return (f"(COALESCE(json_extract({usage}, '$.input_tokens'), 0)"
+                f" + COALESCE(json_extract({usage}, '$.output_tokens'), 0))", [*params, *params])
+
+
+def jobs_and_tokens_by_day(jobs: QuerySet[Job], calls: QuerySet[ToolCall], period: Period
+                           ) -> tuple[dict[dt.date, dict[str, int]], dict[dt.date, dict[str, int]], list[str]]:
+    """Jobs by day and outcome, and tokens by day and model, in one pass over the jobs.
+
+    Jobs: the finished ones, by outcome. A complete job with any call that ended in an error
+    (`ToolCall.is_error`: denied, refused, failed, interrupted) is COMPLETE_WITH_PROBLEMS; those
+    are counted from the error calls (a few) rather than with a subquery per job.
+
+    Tokens: input plus output (`Job.usage`) of every job, whatever its outcome, by the job's
+    orchestrator model (usage is recorded per job, not per model, so a chat model's answer counts
+    under the job's orchestrator model). Models with the most tokens first."""
+    fixed_offset = period.fixed_utc_offset()
+    rows = (jobs.filter(created_at__gte=period.start).order_by()
+            .annotate(day=LocalDate("created_at", fixed_offset=fixed_offset))
+            .values("day", "status", "orchestrator_model")
+            .annotate(number=Count("pk"), tokens=Sum(UsageTokens()))
+            .values_list("day", "status", "orchestrator_model", "number", "tokens"))
+    by_outcome = {date: {outcome: 0 for outcome, _ in JOB_OUTCOMES} for date in period.dates}
+    by_model: dict[dt.date, dict[str, int]] = {date: {} for date in period.dates}
+    per_model: dict[str, int] = {}
+    for date, status, model, number, tokens in rows:
+        if date not in by_outcome:
+            continue
+        if status in by_outcome[date]:
+            by_outcome[date][status] += number
+        if tokens:
+            by_model[date][model] = by_model[date].get(model, 0) + tokens
+            per_model[model] = per_model.get(model, 0) + tokens
+    troubled = (calls.filter(is_error=True, job__status=JobStatus.COMPLETE, job__created_at__gte=period.start)
+                .order_by().annotate(day=LocalDate("job__created_at", fixed_offset=fixed_offset))
                 .values("day").annotate(number=Count("job", distinct=True)).values_list("day", "number"))
     for date, number in troubled:
-        if date in counts:
-            counts[date][JobStatus.COMPLETE] -= number
-            counts[date][COMPLETE_WITH_PROBLEMS] += number
-    return counts
-
-
-def tokens_by_day(jobs: QuerySet[Job], period: Period) -> tuple[dict[dt.date, dict[str, int]], list[str]]:
-    """Input plus output tokens (`Job.usage`) of every job submitted in the period, whatever its
-    outcome, by day and by the job's orchestrator model (the usage is recorded per job, not per
-    model, so a chat model's answer counts under the job's orchestrator model). Summed in the
-    database over the JSON keys. Returns the sums and the models, most tokens first."""
-    day = LocalDate("created_at", fixed_offset=period.fixed_utc_offset())
-    tokens = (Coalesce(Cast(KT("usage__input_tokens"), IntegerField()), 0)
-              + Coalesce(Cast(KT("usage__output_tokens"), IntegerField()), 0))
-    rows = (jobs.filter(created_at__gte=period.start).order_by().annotate(day=day)
-            .values("day", "orchestrator_model").annotate(tokens=Sum(tokens))
-            .values_list("day", "orchestrator_model", "tokens"))
-    by_day: dict[dt.date, dict[str, int]] = {date: {} for date in period.dates}
-    per_model: dict[str, int] = {}
-    for date, model, number in rows:
-        if date in by_day and number:
-            by_day[date][model] = by_day[date].get(model, 0) + number
-            per_model[model] = per_model.get(model, 0) + number
+        if date in by_outcome:
+            by_outcome[date][JobStatus.COMPLETE] -= number
+            by_outcome[date][COMPLETE_WITH_PROBLEMS] += number
     models = sorted(per_model, key=lambda model: (-per_model[model], model))
-    return {date: {model: models_tokens.get(model, 0) for model in models}
-            for date, models_tokens in by_day.items()}, models
+    return by_outcome, {date: {model: tokens.get(model, 0) for model in models}
+                        for date, tokens in by_model.items()}, models
 
 
 def _call_decision() -> Case:
@@ -170,10 +186,10 @@ def _call_decision() -> Case:
 
 
 def calls_by_tool(calls: QuerySet[ToolCall], period: Period) -> dict[str, dict[str, int]]:
-    """Tool calls recorded in the period (`ToolCall.created_at`) by tool name and what became of
-    them (see `_call_decision`). A call approved or ran that then failed counts as failed. Tools
-    with the most calls first."""
-    rows = (calls.filter(created_at__gte=period.start).order_by().annotate(decided=_call_decision())
+    """The calls of the jobs submitted in the period by tool name and what became of them (see
+    `_call_decision`). A call approved or ran that then failed counts as failed. Tools with the
+    most calls first."""
+    rows = (calls.filter(job__created_at__gte=period.start).order_by().annotate(decided=_call_decision())
             .values("name", "decided").annotate(number=Count("pk")).values_list("name", "decided", "number"))
     by_tool: dict[str, dict[str, int]] = {}
     for name, decided, number in rows:
@@ -181,28 +197,42 @@ def calls_by_tool(calls: QuerySet[ToolCall], period: Period) -> dict[str, dict[s
     return dict(sorted(by_tool.items(), key=lambda item: (-sum(item[1].values()), item[0])))
 
 
+class SecondsBetween(Func):
+    """`end - start` in seconds, as a float computed by the database itself (Django's own
+    subtraction calls a Python function per row on SQLite)."""
+
+    output_field = FloatField()
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra_context: Any) -> tuple[str, list[Any]]:
+        return self.as_sql(compiler, connection, template="((julianday(%(expressions)s)) * 86400.0)",
+                           arg_joiner=") - julianday(", **extra_context)
+
+    def as_postgresql(self, compiler: Any, connection: Any, **extra_context: Any) -> tuple[str, list[Any]]:
+        return self.as_sql(compiler, connection, template="EXTRACT(EPOCH FROM (%(expressions)s))::float",
+                           arg_joiner=" - ", **extra_context)
+
+
 def confirmation_waits(calls: QuerySet[ToolCall], period: Period) -> tuple[dt.timedelta | None, int]:
     """The median time a confirmation waited, and how many waits it is the median of.
 
     A call the policy asks about is recorded with status `awaiting` when the model makes it, so
     its `created_at` is when it started waiting; `decided_at` is when the person approved, edited
-    or denied it. Calls decided in the period count. The median is found in the database: the
-    waits are counted, then the middle one (or two) read in order, never all of them."""
-    wait = ExpressionWrapper(F("decided_at") - F("created_at"), output_field=DurationField())
-    decided = (calls.filter(verdict=ToolCall.Verdict.ASK, decided_at__gte=period.start)
-               .order_by().annotate(wait=wait).order_by("wait"))
+    or denied it. The decided calls of the jobs submitted in the period count. The median is found
+    in the database: the waits are counted, then the middle one (or two) read in order."""
+    decided = (calls.filter(verdict=ToolCall.Verdict.ASK, decided_at__isnull=False,
+                            job__created_at__gte=period.start).order_by())
     number = decided.count()
     if not number:
         return None, 0
-    middle = list(decided.values_list("wait", flat=True)[(number - 1) // 2: number // 2 + 1])
-    return sum(middle, dt.timedelta()) / len(middle), number
+    middle = list(decided.annotate(wait=SecondsBetween("decided_at", "created_at")).order_by("wait")
+                  .values_list("wait", flat=True)[(number - 1) // 2: number // 2 + 1])
+    return dt.timedelta(seconds=round(sum(middle) / len(middle), 3)), number
 
 
 def activity(jobs: QuerySet[Job], calls: QuerySet[ToolCall], *, days: int,
              now: dt.datetime | None = None) -> Activity:
     period = Period.ending_today(days, now=now)
-    by_day = jobs_by_day(jobs, period)
-    tokens, models = tokens_by_day(jobs, period)
+    by_day, tokens, models = jobs_and_tokens_by_day(jobs, calls, period)
     by_tool = calls_by_tool(calls, period)
     median_wait, decided = confirmation_waits(calls, period)
     totals = {outcome: sum(day[outcome] for day in by_day.values()) for outcome, _ in JOB_OUTCOMES}

@@ -43,11 +43,15 @@ def _context(request: HttpRequest, data: dashboard.Activity, *, everyone: bool) 
         "token_rows": token_rows,
         "model_names": model_names,
         "call_rows": call_rows,
-        "jobs_chart": charts.stacked_columns([(short, long, values) for (short, long, _), (_, values)
-                                              in zip(days, job_rows)], outcome_names),
-        "tokens_chart": charts.stacked_columns([(short, long, values) for (short, long, _), (_, values)
-                                                in zip(days, token_rows)], model_names),
-        "calls_chart": charts.stacked_rows(call_rows, decision_names),
+        "jobs_chart": charts.svg(charts.stacked_columns([(short, long, values) for (short, long, _), (_, values)
+                                                         in zip(days, job_rows)], outcome_names),
+                                 id="jobs-chart", label="Finished jobs per day, stacked by outcome", kind="chart-day"),
+        "tokens_chart": charts.svg(charts.stacked_columns([(short, long, values) for (short, long, _), (_, values)
+                                                           in zip(days, token_rows)], model_names),
+                                   id="tokens-chart", label="Input and output tokens per day, stacked by model",
+                                   kind="chart-day"),
+        "calls_chart": charts.svg(charts.stacked_rows(call_rows, decision_names), id="calls-chart",
+                                  label="Tool calls per tool, by what became of them", kind="chart-name"),
         "median_wait_seconds": None if data.median_wait is None else data.median_wait.total_seconds(),
     }
 
