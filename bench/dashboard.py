@@ -77,10 +77,10 @@ def populate(jobs: int, *, seed: int = 11) -> dict[str, int]:
             for _ in range(start, min(start + 5000, jobs)):
                 created = now - dt.timedelta(seconds=rng.uniform(0, 89.9 * 86400))
                 owner = people[0] if rng.random() < 0.2 else rng.choice(people[1:])
-                batch.append(Job(user=owner, created_at=created, task="Summarise the notes of last week", status=rng.choice(statuses),
-                                 orchestrator_model=rng.choice(models), transcript=transcript,
-                                 usage={"input_tokens": rng.randint(200, 20000), "output_tokens": rng.randint(20, 2000),
-                                        "model_calls": rng.randint(1, 6)},
+                batch.append(Job(user=owner, created_at=created, task="Summarise the notes of last week",
+                                 status=rng.choice(statuses), orchestrator_model=rng.choice(models), transcript=transcript,
+                                 usage={"input_tokens": rng.randint(200, 20000),
+                                        "output_tokens": rng.randint(20, 2000), "model_calls": rng.randint(1, 6)},
                                  completed_at=created + dt.timedelta(seconds=30)))
             Job.objects.bulk_create(batch)
             for job in batch:
@@ -107,8 +107,8 @@ def _call(job, position: int, rng: random.Random, ToolCall, ToolCallStatus):  # 
                   "status": ToolCallStatus.DENIED if decision == "denied" else ToolCallStatus.SUCCEEDED}
     elif kind < 0.45:
         fields = {"verdict": "refuse", "status": ToolCallStatus.REFUSED, "decision": "", "decided_at": None}
-    return ToolCall(job=job, created_at=recorded, call_id=f"call_{position}", round=1, position=position, name=rng.choice(TOOLS),
-                    is_error=fields["status"] != ToolCallStatus.SUCCEEDED, **fields)
+    return ToolCall(job=job, created_at=recorded, call_id=f"call_{position}", round=1, position=position,
+                    name=rng.choice(TOOLS), is_error=fields["status"] != ToolCallStatus.SUCCEEDED, **fields)
 
 
 def time_renders(path: str, renders: int) -> list[float]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db.models import Case, CharField, Count, F, FloatField, Func, IntegerField, Q, QuerySet, Sum, Value, When
-from django.db.models.fields.json import KT
+from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, TruncDate
 from django.utils import timezone
 
@@ -111,23 +111,25 @@ class Activity:
 
 
 class UsageTokens(Func):
-    """Input plus output tokens of a job's `usage`, 0 for a missing key. On SQLite Django's KT()
-    compiles to a CASE that parses the JSON up to three times per key; `json_extract` parses it
-    once. Elsewhere (PostgreSQL): KT() cast to an integer, which is already a plain `->>`."""
+    """Input plus output tokens of a job's `usage`, a missing key counting 0. On SQLite, Django's
+    KT() compiles to a CASE that parses the JSON up to three times per key; `json_extract` parses
+    it once. Elsewhere (PostgreSQL) KT() cast to an integer is a plain `->>` already."""
 
     output_field = IntegerField()
+    keys = ("input_tokens", "output_tokens")
 
-    def __init__(self, **extra: Any) -> None:
-        super().__init__(Coalesce(Cast(KT("usage__input_tokens"), IntegerField()), 0)
-                         + Coalesce(Cast(KT("usage__output_tokens"), IntegerField()), 0), **extra)
+    def __init__(self, usage: str = "usage", **extra: Any) -> None:
+        super().__init__(F(usage), **extra)
 
     def as_sql(self, compiler: Any, connection: Any, **extra_context: Any) -> tuple[str, list[Any]]:
-        return compiler.compile(self.source_expressions[0])
+        usage = self.source_expressions[0]
+        tokens = [Coalesce(Cast(KeyTextTransform(key, usage), IntegerField()), 0) for key in self.keys]
+        return compiler.compile(tokens[0] + tokens[1])
 
     def as_sqlite(self, compiler: Any, connection: Any, **extra_context: Any) -> tuple[str, list[Any]]:
-        usage, params = compiler.compile(F("usage").resolve_expression(compiler.query))
-        return (f"(COALESCE(json_extract({usage}, '$.input_tokens'), 0)"
-                f" + COALESCE(json_extract({usage}, '$.output_tokens'), 0))", [*params, *params])
+        usage, params = compiler.compile(self.source_expressions[0])
+        terms = [f"COALESCE(json_extract({usage}, '$.{key}'), 0)" for key in self.keys]
+        return f"({' + '.join(terms)})", [*params, *params]
 
 
 def jobs_and_tokens_by_day(jobs: QuerySet[Job], calls: QuerySet[ToolCall], period: Period

@@ -17,7 +17,7 @@ from .views import login_required
 MODELS_SHOWN = 5
 
 
-def _context(request: HttpRequest, data: dashboard.Activity, *, everyone: bool) -> dict[str, Any]:
+def _context(data: dashboard.Activity, *, everyone: bool) -> dict[str, Any]:
     outcome_names = [label for _, label in dashboard.JOB_OUTCOMES]
     decision_names = [label for _, label in dashboard.CALL_DECISIONS]
     days = [(date.strftime("%-d %b"), date.strftime("%a %-d %b %Y"), date) for date in data.period.dates]
@@ -70,4 +70,4 @@ def activity(request: HttpRequest) -> HttpResponse:
         response["Content-Disposition"] = f'attachment; filename="cortex-activity-{scope}-{days}d.csv"'
         csv.writer(response).writerows(dashboard.csv_rows(data))
         return response
-    return render(request, "activity/dashboard.html", _context(request, data, everyone=everyone))
+    return render(request, "activity/dashboard.html", _context(data, everyone=everyone))
