@@ -78,7 +78,8 @@ def populate(jobs: int, *, seed: int = 11) -> dict[str, int]:
                 created = now - dt.timedelta(seconds=rng.uniform(0, 89.9 * 86400))
                 owner = people[0] if rng.random() < 0.2 else rng.choice(people[1:])
                 batch.append(Job(user=owner, created_at=created, task="Summarise the notes of last week",
-                                 status=rng.choice(statuses), orchestrator_model=rng.choice(models), transcript=transcript,
+                                 status=rng.choice(statuses), orchestrator_model=rng.choice(models),
+                                 transcript=transcript,
                                  usage={"input_tokens": rng.randint(200, 20000),
                                         "output_tokens": rng.randint(20, 2000), "model_calls": rng.randint(1, 6)},
                                  completed_at=created + dt.timedelta(seconds=30)))
