@@ -77,7 +77,7 @@ def stacked_columns(columns: Sequence[tuple[str, str, Sequence[int]]], names: Se
                             series=series, title=f"{long}: {names[series]} {value:,}"))
         if index % every == 0:
             labels.append(Label(x=round(x + (slot - gap) / 2, 2), y=HEIGHT - 6, text=short))
-    ticks = [Label(x=LEFT - 6, y=round(TOP + plot_height * (1 - part), 2) + 4, text=f"{round(top * part):,}")
+    ticks = [Label(x=LEFT - 6, y=round(TOP + plot_height * (1 - part), 2) + 4, text=f"{top * part:,g}")
              for part in (0, 0.5, 1)]
     gridlines = [round(TOP + plot_height * (1 - part), 2) for part in (0, 0.5, 1)]
     return Chart(width=WIDTH, height=HEIGHT, bars=bars, labels=labels, ticks=ticks, gridlines=gridlines)
@@ -87,9 +87,10 @@ ROW = 26
 NAME_WIDTH = 180
 
 
-def stacked_rows(rows: Sequence[tuple[str, Sequence[int]]], names: Sequence[str]) -> Chart:
+def stacked_rows(rows: Sequence[tuple[str, Sequence[int]]], names: Sequence[str],
+                 colours: Sequence[int] | None = None) -> Chart:
     """One horizontal bar per entry of `rows` (label, a value per series), its series side by side
-    from the left."""
+    from the left. `colours`: the stylesheet's series number for each series, if not its position."""
     plot_width = WIDTH - NAME_WIDTH - 8
     top = nice_ceiling(max((sum(values) for _, values in rows), default=0))
     bars, labels = [], []
@@ -100,12 +101,13 @@ def stacked_rows(rows: Sequence[tuple[str, Sequence[int]]], names: Sequence[str]
             if not value:
                 continue
             width = value / top * plot_width
-            bars.append(Bar(x=round(left, 2), y=y, width=round(width, 2), height=ROW - 8, series=series,
+            bars.append(Bar(x=round(left, 2), y=y, width=round(width, 2), height=ROW - 8,
+                            series=colours[series] if colours else series,
                             title=f"{name}: {names[series]} {value:,}"))
             left += width
         labels.append(Label(x=NAME_WIDTH - 8, y=y + ROW / 2, text=name))
     height = TOP + max(len(rows), 1) * ROW + BOTTOM
-    ticks = [Label(x=round(NAME_WIDTH + plot_width * part, 2), y=height - 6, text=f"{round(top * part):,}")
+    ticks = [Label(x=round(NAME_WIDTH + plot_width * part, 2), y=height - 6, text=f"{top * part:,g}")
              for part in (0, 0.5, 1)]
     return Chart(width=WIDTH, height=height, bars=bars, labels=labels, ticks=ticks, gridlines=[])
 

@@ -44,6 +44,8 @@ CALL_DECISIONS = (
     (REFUSED_OR_FAILED, "Refused or failed"),
     (UNDECIDED, "Not decided"),
 )
+# The stylesheet's series colour of each: green for approved, amber for edited, red for denied.
+CALL_DECISION_COLOURS = (4, 0, 1, 2, 3, 5)
 
 
 def parse_period(value: Any) -> int:

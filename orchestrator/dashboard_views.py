@@ -38,10 +38,12 @@ def _context(data: dashboard.Activity, *, everyone: bool) -> dict[str, Any]:
         "everyone": everyone,
         "periods": dashboard.PERIODS,
         "outcome_names": outcome_names,
+        "outcome_legend": list(enumerate(outcome_names)),
         "decision_names": decision_names,
         "job_rows": job_rows,
         "token_rows": token_rows,
         "model_names": model_names,
+        "model_legend": list(enumerate(model_names)),
         "call_rows": call_rows,
         "jobs_chart": charts.svg(charts.stacked_columns([(short, long, values) for (short, long, _), (_, values)
                                                          in zip(days, job_rows)], outcome_names),
@@ -50,7 +52,9 @@ def _context(data: dashboard.Activity, *, everyone: bool) -> dict[str, Any]:
                                                            in zip(days, token_rows)], model_names),
                                    id="tokens-chart", label="Input and output tokens per day, stacked by model",
                                    kind="chart-day"),
-        "calls_chart": charts.svg(charts.stacked_rows(call_rows, decision_names), id="calls-chart",
+        "decision_legend": list(zip(dashboard.CALL_DECISION_COLOURS, decision_names)),
+        "calls_chart": charts.svg(charts.stacked_rows(call_rows, decision_names, dashboard.CALL_DECISION_COLOURS),
+                                  id="calls-chart",
                                   label="Tool calls per tool, by what became of them", kind="chart-name"),
         "median_wait_seconds": None if data.median_wait is None else data.median_wait.total_seconds(),
     }

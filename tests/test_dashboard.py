@@ -246,7 +246,7 @@ def test_columns_stack_their_series_on_a_readable_scale():
     assert [bar.series for bar in chart.bars] == [0, 2]
     low, high = chart.bars
     assert high.y + high.height == pytest.approx(low.y)  # c sits on a
-    assert [tick.text for tick in chart.ticks] == ["0", "2", "5"]  # 4 rounds up to 5
+    assert [tick.text for tick in chart.ticks] == ["0", "2.5", "5"]  # 4 rounds up to 5
     assert low.title == "day 1: a 3"
 
 
