@@ -162,11 +162,14 @@ def jobs_and_tokens_by_day(jobs: QuerySet[Job], calls: QuerySet[ToolCall], perio
         if tokens:
             by_model[date][model] = by_model[date].get(model, 0) + tokens
             per_model[model] = per_model.get(model, 0) + tokens
-    troubled = (calls.filter(is_error=True, job__status=JobStatus.COMPLETE, job__created_at__gte=period.start)
-                .order_by().annotate(day=LocalDate("job__created_at", fixed_offset=fixed_offset))
-                .values("day").annotate(number=Count("job", distinct=True)).values_list("day", "number"))
-    for date, number in troubled:
-        if date in by_outcome:
+    # Grouped by the job's status rather than filtered on it, so that the database starts from the
+    # few error calls (index `tool_call_errors`), not from every complete job.
+    troubled = (calls.filter(is_error=True, job__created_at__gte=period.start).order_by()
+                .annotate(day=LocalDate("job__created_at", fixed_offset=fixed_offset))
+                .values("day", "job__status").annotate(number=Count("job", distinct=True))
+                .values_list("day", "job__status", "number"))
+    for date, status, number in troubled:
+        if date in by_outcome and status == JobStatus.COMPLETE:
             by_outcome[date][JobStatus.COMPLETE] -= number
             by_outcome[date][COMPLETE_WITH_PROBLEMS] += number
     models = sorted(per_model, key=lambda model: (-per_model[model], model))
@@ -189,16 +192,23 @@ def _call_decision() -> Case:
     )
 
 
-def calls_by_tool(calls: QuerySet[ToolCall], period: Period) -> dict[str, dict[str, int]]:
+def _decided_confirmation() -> Q:
+    return Q(verdict=ToolCall.Verdict.ASK, decided_at__isnull=False)
+
+
+def calls_by_tool(calls: QuerySet[ToolCall], period: Period) -> tuple[dict[str, dict[str, int]], int]:
     """The calls of the jobs submitted in the period by tool name and what became of them (see
-    `_call_decision`). A call approved or ran that then failed counts as failed. Tools with the
-    most calls first."""
+    `_call_decision`), tools with the most calls first; and, from the same pass, how many of them
+    were confirmations a person decided. A call approved or ran that then failed counts as failed."""
     rows = (calls.filter(job__created_at__gte=period.start).order_by().annotate(decided=_call_decision())
-            .values("name", "decided").annotate(number=Count("pk")).values_list("name", "decided", "number"))
+            .values("name", "decided").annotate(number=Count("pk"), waited=Count("pk", filter=_decided_confirmation()))
+            .values_list("name", "decided", "number", "waited"))
     by_tool: dict[str, dict[str, int]] = {}
-    for name, decided, number in rows:
+    confirmations = 0
+    for name, decided, number, waited in rows:
         by_tool.setdefault(name, {key: 0 for key, _ in CALL_DECISIONS})[decided] += number
-    return dict(sorted(by_tool.items(), key=lambda item: (-sum(item[1].values()), item[0])))
+        confirmations += waited
+    return dict(sorted(by_tool.items(), key=lambda item: (-sum(item[1].values()), item[0]))), confirmations
 
 
 class SecondsBetween(Func):
@@ -216,29 +226,27 @@ class SecondsBetween(Func):
                            arg_joiner=" - ", **extra_context)
 
 
-def confirmation_waits(calls: QuerySet[ToolCall], period: Period) -> tuple[dt.timedelta | None, int]:
-    """The median time a confirmation waited, and how many waits it is the median of.
+def median_confirmation_wait(calls: QuerySet[ToolCall], period: Period, *, decided: int) -> dt.timedelta | None:
+    """The median time a confirmation waited, among the `decided` ones (see `calls_by_tool`).
 
     A call the policy asks about is recorded with status `awaiting` when the model makes it, so
     its `created_at` is when it started waiting; `decided_at` is when the person approved, edited
     or denied it. The decided calls of the jobs submitted in the period count. The median is found
-    in the database: the waits are counted, then the middle one (or two) read in order."""
-    decided = (calls.filter(verdict=ToolCall.Verdict.ASK, decided_at__isnull=False,
-                            job__created_at__gte=period.start).order_by())
-    number = decided.count()
-    if not number:
-        return None, 0
-    middle = list(decided.annotate(wait=SecondsBetween("decided_at", "created_at")).order_by("wait")
-                  .values_list("wait", flat=True)[(number - 1) // 2: number // 2 + 1])
-    return dt.timedelta(seconds=round(sum(middle) / len(middle), 3)), number
+    in the database: the waits in order, of which only the middle one (or two) are read."""
+    if not decided:
+        return None
+    middle = list(calls.filter(_decided_confirmation(), job__created_at__gte=period.start)
+                  .annotate(wait=SecondsBetween("decided_at", "created_at")).order_by("wait")
+                  .values_list("wait", flat=True)[(decided - 1) // 2: decided // 2 + 1])
+    return dt.timedelta(seconds=round(sum(middle) / len(middle), 3))
 
 
 def activity(jobs: QuerySet[Job], calls: QuerySet[ToolCall], *, days: int,
              now: dt.datetime | None = None) -> Activity:
     period = Period.ending_today(days, now=now)
     by_day, tokens, models = jobs_and_tokens_by_day(jobs, calls, period)
-    by_tool = calls_by_tool(calls, period)
-    median_wait, decided = confirmation_waits(calls, period)
+    by_tool, decided = calls_by_tool(calls, period)
+    median_wait = median_confirmation_wait(calls, period, decided=decided)
     totals = {outcome: sum(day[outcome] for day in by_day.values()) for outcome, _ in JOB_OUTCOMES}
     totals["jobs"] = sum(totals.values())
     totals["tokens"] = sum(sum(day.values()) for day in tokens.values())
