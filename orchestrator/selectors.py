@@ -311,3 +311,22 @@ def own_persona_for_user(user: AbstractBaseUser, persona_id: Any) -> Persona:
     if persona is None:
         raise Http404("persona not found")
     return persona
+
+
+# --- The activity dashboard ----------------------------------------------------------------------
+
+def activity_sees_everyone(user: AbstractBaseUser, *, site_wide: bool) -> bool:
+    """Only staff may see the whole site's activity; anyone else asking for it sees their own."""
+    return site_wide and user.is_staff
+
+
+def activity_jobs(user: AbstractBaseUser, *, site_wide: bool = False) -> QuerySet[Job]:
+    """The jobs the dashboard counts: the user's own, or with `site_wide` everyone's for staff."""
+    jobs = Job.objects.all()
+    return jobs if activity_sees_everyone(user, site_wide=site_wide) else jobs.filter(user=user)
+
+
+def activity_tool_calls(user: AbstractBaseUser, *, site_wide: bool = False) -> QuerySet[ToolCall]:
+    """The tool calls of the jobs `activity_jobs` counts."""
+    calls = ToolCall.objects.all()
+    return calls if activity_sees_everyone(user, site_wide=site_wide) else calls.filter(job__user=user)

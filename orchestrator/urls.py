@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from . import views
+from . import dashboard_views, views
 
 urlpatterns = [
     path("login/", auth_views.LoginView.as_view(template_name="registration/login.html",
@@ -17,6 +17,7 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/calls/<int:call_pk>/deny/", views.call_deny, name="call-deny"),
     path("jobs/<uuid:job_id>/calls/<int:call_pk>/edit/", views.call_edit, name="call-edit"),
     path("confirmations/", views.confirmation_inbox, name="confirmations"),
+    path("activity/", dashboard_views.activity, name="activity"),
     path("sessions/", views.session_list, name="sessions"),
     path("sessions/<uuid:session_id>/", views.session_detail, name="session-detail"),
     path("sessions/<uuid:session_id>/continue/", views.session_continue, name="session-continue"),

@@ -151,7 +151,7 @@ def test_on_a_phone_the_navigation_shows_every_section(sign_in, owner):
     page.goto("/jobs/")
     links = page.locator("nav.mainnav a")
     expect(links).to_have_text([re.compile(r"^Jobs"), re.compile(r"^Confirmations"), re.compile(r"^Sessions"),
-                                re.compile(r"^Memory"), re.compile(r"^Settings")])
+                                re.compile(r"^Memory"), re.compile(r"^Activity"), re.compile(r"^Settings")])
     for index in range(links.count()):
         box = links.nth(index).bounding_box()
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, (index, box)

@@ -1,0 +1,272 @@
+"""The activity dashboard's figures: jobs per day by outcome, tokens per day by model, tool calls by
+tool and decision, and how long confirmations waited. Every figure is about the jobs submitted in
+the period (by `Job.created_at`, in the current time zone) and their calls, and is aggregated in
+the database over the jobs and calls `selectors.activity_jobs` / `selectors.activity_tool_calls`
+let the person see; this module never widens that scope."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db.models import Case, CharField, Count, F, FloatField, Func, IntegerField, Q, QuerySet, Sum, Value, When
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast, Coalesce, TruncDate
+from django.utils import timezone
+
+from .models import Job, JobStatus, ToolCall, ToolCallStatus
+from .selectors import COMPLETE_WITH_PROBLEMS
+
+PERIODS = (7, 30, 90)
+DEFAULT_PERIOD = 30
+
+# The outcomes of a finished job, as the badges show them.
+JOB_OUTCOMES = (
+    (JobStatus.COMPLETE, "Complete"),
+    (COMPLETE_WITH_PROBLEMS, "Complete, calls denied or failed"),
+    (JobStatus.ERROR, "Error"),
+    (JobStatus.CANCELLED, "Cancelled"),
+)
+
+# What became of a tool call. Confirmations do not expire (yet), so there is no "expired".
+RAN = "ran"
+APPROVED = "approved"
+EDITED = "edited"
+DENIED = "denied"
+REFUSED_OR_FAILED = "refused_or_failed"
+UNDECIDED = "undecided"
+CALL_DECISIONS = (
+    (RAN, "Ran without asking"),
+    (APPROVED, "Approved"),
+    (EDITED, "Edited, then approved"),
+    (DENIED, "Denied"),
+    (REFUSED_OR_FAILED, "Refused or failed"),
+    (UNDECIDED, "Not decided"),
+)
+# The stylesheet's series colour of each: green for approved, amber for edited, red for denied.
+CALL_DECISION_COLOURS = (4, 0, 1, 2, 3, 5)
+
+
+def parse_period(value: Any) -> int:
+    """The period in days a GET parameter asks for; anything else is the default."""
+    try:
+        days = int(value)
+    except (TypeError, ValueError):
+        return DEFAULT_PERIOD
+    return days if days in PERIODS else DEFAULT_PERIOD
+
+
+@dataclass(frozen=True)
+class Period:
+    days: int
+    first_day: dt.date
+    start: dt.datetime  # the first day's midnight, in the current time zone
+
+    @classmethod
+    def ending_today(cls, days: int, *, now: dt.datetime | None = None) -> Period:
+        today = timezone.localdate(now or timezone.now())
+        first_day = today - dt.timedelta(days=days - 1)
+        start = timezone.make_aware(dt.datetime.combine(first_day, dt.time()))
+        return cls(days=days, first_day=first_day, start=start)
+
+    @property
+    def dates(self) -> list[dt.date]:
+        return [self.first_day + dt.timedelta(days=n) for n in range(self.days)]
+
+    def fixed_utc_offset(self) -> dt.timedelta | None:
+        """The current time zone's offset from UTC when it is the same all through the period
+        (always, in UTC), else None."""
+        zone = timezone.get_current_timezone()
+        offsets = {zone.utcoffset(dt.datetime.combine(day, dt.time()))
+                   for day in [*self.dates, self.first_day + dt.timedelta(days=self.days)]}
+        return offsets.pop() if len(offsets) == 1 else None
+
+
+class LocalDate(TruncDate):
+    """`TruncDate` in the current time zone. On SQLite Django computes that with a Python function
+    called for every row, far too slow for 100,000 jobs; when the zone's offset does not change in
+    the period (always in UTC, the default), SQLite's own `date()` shifted by the offset gives the
+    same day."""
+
+    def __init__(self, expression: Any, *, fixed_offset: dt.timedelta | None, **extra: Any) -> None:
+        self.fixed_offset = fixed_offset
+        super().__init__(expression, **extra)
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra_context: Any) -> tuple[str, list[Any]]:
+        if self.fixed_offset is None:
+            return super().as_sql(compiler, connection, **extra_context)
+        sql, params = compiler.compile(self.lhs)
+        return f"date({sql}, %s)", [*params, f"{int(self.fixed_offset.total_seconds()):+d} seconds"]
+
+
+@dataclass
+class Activity:
+    period: Period
+    jobs_by_day: dict[dt.date, dict[str, int]]
+    tokens_by_day: dict[dt.date, dict[str, int]]
+    models: list[str]
+    calls_by_tool: dict[str, dict[str, int]]
+    median_wait: dt.timedelta | None
+    decided_confirmations: int
+    totals: dict[str, int] = field(default_factory=dict)
+
+
+class UsageTokens(Func):
+    """Input plus output tokens of a job's `usage`, a missing key counting 0. On SQLite, Django's
+    KT() compiles to a CASE that parses the JSON up to three times per key; `json_extract` parses
+    it once. Elsewhere (PostgreSQL) KT() cast to an integer is a plain `->>` already."""
+
+    output_field = IntegerField()
+    keys = ("input_tokens", "output_tokens")
+
+    def __init__(self, usage: str = "usage", **extra: Any) -> None:
+        super().__init__(F(usage), **extra)
+
+    def as_sql(self, compiler: Any, connection: Any, **extra_context: Any) -> tuple[str, list[Any]]:
+        usage = self.source_expressions[0]
+        tokens = [Coalesce(Cast(KeyTextTransform(key, usage), IntegerField()), 0) for key in self.keys]
+        return compiler.compile(tokens[0] + tokens[1])
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra_context: Any) -> tuple[str, list[Any]]:
+        usage, params = compiler.compile(self.source_expressions[0])
+        terms = [f"COALESCE(json_extract({usage}, '$.{key}'), 0)" for key in self.keys]
+        return f"({' + '.join(terms)})", [*params, *params]
+
+
+def jobs_and_tokens_by_day(jobs: QuerySet[Job], calls: QuerySet[ToolCall], period: Period
+                           ) -> tuple[dict[dt.date, dict[str, int]], dict[dt.date, dict[str, int]], list[str]]:
+    """Jobs by day and outcome, and tokens by day and model, in one pass over the jobs.
+
+    Jobs: the finished ones, by outcome. A complete job with any call that ended in an error
+    (`ToolCall.is_error`: denied, refused, failed, interrupted) is COMPLETE_WITH_PROBLEMS; those
+    are counted from the error calls (a few) rather than with a subquery per job.
+
+    Tokens: input plus output (`Job.usage`) of every job, whatever its outcome, by the job's
+    orchestrator model (usage is recorded per job, not per model, so a chat model's answer counts
+    under the job's orchestrator model). Models with the most tokens first."""
+    fixed_offset = period.fixed_utc_offset()
+    rows = (jobs.filter(created_at__gte=period.start).order_by()
+            .annotate(day=LocalDate("created_at", fixed_offset=fixed_offset))
+            .values("day", "status", "orchestrator_model")
+            .annotate(number=Count("pk"), tokens=Sum(UsageTokens()))
+            .values_list("day", "status", "orchestrator_model", "number", "tokens"))
+    by_outcome = {date: {outcome: 0 for outcome, _ in JOB_OUTCOMES} for date in period.dates}
+    by_model: dict[dt.date, dict[str, int]] = {date: {} for date in period.dates}
+    per_model: dict[str, int] = {}
+    for date, status, model, number, tokens in rows:
+        if date not in by_outcome:
+            continue
+        if status in by_outcome[date]:
+            by_outcome[date][status] += number
+        if tokens:
+            by_model[date][model] = by_model[date].get(model, 0) + tokens
+            per_model[model] = per_model.get(model, 0) + tokens
+    # Grouped by the job's status rather than filtered on it, so that the database starts from the
+    # few error calls (index `tool_call_errors`), not from every complete job.
+    troubled = (calls.filter(is_error=True, job__created_at__gte=period.start).order_by()
+                .annotate(day=LocalDate("job__created_at", fixed_offset=fixed_offset))
+                .values("day", "job__status").annotate(number=Count("job", distinct=True))
+                .values_list("day", "job__status", "number"))
+    for date, status, number in troubled:
+        if date in by_outcome and status == JobStatus.COMPLETE:
+            by_outcome[date][JobStatus.COMPLETE] -= number
+            by_outcome[date][COMPLETE_WITH_PROBLEMS] += number
+    models = sorted(per_model, key=lambda model: (-per_model[model], model))
+    return by_outcome, {date: {model: tokens.get(model, 0) for model in models}
+                        for date, tokens in by_model.items()}, models
+
+
+def _call_decision() -> Case:
+    """What became of a call, from its fields: the person's `decision` first, then the policy's
+    `verdict` and the call's `status`."""
+    return Case(
+        When(decision=ToolCall.Decision.DENIED, then=Value(DENIED)),
+        When(Q(verdict=ToolCall.Verdict.REFUSE) | Q(status__in=(ToolCallStatus.REFUSED, ToolCallStatus.FAILED)),
+             then=Value(REFUSED_OR_FAILED)),
+        When(decision=ToolCall.Decision.EDITED, then=Value(EDITED)),
+        When(decision=ToolCall.Decision.APPROVED, then=Value(APPROVED)),
+        When(verdict=ToolCall.Verdict.RUN, then=Value(RAN)),
+        default=Value(UNDECIDED),
+        output_field=CharField(),
+    )
+
+
+def _decided_confirmation() -> Q:
+    return Q(verdict=ToolCall.Verdict.ASK, decided_at__isnull=False)
+
+
+def calls_by_tool(calls: QuerySet[ToolCall], period: Period) -> tuple[dict[str, dict[str, int]], int]:
+    """The calls of the jobs submitted in the period by tool name and what became of them (see
+    `_call_decision`), tools with the most calls first; and, from the same pass, how many of them
+    were confirmations a person decided. A call approved or ran that then failed counts as failed."""
+    rows = (calls.filter(job__created_at__gte=period.start).order_by().annotate(decided=_call_decision())
+            .values("name", "decided").annotate(number=Count("pk"), waited=Count("pk", filter=_decided_confirmation()))
+            .values_list("name", "decided", "number", "waited"))
+    by_tool: dict[str, dict[str, int]] = {}
+    confirmations = 0
+    for name, decided, number, waited in rows:
+        by_tool.setdefault(name, {key: 0 for key, _ in CALL_DECISIONS})[decided] += number
+        confirmations += waited
+    return dict(sorted(by_tool.items(), key=lambda item: (-sum(item[1].values()), item[0]))), confirmations
+
+
+class SecondsBetween(Func):
+    """`end - start` in seconds, as a float computed by the database itself (Django's own
+    subtraction calls a Python function per row on SQLite)."""
+
+    output_field = FloatField()
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra_context: Any) -> tuple[str, list[Any]]:
+        return self.as_sql(compiler, connection, template="((julianday(%(expressions)s)) * 86400.0)",
+                           arg_joiner=") - julianday(", **extra_context)
+
+    def as_postgresql(self, compiler: Any, connection: Any, **extra_context: Any) -> tuple[str, list[Any]]:
+        return self.as_sql(compiler, connection, template="EXTRACT(EPOCH FROM (%(expressions)s))::float",
+                           arg_joiner=" - ", **extra_context)
+
+
+def median_confirmation_wait(calls: QuerySet[ToolCall], period: Period, *, decided: int) -> dt.timedelta | None:
+    """The median time a confirmation waited, among the `decided` ones (see `calls_by_tool`).
+
+    A call the policy asks about is recorded with status `awaiting` when the model makes it, so
+    its `created_at` is when it started waiting; `decided_at` is when the person approved, edited
+    or denied it. The decided calls of the jobs submitted in the period count. The median is found
+    in the database: the waits in order, of which only the middle one (or two) are read."""
+    if not decided:
+        return None
+    middle = list(calls.filter(_decided_confirmation(), job__created_at__gte=period.start)
+                  .annotate(wait=SecondsBetween("decided_at", "created_at")).order_by("wait")
+                  .values_list("wait", flat=True)[(decided - 1) // 2: decided // 2 + 1])
+    return dt.timedelta(seconds=round(sum(middle) / len(middle), 3))
+
+
+def activity(jobs: QuerySet[Job], calls: QuerySet[ToolCall], *, days: int,
+             now: dt.datetime | None = None) -> Activity:
+    period = Period.ending_today(days, now=now)
+    by_day, tokens, models = jobs_and_tokens_by_day(jobs, calls, period)
+    by_tool, decided = calls_by_tool(calls, period)
+    median_wait = median_confirmation_wait(calls, period, decided=decided)
+    totals = {outcome: sum(day[outcome] for day in by_day.values()) for outcome, _ in JOB_OUTCOMES}
+    totals["jobs"] = sum(totals.values())
+    totals["tokens"] = sum(sum(day.values()) for day in tokens.values())
+    totals["calls"] = sum(sum(tool.values()) for tool in by_tool.values())
+    return Activity(period=period, jobs_by_day=by_day, tokens_by_day=tokens, models=models,
+                    calls_by_tool=by_tool, median_wait=median_wait, decided_confirmations=decided,
+                    totals=totals)
+
+
+def csv_rows(data: Activity) -> list[list[Any]]:
+    """Every figure of the page as rows of one CSV file, the first row naming the columns."""
+    rows: list[list[Any]] = [["series", "day", "name", "category", "value"]]
+    for date, outcomes in data.jobs_by_day.items():
+        rows.extend(["jobs", date.isoformat(), "", outcome, number] for outcome, number in outcomes.items())
+    for date, by_model in data.tokens_by_day.items():
+        rows.extend(["tokens", date.isoformat(), model, "input_and_output", number]
+                    for model, number in by_model.items())
+    for name, decisions in data.calls_by_tool.items():
+        rows.extend(["tool_calls", "", name, decided, number] for decided, number in decisions.items())
+    if data.median_wait is not None:
+        rows.append(["confirmation_wait", "", "", "median_seconds", round(data.median_wait.total_seconds(), 3)])
+    rows.append(["confirmation_wait", "", "", "decided", data.decided_confirmations])
+    return rows

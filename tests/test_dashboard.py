@@ -1,0 +1,254 @@
+"""The activity dashboard: exact figures over a small fixed set of jobs and calls, nobody else's
+jobs counted, the site-wide view for staff only, the CSV, and charts that follow the colour scheme."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import re
+
+import pytest
+from django.conf import settings
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from orchestrator import charts, dashboard, selectors
+from orchestrator.models import Job, JobStatus, ToolCall, ToolCallStatus
+
+pytestmark = pytest.mark.django_db
+
+TODAY = timezone.localdate()
+YESTERDAY = TODAY - dt.timedelta(days=1)
+LONG_AGO = TODAY - dt.timedelta(days=40)
+
+
+def at(day: dt.date, minutes: int = 60) -> dt.datetime:
+    return timezone.make_aware(dt.datetime.combine(day, dt.time())) + dt.timedelta(minutes=minutes)
+
+
+def job(user, day: dt.date, status: str, *, model: str = "demo:demo", tokens: tuple[int, int] = (0, 0)) -> Job:
+    made = Job.objects.create(user=user, task="t", status=status, orchestrator_model=model,
+                              usage={"input_tokens": tokens[0], "output_tokens": tokens[1], "model_calls": 1})
+    Job.objects.filter(pk=made.pk).update(created_at=at(day))
+    made.refresh_from_db()
+    return made
+
+
+def call(of: Job, name: str, *, verdict: str, status: str, decision: str = "", waited: int | None = None,
+         is_error: bool = False) -> ToolCall:
+    made = ToolCall.objects.create(job=of, call_id=f"c{of.tool_calls.count()}", round=1,
+                                   position=of.tool_calls.count(), name=name, verdict=verdict, status=status,
+                                   decision=decision, is_error=is_error)
+    recorded = of.created_at + dt.timedelta(seconds=5)
+    ToolCall.objects.filter(pk=made.pk).update(
+        created_at=recorded, decided_at=None if waited is None else recorded + dt.timedelta(seconds=waited))
+    return made
+
+
+@pytest.fixture
+def staff(django_user_model):
+    return django_user_model.objects.create_user("sam", password="sam-password-1", is_staff=True)
+
+
+@pytest.fixture
+def activity_data(owner, outsider):
+    """Alice's jobs of today, yesterday and 40 days ago, and one job of Bob's today."""
+    approved = job(owner, TODAY, JobStatus.COMPLETE, tokens=(100, 20))
+    call(approved, "write_note", verdict="ask", status=ToolCallStatus.SUCCEEDED, decision="approved", waited=10)
+    call(approved, "read_file", verdict="run", status=ToolCallStatus.SUCCEEDED)
+    denied = job(owner, TODAY, JobStatus.COMPLETE, tokens=(40, 2))
+    call(denied, "write_note", verdict="ask", status=ToolCallStatus.DENIED, decision="denied", waited=30,
+         is_error=True)
+
+    edited = job(owner, YESTERDAY, JobStatus.ERROR, model="openai:gpt-4o", tokens=(50, 5))
+    call(edited, "write_note", verdict="ask", status=ToolCallStatus.FAILED, decision="edited", waited=20,
+         is_error=True)
+    cancelled = job(owner, YESTERDAY, JobStatus.CANCELLED)
+    call(cancelled, "write_note", verdict="ask", status=ToolCallStatus.CANCELLED)
+    refused = job(owner, YESTERDAY, JobStatus.COMPLETE, tokens=(10, 1))
+    call(refused, "shell", verdict="refuse", status=ToolCallStatus.REFUSED, is_error=True)
+    job(owner, YESTERDAY, JobStatus.RUNNING, tokens=(7, 3))
+
+    job(owner, LONG_AGO, JobStatus.COMPLETE, tokens=(1000, 0))
+
+    bobs = job(outsider, TODAY, JobStatus.COMPLETE, tokens=(999, 1))
+    call(bobs, "write_note", verdict="ask", status=ToolCallStatus.SUCCEEDED, decision="approved", waited=1000)
+
+
+def activity_of(user, *, days: int = 30, site_wide: bool = False) -> dashboard.Activity:
+    return dashboard.activity(selectors.activity_jobs(user, site_wide=site_wide),
+                              selectors.activity_tool_calls(user, site_wide=site_wide), days=days)
+
+
+def outcomes(complete=0, troubled=0, error=0, cancelled=0) -> dict[str, int]:
+    return {"complete": complete, "complete_with_problems": troubled, "error": error, "cancelled": cancelled}
+
+
+# --- The figures ---------------------------------------------------------------------------------
+
+def test_it_counts_finished_jobs_per_day_by_outcome(owner, activity_data):
+    data = activity_of(owner)
+    assert len(data.jobs_by_day) == 30 and min(data.jobs_by_day) == TODAY - dt.timedelta(days=29)
+    assert data.jobs_by_day[TODAY] == outcomes(complete=1, troubled=1)
+    assert data.jobs_by_day[YESTERDAY] == outcomes(troubled=1, error=1, cancelled=1)
+    assert sum(sum(day.values()) for day in data.jobs_by_day.values()) == 5
+
+
+def test_a_longer_period_reaches_further_back(owner, activity_data):
+    data = activity_of(owner, days=90)
+    assert data.jobs_by_day[LONG_AGO] == outcomes(complete=1)
+    assert data.totals["jobs"] == 6
+
+
+def test_it_sums_tokens_per_day_by_model_whatever_the_outcome(owner, activity_data):
+    data = activity_of(owner)
+    assert data.models == ["demo:demo", "openai:gpt-4o"]
+    assert data.tokens_by_day[TODAY] == {"demo:demo": 162, "openai:gpt-4o": 0}
+    assert data.tokens_by_day[YESTERDAY] == {"demo:demo": 21, "openai:gpt-4o": 55}
+    assert data.totals["tokens"] == 238
+
+
+def test_it_counts_tool_calls_by_tool_and_what_became_of_them(owner, activity_data):
+    data = activity_of(owner)
+    none = {key: 0 for key, _ in dashboard.CALL_DECISIONS}
+    assert data.calls_by_tool == {
+        "write_note": {**none, "approved": 1, "denied": 1, "refused_or_failed": 1, "undecided": 1},
+        "read_file": {**none, "ran": 1},
+        "shell": {**none, "refused_or_failed": 1},
+    }
+    assert list(data.calls_by_tool) == ["write_note", "read_file", "shell"]  # the busiest tool first
+
+
+def test_an_edited_call_that_ran_fine_counts_as_edited(owner):
+    edited = job(owner, TODAY, JobStatus.COMPLETE)
+    call(edited, "write_note", verdict="ask", status=ToolCallStatus.SUCCEEDED, decision="edited", waited=3)
+    assert activity_of(owner).calls_by_tool["write_note"]["edited"] == 1
+
+
+def test_it_finds_the_median_time_a_confirmation_waited(owner, activity_data):
+    data = activity_of(owner)
+    assert data.median_wait == dt.timedelta(seconds=20)  # of 10, 20 and 30 s
+    assert data.decided_confirmations == 3
+
+
+def test_the_median_of_an_even_number_of_waits_is_between_the_middle_two(staff, activity_data):
+    data = activity_of(staff, site_wide=True)
+    assert data.median_wait == dt.timedelta(seconds=25)  # of 10, 20, 30 and 1000 s
+    assert data.decided_confirmations == 4
+
+
+def test_with_no_jobs_every_figure_is_zero(owner):
+    data = activity_of(owner, days=7)
+    assert list(data.jobs_by_day.values()) == [outcomes()] * 7
+    assert data.models == [] and data.calls_by_tool == {}
+    assert data.median_wait is None and data.decided_confirmations == 0
+
+
+# --- Whose jobs ----------------------------------------------------------------------------------
+
+def test_it_never_counts_another_users_jobs(outsider, activity_data):
+    data = activity_of(outsider)
+    assert data.jobs_by_day[TODAY] == outcomes(complete=1)
+    assert data.totals == {**outcomes(complete=1), "jobs": 1, "tokens": 1000, "calls": 1}
+    assert data.median_wait == dt.timedelta(seconds=1000)
+
+
+def test_staff_see_everyones_jobs_only_when_they_ask(staff, activity_data):
+    assert activity_of(staff).totals["jobs"] == 0
+    everyone = activity_of(staff, site_wide=True)
+    assert everyone.jobs_by_day[TODAY] == outcomes(complete=2, troubled=1)
+    assert everyone.calls_by_tool["write_note"]["approved"] == 2
+
+
+def test_the_site_wide_toggle_is_ignored_for_anyone_but_staff(outsider, activity_data):
+    assert activity_of(outsider, site_wide=True).totals["jobs"] == 1
+    page = Client()
+    page.force_login(outsider)
+    response = page.get(reverse("activity"), {"everyone": "1", "format": "csv"})
+    assert "everyone" not in response["Content-Disposition"]
+    rows = list(csv.reader(io.StringIO(response.text)))
+    assert ["jobs", TODAY.isoformat(), "", "complete", "1"] in rows
+    assert sum(int(row[-1]) for row in rows if row[0] == "jobs") == 1
+    assert "Everyone’s" not in page.get(reverse("activity"), {"everyone": "1"}).text
+
+
+# --- The page ------------------------------------------------------------------------------------
+
+def test_the_csv_holds_every_figure(alice, activity_data):
+    response = alice.get(reverse("activity"), {"period": "7", "format": "csv"})
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+    assert response["Content-Disposition"] == 'attachment; filename="cortex-activity-mine-7d.csv"'
+    rows = list(csv.reader(io.StringIO(response.text)))
+    assert rows[0] == ["series", "day", "name", "category", "value"]
+    assert len([row for row in rows if row[0] == "jobs"]) == 7 * 4
+    assert ["jobs", YESTERDAY.isoformat(), "", "complete_with_problems", "1"] in rows
+    assert ["tokens", TODAY.isoformat(), "demo:demo", "input_and_output", "162"] in rows
+    assert ["tool_calls", "", "shell", "refused_or_failed", "1"] in rows
+    assert ["confirmation_wait", "", "", "median_seconds", "20.0"] in rows
+    assert ["confirmation_wait", "", "", "decided", "3"] in rows
+
+
+def test_the_page_shows_three_charts_with_their_numbers(alice, activity_data):
+    response = alice.get(reverse("activity"), {"period": "7"})
+    assert response.status_code == 200
+    page = response.text
+    assert page.count('<svg class="chart') == 3
+    assert page.count("<title id=") == 3 and page.count('role="img"') == 3
+    assert page.count('<rect class="chart-bar') == 5 + 3 + 6  # outcomes by day, models by day, decisions by tool
+    assert page.count("<table") == 3
+    assert '<span id="median-wait">20.0 s</span>' in page
+    assert 'href="?period=7&amp;format=csv"' in page
+    assert 'aria-current="page">Activity</a>' in page
+
+
+def test_the_page_renders_with_no_data(alice):
+    response = alice.get(reverse("activity"))
+    assert response.status_code == 200
+    assert "No tool calls in this period." in response.text
+    assert "No confirmation decided in this period." in response.text
+    assert response.text.count('<rect class="chart-bar') == 0
+
+
+def test_an_unknown_period_falls_back_to_thirty_days(alice):
+    rows = list(csv.reader(io.StringIO(alice.get(reverse("activity"), {"period": "365", "format": "csv"}).text)))
+    assert len([row for row in rows if row[0] == "jobs"]) == 30 * 4
+
+
+def test_the_charts_take_their_colours_from_the_stylesheet(alice, activity_data):
+    page = alice.get(reverse("activity")).text
+    svgs = re.findall(r"<svg class=\"chart.*?</svg>", page, re.S)
+    assert svgs
+    for svg in svgs:
+        # No fixed colour that would vanish on a dark background: text is currentColor, bars a series class.
+        assert not re.search(r"#[0-9a-fA-F]{3,6}\b|\brgb\(|\bstyle=|fill=\"(?!currentColor)", svg)
+        assert 'fill="currentColor"' in svg
+    stylesheet = (settings.BASE_DIR / "static" / "cortex.css").read_text()
+    for series in range(6):
+        assert re.search(rf"\.chart-bar\.series-{series}[^{{]*{{ fill: var\(--series-{series}\)", stylesheet)
+
+
+def test_signed_out_visitors_are_sent_to_sign_in():
+    response = Client().get(reverse("activity"))
+    assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
+
+
+def test_it_takes_only_get(alice):
+    assert alice.post(reverse("activity")).status_code == 405
+
+
+# --- The chart geometry --------------------------------------------------------------------------
+
+def test_columns_stack_their_series_on_a_readable_scale():
+    chart = charts.stacked_columns([("1", "day 1", [3, 0, 1]), ("2", "day 2", [0, 0, 0])], ["a", "b", "c"])
+    assert [bar.series for bar in chart.bars] == [0, 2]
+    low, high = chart.bars
+    assert high.y + high.height == pytest.approx(low.y)  # c sits on a
+    assert [tick.text for tick in chart.ticks] == ["0", "2.5", "5"]  # 4 rounds up to 5
+    assert low.title == "day 1: a 3"
+
+
+def test_a_nice_ceiling_is_one_two_or_five_times_a_power_of_ten():
+    assert [charts.nice_ceiling(n) for n in (0, 1, 3, 7, 11, 200, 201)] == [1, 1, 5, 10, 20, 200, 500]
