@@ -25,7 +25,7 @@ def some_activity(owner):
                             status=ToolCallStatus.SUCCEEDED, decision="approved", decided_at=timezone.now())
 
 
-def test_the_dashboard_draws_its_charts_and_downloads_its_numbers(sign_in, owner, some_activity):
+def test_the_dashboard_draws_its_charts_and_downloads_its_numbers(sign_in, owner, some_activity, screenshot):
     page = sign_in(owner)
     page.goto("/jobs/")
     page.get_by_role("link", name="Activity").click()
@@ -38,6 +38,7 @@ def test_the_dashboard_draws_its_charts_and_downloads_its_numbers(sign_in, owner
         assert chart.locator("rect.chart-bar").count() >= 1
         box = chart.locator("rect.chart-bar").first.bounding_box()
         assert box and box["width"] > 0 and box["height"] > 0
+    screenshot(page, "activity", full_page=True)
 
     page.get_by_role("link", name="7 days").click()
     expect(page.get_by_role("link", name="7 days")).to_have_attribute("aria-current", "true")
