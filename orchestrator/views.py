@@ -331,8 +331,8 @@ def session_continue(request: HttpRequest, session_id: uuid.UUID) -> HttpRespons
     form = _continue_form(request, request.POST)
     if form.is_valid():
         try:
-            job = services.job_submit(user=request.user, task=form.cleaned_data["task"], session_id=str(session.id),
-                                      persona=form.cleaned_data["persona"] or None, options=form.options())
+            services.job_submit(user=request.user, task=form.cleaned_data["task"], session_id=str(session.id),
+                                persona=form.cleaned_data["persona"] or None, options=form.options())
         except services.ServiceError as error:
             form.add_error("task", error.message)
         else:
