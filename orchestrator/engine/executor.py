@@ -19,12 +19,13 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from .. import events
-from . import state
+from . import periodic, state
 from .loop import Database, drive
 
 logger = logging.getLogger(__name__)
 
 WATCH_SECONDS = 0.5
+PERIODIC_SECONDS = 0.5  # how often the executor looks for due periodic work
 INTERNAL_ERROR = "internal error: the job stopped on an unexpected problem; the server's log has the details"
 
 
@@ -44,7 +45,7 @@ class Executor:
         events.bind_loop(loop)
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()
-        helpers = [loop.create_task(coro) for coro in (self._listen(), self._heartbeat(), self._watch())]
+        helpers = [loop.create_task(coro) for coro in (self._listen(), self._heartbeat(), self._watch(), self._periodic())]
         logger.info("executor %s running up to %d jobs at once", self.owner, self.concurrency)
         try:
             while not self._stopping:
@@ -165,6 +166,18 @@ class Executor:
                 logger.exception("watching held jobs failed")
                 continue
             self._drop(lost)
+
+    async def _periodic(self) -> None:
+        """Run the periodic work that is due (`engine.periodic`), one task at a time."""
+        while True:
+            for task in periodic.due():
+                try:
+                    await self.db.run(task.run, owner=self.owner)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("periodic task %s failed; it runs again at its next time", task.name)
+            await asyncio.sleep(PERIODIC_SECONDS)
 
     def _drop(self, lost: set[str]) -> None:
         for job_id in lost:

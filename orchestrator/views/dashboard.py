@@ -10,8 +10,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from . import charts, dashboard, selectors
-from .views import login_required
+from .. import charts, dashboard, selectors
+from .common import login_required
 
 # The stylesheet has six series colours: beyond five models, the rest are summed as one.
 MODELS_SHOWN = 5
