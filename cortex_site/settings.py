@@ -179,6 +179,7 @@ MIDDLEWARE = [
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "orchestrator.middleware.JsonApiErrors",
+    "orchestrator.middleware.HtmxFormAnswers",
 ]
 
 ROOT_URLCONF = "cortex_site.urls"

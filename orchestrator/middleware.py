@@ -19,3 +19,21 @@ class JsonApiErrors:
         response = JsonResponse({"detail": f"method {request.method} not allowed; use {allowed}"}, status=405)
         response["Allow"] = allowed
         return response
+
+
+class HtmxFormAnswers:
+    """A swap that shows a form's errors (400) or a decision refused because the call is no longer as
+    shown (409) is the page working as meant: to htmx it answers 200, marked `X-Cortex-Invalid` with
+    the real status, so the browser does not log it as a failed request. A plain browser and the API
+    still get the real status."""
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if response.status_code in (400, 409) and request.headers.get("HX-Request") == "true" \
+                and response.get("Content-Type", "").startswith("text/html"):
+            response["X-Cortex-Invalid"] = str(response.status_code)
+            response.status_code = 200
+        return response

@@ -16,6 +16,7 @@ from django.urls import reverse
 from orchestrator import job_page, services
 from orchestrator.models import Job, ToolCall
 from orchestrator.tools.registry import ArgumentsInvalid, ToolContext, registry
+from tests.pages import answered
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -247,7 +248,7 @@ def test_a_stale_card_is_refused_with_the_call_as_it_is_now(alice, awaiting_job,
     change_arguments(call, {"path": "notes/other.txt", "content": "sell the house"})
     response = alice.post(reverse(name, args=[job.pk, call.pk]), form, headers=HTMX)
     html = response.content.decode()
-    assert response.status_code == 409 and "not the call you were shown" in html
+    assert answered(response) == 409 and "not the call you were shown" in html
     assert "sell the house" in html and f'value="{ToolCall.objects.get(pk=call.pk).args_digest}"' in html
     assert unchanged(job, call)
 
@@ -259,7 +260,7 @@ def test_a_form_without_a_digest_is_refused(alice, awaiting_job, name):
     call = job.tool_calls.get()
     fields = {f"call-{call.pk}-path": "notes/x.txt", f"call-{call.pk}-content": "x"}
     fragment = alice.post(reverse(name, args=[job.pk, call.pk]), fields, headers=HTMX)
-    assert fragment.status_code == 409 and "not the call you were shown" in fragment.content.decode()
+    assert answered(fragment) == 409 and "not the call you were shown" in fragment.content.decode()
     page = alice.post(reverse(name, args=[job.pk, call.pk]), fields, follow=True)
     assert page.status_code == 200 and "not the call you were shown" in page.content.decode()
     assert unchanged(job, call)
@@ -272,7 +273,7 @@ def test_an_edit_that_leaves_the_workspace_stays_on_the_card_with_what_was_typed
     fields = shown(call, **{f"{prefix}-path": ESCAPE["path"], f"{prefix}-content": ESCAPE["content"]})
     response = alice.post(reverse("call-edit", args=[job.pk, call.pk]), fields, headers=HTMX)
     html = response.content.decode()
-    assert response.status_code == 400 and html.lstrip().startswith(f'<article id="call-{call.pk}"')
+    assert answered(response) == 400 and html.lstrip().startswith(f'<article id="call-{call.pk}"')
     assert "paths may not leave the workspace" in html
     assert 'value="../../etc/passwd"' in html and '<details class="edit-args" open>' in html
     assert " disabled>" not in html  # the person can correct it

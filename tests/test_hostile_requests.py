@@ -23,6 +23,7 @@ from orchestrator import services
 from orchestrator.models import Job
 from tests.fakes.http import Response
 from tests.fakes.openai_fake import OpenAIFake
+from tests.pages import answered
 
 pytestmark = pytest.mark.django_db
 
@@ -133,7 +134,7 @@ def test_an_address_no_endpoint_answers_is_a_json_404(api, path):
 def test_the_submit_form_answers_bad_input_with_a_form_error(alice, field, value):
     data = {"task": "Say hello", "chat_role": "chat", field: value}
     response = alice.post(reverse("job-submit"), data, headers=HTMX)
-    assert response.status_code == 400
+    assert answered(response) == 400
     assert response.context["form"].errors.get(field), response.context["form"].errors
     assert not Job.objects.exists()
 
@@ -141,7 +142,7 @@ def test_the_submit_form_answers_bad_input_with_a_form_error(alice, field, value
 def test_the_submit_form_survives_bytes_that_are_not_utf8(alice):
     response = alice.post(reverse("job-submit"), b"task=%ED%A0%80%00%FF&chat_role=chat",
                           content_type="application/x-www-form-urlencoded", headers=HTMX)
-    assert response.status_code == 400 and response.context["form"].errors.get("task")
+    assert answered(response) == 400 and response.context["form"].errors.get("task")
 
 
 # --- A connection test against something that is not the provider's API ------------------------

@@ -20,6 +20,7 @@ from orchestrator.engine import state
 from orchestrator.providers.base import ModelResponse, ModelToolCall
 from orchestrator.models import ApiToken, Job, JobStatus, Memory, ToolPolicy
 from orchestrator.tools.registry import registry
+from tests.pages import answered
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -223,7 +224,7 @@ def test_htmx_submit_sends_the_browser_to_the_job(alice):
 def test_an_empty_task_comes_back_with_a_message(alice, headers, fragment):
     response = alice.post(reverse("job-submit"), {"task": "   ", "chat_role": "chat"}, headers=headers)
     html = response.content.decode()
-    assert response.status_code == 400 and "This field is required." in html
+    assert answered(response) == 400 and "This field is required." in html
     assert html.lstrip().startswith('<form id="job-form"') is fragment
     assert not Job.objects.exists()
 
@@ -405,7 +406,7 @@ def test_it_cancels_an_active_job_once(owner, alice):
     assert response.status_code == 302
     assert Job.objects.get(pk=job.pk).status == JobStatus.CANCELLED
     again = alice.post(reverse("job-cancel", args=[job.pk]), headers=HTMX)
-    assert again.status_code == 409 and "already cancelled" in again.content.decode()
+    assert answered(again) == 409 and "already cancelled" in again.content.decode()
 
 
 def test_htmx_cancel_redraws_the_actions(owner, alice):
@@ -465,12 +466,12 @@ def test_edited_arguments_are_checked_against_the_tool_schema(alice, awaiting_jo
     prefix = f"call-{call.pk}"
     bad = alice.post(reverse("call-edit", args=[job.pk, call.pk]),
                      shown(call, **{f"{prefix}-path": "", f"{prefix}-content": "oat milk"}), headers=HTMX)
-    assert bad.status_code == 400
+    assert answered(bad) == 400
     assert "is required" in bad.content.decode() or "path" in bad.content.decode()
     schema_bad = alice.post(reverse("call-edit", args=[job.pk, call.pk]),
                             shown(call, **{f"{prefix}-path": "x" * 1100, f"{prefix}-content": "oat milk"}),
                             headers=HTMX)
-    assert schema_bad.status_code == 400 and "invalid arguments for workspace_write" in schema_bad.content.decode()
+    assert answered(schema_bad) == 400 and "invalid arguments for workspace_write" in schema_bad.content.decode()
     call.refresh_from_db()
     assert call.status == "awaiting" and call.decision == ""
 
@@ -500,7 +501,7 @@ def test_a_second_decision_gets_a_clear_message_not_an_error_page(alice, awaitin
     assert alice.post(reverse("call-approve", args=[job.pk, call.pk]), shown(call)).status_code == 302
 
     fragment = alice.post(reverse(second, args=[job.pk, call.pk]), shown(call), headers=HTMX)
-    assert fragment.status_code == 409
+    assert answered(fragment) == 409
     assert "This call was already approved by alice; nothing was changed." in fragment.content.decode()
 
     page = alice.post(reverse(second, args=[job.pk, call.pk]), shown(call), follow=True)
@@ -576,7 +577,7 @@ def test_a_session_continues_from_its_page(owner, alice):
 
     empty = alice.post(reverse("session-continue", args=[first.session_id]), {"task": "", "chat_role": "chat"},
                        headers=HTMX)
-    assert empty.status_code == 400 and empty.content.decode().lstrip().startswith('<form id="continue-form"')
+    assert answered(empty) == 400 and empty.content.decode().lstrip().startswith('<form id="continue-form"')
 
 
 # --- Memories -----------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from orchestrator.providers import PROVIDERS
 from orchestrator.tools.registry import registry
 from tests.conftest import signed_in
 from tests.fakes.openai_fake import OpenAIFake
+from tests.pages import answered
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -214,7 +215,7 @@ def test_a_stored_key_appears_in_no_response(owner, alice, root, fake):
                                          {"name": "local", "provider": "openai", "model": "gpt-4o-mini",
                                           "api_key": KEY, "temperature": "9"}),
     }
-    statuses = {label: response.status_code for label, response in bodies.items()}
+    statuses = {label: answered(response) for label, response in bodies.items()}
     assert statuses == {"page": 200, "edit form": 200, "edit form (htmx)": 200, "failed edit": 400,
                         "failed edit (htmx)": 400, "failed create": 400, "both key fields": 400, "check": 200,
                         "check without javascript": 200, "role form": 200, "admin list": 200,
@@ -284,7 +285,7 @@ def test_a_profile_is_added_listed_edited_and_deleted(owner, alice):
 def test_a_bad_profile_comes_back_with_a_message(alice, field, value, message):
     response = alice.post(reverse("profile-create"), profile_data(**{field: value}), headers=HTMX)
     html = response.content.decode()
-    assert response.status_code == 400 and message in html
+    assert answered(response) == 400 and message in html
     assert html.lstrip().startswith('<section id="profile-form"')
     assert not ModelProfile.objects.exists()
 
@@ -466,7 +467,7 @@ def test_a_role_gets_an_output_limit_that_each_job_carries(owner, alice, default
     assert job.options["roles"]["orchestrator"]["max_output_tokens"] is None
 
     refused = alice.post(reverse("role-edit", args=["chat"]), {"profile": "", "max_output_tokens": "0"}, headers=HTMX)
-    assert refused.status_code == 400 and roles.role_config(owner, "chat").max_output_tokens == 32000
+    assert answered(refused) == 400 and roles.role_config(owner, "chat").max_output_tokens == 32000
 
 
 def test_a_custom_chat_role_is_added_and_removed(owner, alice):
@@ -498,7 +499,7 @@ def test_removing_my_setting_falls_back_to_the_site_wide_one(owner, objects, ali
 def test_a_bad_role_is_refused(alice, data, message):
     response = alice.post(reverse("role-create"), data, headers=HTMX)
     html = response.content.decode()
-    assert response.status_code == 400 and message in html and html.lstrip().startswith('<section id="role-form"')
+    assert answered(response) == 400 and message in html and html.lstrip().startswith('<section id="role-form"')
     assert not RoleAssignment.objects.exists()
 
 
@@ -543,7 +544,7 @@ def test_a_duplicate_persona_name_is_refused(owner, alice, headers, fragment):
     services.persona_save(owner=owner, name="pirate", prompt="P")
     response = alice.post(reverse("persona-create"), {"name": "pirate", "prompt": "Q"}, headers=headers)
     html = response.content.decode()
-    assert response.status_code == 400 and "there is already a persona named" in html
+    assert answered(response) == 400 and "there is already a persona named" in html
     assert html.lstrip().startswith('<section id="persona-form"') is fragment
     assert Persona.objects.filter(owner=owner).count() == 1
 
