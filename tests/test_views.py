@@ -229,6 +229,20 @@ def test_an_empty_task_comes_back_with_a_message(alice, headers, fragment):
     assert not Job.objects.exists()
 
 
+@pytest.mark.parametrize("headers,status", [({}, 400), (HTMX, 200)])
+def test_only_an_htmx_swap_of_form_errors_is_answered_as_a_success(alice, headers, status):
+    response = alice.post(reverse("job-submit"), {"task": "", "chat_role": "chat"}, headers=headers)
+    assert (response.status_code, response.get("X-Cortex-Invalid")) == (status, "400" if status == 200 else None)
+
+
+def test_the_api_keeps_its_error_statuses_even_for_an_htmx_request(owner):
+    token, raw = services.token_create(user=owner, name="cron")
+    response = Client().post("/orchestrate", data="{", content_type="application/json",
+                             headers={**HTMX, "Authorization": f"Bearer {raw}"})
+    assert response.status_code == 400 and "X-Cortex-Invalid" not in response
+    assert response["Content-Type"].startswith("application/json")
+
+
 def test_a_service_refusal_shows_on_the_form(alice, settings):
     settings.CORTEX_MAX_TASK_CHARS = 10
     response = alice.post(reverse("job-submit"), {"task": "far more than ten characters", "chat_role": "chat"})

@@ -17,7 +17,7 @@ from ..forms import (
     JobSubmitForm,
 )
 from ..models import Job
-from .common import login_required, post_only, redirect_after_write
+from .common import login_required, page_or_fragment, post_only, redirect_after_write
 
 # --- Jobs ----------------------------------------------------------------------------------------
 
@@ -30,10 +30,8 @@ def _job_list_context(request: HttpRequest, form: JobSubmitForm | None = None) -
 @login_required
 @require_GET
 def job_list(request: HttpRequest) -> HttpResponse:
-    context = _job_list_context(request)
-    if request.htmx and request.htmx.target == "job-list":
-        return render(request, "jobs/list.html#job-list", context)
-    return render(request, "jobs/list.html", context)
+    return page_or_fragment(request, "jobs/list.html", _job_list_context(request), fragment="job-list",
+                            when=request.htmx.target == "job-list")
 
 
 @login_required
@@ -49,9 +47,8 @@ def job_submit(request: HttpRequest) -> HttpResponse:
             form.add_error("task", error.message)
         else:
             return redirect_after_write(request, job_url(job))
-    if request.htmx:
-        return render(request, "jobs/list.html#job-form", {"form": form}, status=400)
-    return render(request, "jobs/list.html", _job_list_context(request, form), status=400)
+    return page_or_fragment(request, "jobs/list.html", _job_list_context(request, form), fragment="job-form",
+                            status=400)
 
 
 def job_url(job: Job) -> str:

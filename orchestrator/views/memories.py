@@ -16,7 +16,7 @@ from ..forms import (
     MemoryForm,
 )
 from ..models import Memory
-from .common import login_required, post_only
+from .common import login_required, page_or_fragment, post_only
 
 # The memory being edited has its own field ids, apart from the "add a memory" form on the same page.
 EDIT_PREFIX = "edit"
@@ -38,9 +38,8 @@ def _memory_context(request: HttpRequest, **extra: Any) -> dict[str, Any]:
 @login_required
 @require_GET
 def memory_list(request: HttpRequest) -> HttpResponse:
-    if request.htmx and request.htmx.target == "memory-board":
-        return render(request, "memories/index.html#memory-board", _memory_context(request))
-    return render(request, "memories/index.html", _memory_context(request))
+    return page_or_fragment(request, "memories/index.html", _memory_context(request), fragment="memory-board",
+                            when=request.htmx.target == "memory-board")
 
 
 @login_required
@@ -62,9 +61,8 @@ def memory_create(request: HttpRequest) -> HttpResponse:
                                                        request))
             messages.success(request, "Memory saved.")
             return redirect("memories")
-    if request.htmx:
-        return render(request, "memories/index.html#memory-form", {"form": form}, status=400)
-    return render(request, "memories/index.html", _memory_context(request, form=form), status=400)
+    return page_or_fragment(request, "memories/index.html", _memory_context(request, form=form),
+                            fragment="memory-form", status=400)
 
 
 @login_required
@@ -89,11 +87,9 @@ def memory_edit(request: HttpRequest, memory_id: int) -> HttpResponse:
                 messages.success(request, "Memory updated.")
                 return redirect("memories")
         status = 400
-    if request.htmx:
-        return render(request, "memories/index.html#memory-item", {"memory": memory, "editing": memory.pk,
-                                                                   "edit_form": form}, status=status)
-    return render(request, "memories/index.html",
-                  _memory_context(request, editing=memory.pk, edit_form=form), status=status)
+    return page_or_fragment(request, "memories/index.html",
+                            _memory_context(request, memory=memory, editing=memory.pk, edit_form=form),
+                            fragment="memory-item", status=status)
 
 
 @login_required

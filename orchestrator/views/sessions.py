@@ -9,7 +9,6 @@ from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 
@@ -19,7 +18,7 @@ from ..forms import (
     SessionRenameForm,
 )
 from ..models import JobStatus
-from .common import login_required, post_only, redirect_after_write
+from .common import login_required, page_or_fragment, post_only, redirect_after_write
 
 SESSIONS_PER_PAGE = 20
 
@@ -32,9 +31,8 @@ def session_list(request: HttpRequest) -> HttpResponse:
     sessions = selectors.sessions_for_user(request.user).annotate(
         turns=Count("messages", distinct=True), job_count=Count("jobs", distinct=True))
     page = Paginator(sessions, SESSIONS_PER_PAGE).get_page(request.GET.get("page"))
-    if request.htmx and request.htmx.target == "session-list":
-        return render(request, "sessions/list.html#session-list", {"page": page})
-    return render(request, "sessions/list.html", {"section": "sessions", "page": page})
+    return page_or_fragment(request, "sessions/list.html", {"section": "sessions", "page": page},
+                            fragment="session-list", when=request.htmx.target == "session-list")
 
 
 def _continue_form(request: HttpRequest, data: Any = None) -> JobSubmitForm:
@@ -45,15 +43,16 @@ def _continue_form(request: HttpRequest, data: Any = None) -> JobSubmitForm:
 
 
 def _session_page(request: HttpRequest, session_id: uuid.UUID, form: JobSubmitForm | None = None,
-                  status: int = 200, rename_form: SessionRenameForm | None = None) -> HttpResponse:
+                  status: int = 200, rename_form: SessionRenameForm | None = None,
+                  fragment: str | None = None) -> HttpResponse:
     session = selectors.session_for_user(request.user, session_id)
     form = form or _continue_form(request)
-    return render(request, "sessions/detail.html", {
+    return page_or_fragment(request, "sessions/detail.html", {
         "section": "sessions", "session": session, "messages_list": session.messages.all(),
         "active_jobs": session.jobs.filter(status__in=[JobStatus.QUEUED, JobStatus.RUNNING,
                                                          JobStatus.AWAITING_CONFIRMATION]),
         "form": form, "rename_form": rename_form or SessionRenameForm(initial={"title": session.title})},
-        status=status)
+        fragment=fragment, status=status)
 
 
 @login_required
@@ -77,9 +76,7 @@ def session_continue(request: HttpRequest, session_id: uuid.UUID) -> HttpRespons
             # Back to the conversation, where the turn just started shows. Without a #fragment: the
             # browser would only scroll to it on the same page, not load it again.
             return redirect_after_write(request, reverse("session-detail", args=[session.id]))
-    if request.htmx:
-        return render(request, "sessions/detail.html#continue-form", {"form": form, "session": session}, status=400)
-    return _session_page(request, session_id, form, status=400)
+    return _session_page(request, session_id, form, status=400, fragment="continue-form")
 
 
 @login_required

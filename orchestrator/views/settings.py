@@ -27,7 +27,7 @@ from ..forms import (
 from ..models import ModelProfile, Persona
 from ..policy import PolicyContext, decide_all
 from ..tools.registry import registry
-from .common import login_required, post_only, redirect_after_write
+from .common import login_required, page_or_fragment, post_only, redirect_after_write
 
 # --- Settings: tools -----------------------------------------------------------------------------
 
@@ -85,9 +85,9 @@ def settings_tools_preview(request: HttpRequest) -> HttpResponse:
     form = _policy_form(request, request.POST)
     context = _tools_context(request, form)
     status = 200 if form.is_valid() else 400
-    if request.htmx:  # every swap is out of band: one cell per tool, and the summary
-        return render(request, "settings/tools.html#effective-preview", {**context, "oob": True}, status=status)
-    return render(request, "settings/tools.html", context, status=status)
+    # With htmx every swap is out of band: one cell per tool, and the summary.
+    return page_or_fragment(request, "settings/tools.html", {**context, "oob": bool(request.htmx)},
+                            fragment="effective-preview", status=status)
 
 
 # --- Settings: API tokens ------------------------------------------------------------------------
@@ -108,13 +108,12 @@ def settings_tokens(request: HttpRequest) -> HttpResponse:
 def token_create(request: HttpRequest) -> HttpResponse:
     form = TokenForm(request.POST)
     if not form.is_valid():
-        template = "settings/tokens.html#token-panel" if request.htmx else "settings/tokens.html"
-        return render(request, template, _tokens_context(request, form=form), status=400)
+        return page_or_fragment(request, "settings/tokens.html", _tokens_context(request, form=form),
+                                fragment="token-panel", status=400)
     token, raw = services.token_create(user=request.user, name=form.cleaned_data["name"])
     # The raw value exists only in this response: it is never stored, so it cannot be shown again.
-    context = _tokens_context(request, created=token, raw_token=raw)
-    response = render(request, "settings/tokens.html#token-panel" if request.htmx else "settings/tokens.html",
-                      context)
+    response = page_or_fragment(request, "settings/tokens.html", _tokens_context(request, created=token, raw_token=raw),
+                                fragment="token-panel")
     response["Cache-Control"] = "no-store"
     return response
 
@@ -153,9 +152,8 @@ def _models_context(request: HttpRequest, **extra: Any) -> dict[str, Any]:
 
 def _models_page(request: HttpRequest, partial: str, status: int = 200, **extra: Any) -> HttpResponse:
     """The page, or with htmx only the partial that changed."""
-    context = _models_context(request, **extra)
-    return render(request, f"settings/models.html#{partial}" if request.htmx else "settings/models.html", context,
-                  status=status)
+    return page_or_fragment(request, "settings/models.html", _models_context(request, **extra), fragment=partial,
+                            status=status)
 
 
 def _role_form(request: HttpRequest, data: Any = None, *, role: str | None = None,
@@ -169,9 +167,9 @@ def _role_form(request: HttpRequest, data: Any = None, *, role: str | None = Non
 @login_required
 @require_GET
 def settings_models(request: HttpRequest) -> HttpResponse:
-    if request.htmx and request.htmx.target in ("profile-form", "role-form"):  # an edit given up: a fresh form
-        return render(request, f"settings/models.html#{request.htmx.target}", _models_context(request))
-    return render(request, "settings/models.html", _models_context(request))
+    # With htmx, an edit given up: a fresh form.
+    return page_or_fragment(request, "settings/models.html", _models_context(request), fragment=request.htmx.target,
+                            when=request.htmx.target in ("profile-form", "role-form"))
 
 
 def _save_profile(request: HttpRequest, form: ProfileForm, profile: ModelProfile | None) -> HttpResponse | None:
@@ -294,16 +292,16 @@ def _personas_context(request: HttpRequest, **extra: Any) -> dict[str, Any]:
 
 def _personas_page(request: HttpRequest, status: int = 200, **extra: Any) -> HttpResponse:
     """The page, or with htmx only the form."""
-    return render(request, "settings/personas.html#persona-form" if request.htmx else "settings/personas.html",
-                  _personas_context(request, **extra), status=status)
+    return page_or_fragment(request, "settings/personas.html", _personas_context(request, **extra),
+                            fragment="persona-form", status=status)
 
 
 @login_required
 @require_GET
 def settings_personas(request: HttpRequest) -> HttpResponse:
-    if request.htmx and request.htmx.target == "persona-form":  # an edit given up: a fresh form
-        return _personas_page(request)
-    return render(request, "settings/personas.html", _personas_context(request))
+    # With htmx, an edit given up: a fresh form.
+    return page_or_fragment(request, "settings/personas.html", _personas_context(request), fragment="persona-form",
+                            when=request.htmx.target == "persona-form")
 
 
 def _save_persona(request: HttpRequest, form: PersonaForm, persona: Persona | None) -> HttpResponse | None:
