@@ -34,7 +34,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from . import events, job_page, selectors
-from .models import JobEvent
+from .models import Job, JobEvent
 from .streams import LogStream
 
 BATCH = 500
@@ -57,9 +57,13 @@ def _csrf_token(scope: dict) -> str:
 
 class HtmlStream(LogStream, AsyncWebsocketConsumer):
     """Checks who is asking before accepting, then sends what `render` returns on every doorbell,
-    and every `catch_up_seconds` in case a doorbell was lost (see streams.py)."""
+    and every `catch_up_seconds` in case a doorbell was lost (see streams.py). A page whose decided
+    cards keep their places for a while sets `changes_at` when the first is due to leave, and the
+    stream reads again then."""
 
     group: str
+    changes_at: datetime | None = None
+    refresh: asyncio.Task | None = None
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -79,6 +83,8 @@ class HtmlStream(LogStream, AsyncWebsocketConsumer):
         self.start_catching_up()
 
     async def disconnect(self, code: int) -> None:
+        if self.refresh is not None:
+            self.refresh.cancel()
         await self.leave()
 
     async def read_log(self) -> None:
@@ -91,6 +97,14 @@ class HtmlStream(LogStream, AsyncWebsocketConsumer):
                 return
             for message in messages:
                 await self.send(text_data=message)
+        if self.changes_at is not None and self.refresh in (None, asyncio.current_task()):
+            delay = max(0.0, (self.changes_at - timezone.now()).total_seconds()) + 0.1
+            self.refresh = asyncio.create_task(self.read_again_after(delay))
+
+    async def read_again_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self.refresh = None
+        await self.read_log()
 
     @abc.abstractmethod
     def open(self, user: AbstractBaseUser) -> None:
@@ -112,17 +126,38 @@ class JobPageStream(HtmlStream):
             self.after = 0
         self.csrf_token = _csrf_token(self.scope)
         self.sent: dict[str, str] = {}
+        self.changes_at = job_page.cards_change_at(self.job)  # the page may show a card decided just now
 
     def render(self) -> list[str]:
         messages = []
         while True:
             batch = selectors.job_events_after(self.job, self.after, limit=BATCH)
             if not batch:
-                return messages
+                break
             message, caught_up = self.render_batch(batch)
             messages.append(message)
             if caught_up:
-                return messages
+                break
+        if self.changes_at is not None and timezone.now() >= self.changes_at:
+            # A decided card is due to leave, with no event to say so.
+            job = selectors.job_for_user(self.user, self.job.id)
+            html = self.render_state(job, ["job-confirmations"])
+            if html:
+                messages.append(html)
+        return messages
+
+    def render_state(self, job: Job, names: list[str]) -> str:
+        """The parts `names` of the job's current state that differ from what was last sent."""
+        context = {"oob": True, "csrf_token": self.csrf_token, "next": reverse("job-detail", args=[job.id]),
+                   **job_page.state_context(job)}
+        self.changes_at = context["cards_change_at"]
+        parts = []
+        for name in names:
+            html = render_to_string(f"jobs/detail.html#{name}", context)
+            if self.sent.get(name) != html:
+                parts.append(html)
+                self.sent[name] = html
+        return "".join(parts)
 
     def render_batch(self, batch: list[JobEvent]) -> tuple[str, bool]:
         """The fragments for `batch`, and whether they reach the job's last event.
@@ -132,7 +167,6 @@ class JobPageStream(HtmlStream):
         sent those events too."""
         job = selectors.job_for_user(self.user, self.job.id)
         caught_up = batch[-1].seq >= job.last_seq
-        context = {"oob": True, "csrf_token": self.csrf_token, "next": reverse("job-detail", args=[job.id])}
         parts = []
         entries = [render_to_string("jobs/detail.html#timeline-event", {"event": event})
                    for event in batch if event.type not in job_page.NOT_IN_TIMELINE]
@@ -145,38 +179,13 @@ class JobPageStream(HtmlStream):
         if job.is_finished and caught_up:
             changed.append("job-stream")
         if changed:
-            context.update(job_page.state_context(job))
-            for name in changed:
-                html = render_to_string(f"jobs/detail.html#{name}", context)
-                if self.sent.get(name) != html:
-                    parts.append(html)
-                    self.sent[name] = html
+            parts.append(self.render_state(job, changed))
         self.after = batch[-1].seq
         parts.append(render_to_string("jobs/detail.html#job-cursor", {"oob": True, "cursor": self.after}))
         return "".join(parts), caught_up
 
 
 class UserStream(HtmlStream):
-    # When a decided card is due to leave the inbox, and the read that will take it away.
-    inbox_changes_at: datetime | None = None
-    inbox_refresh: asyncio.Task | None = None
-
-    async def read_log(self) -> None:
-        await super().read_log()
-        if self.inbox_changes_at is not None and self.inbox_refresh in (None, asyncio.current_task()):
-            delay = max(0.0, (self.inbox_changes_at - timezone.now()).total_seconds()) + 0.1
-            self.inbox_refresh = asyncio.create_task(self.refresh_inbox_after(delay))
-
-    async def refresh_inbox_after(self, delay: float) -> None:
-        await asyncio.sleep(delay)
-        self.inbox_refresh = None
-        await self.read_log()
-
-    async def disconnect(self, code: int) -> None:
-        if self.inbox_refresh is not None:
-            self.inbox_refresh.cancel()
-        await super().disconnect(code)
-
     def open(self, user: AbstractBaseUser) -> None:
         self.user = user
         self.group = events.user_group(user.pk)
@@ -201,7 +210,7 @@ class UserStream(HtmlStream):
                 self.shown_pending = str(count)
         if self.shown_inbox is not None:
             inbox = job_page.inbox_for(self.user)
-            self.inbox_changes_at = inbox.until
+            self.changes_at = inbox.until
             if inbox.signature != self.shown_inbox:
                 parts.append(render_to_string("confirmations/inbox.html#inbox-list", {
                     "oob": True, "csrf_token": self.csrf_token, "next": reverse("confirmations"),

@@ -27,7 +27,7 @@ OUTCOME_FILTERS = [("", "All"), (JobStatus.AWAITING_CONFIRMATION, "Waiting for y
 NOT_IN_TIMELINE = frozenset({"answer.delta", "answer.reset"})
 # Events after which the answer panel may read differently.
 ANSWER_EVENTS = frozenset({"answer.delta", "answer.reset", "model.turn", "job.status"})
-# How long a decided card keeps its place in the inbox, showing the decision, before the cards
+# How long a decided card keeps its place (in the inbox and on the job page), showing the decision, before the cards
 # below move up: long enough that a second click meant for it cannot land on the next card.
 DECIDED_CARD_SECONDS = 6
 
@@ -78,20 +78,38 @@ class Inbox:
         return cards_for_calls(self.calls)
 
 
-def inbox_for(user: AbstractBaseUser) -> Inbox:
-    since = timezone.now() - timedelta(seconds=DECIDED_CARD_SECONDS)
-    calls = selectors.inbox_calls_for_user(user, decided_since=since)
+def _decided_since() -> datetime:
+    return timezone.now() - timedelta(seconds=DECIDED_CARD_SECONDS)
+
+
+def _first_to_leave(calls: list[ToolCall], since: datetime) -> datetime | None:
+    """When the first decided card among `calls` leaves; None without one."""
     decided = [call.decided_at or call.finished_at or since for call in calls
                if call.status != ToolCallStatus.AWAITING]
-    until = min(decided) + timedelta(seconds=DECIDED_CARD_SECONDS) if decided else None
-    return Inbox(calls=calls, until=until)
+    return min(decided) + timedelta(seconds=DECIDED_CARD_SECONDS) if decided else None
+
+
+def inbox_for(user: AbstractBaseUser) -> Inbox:
+    since = _decided_since()
+    calls = selectors.inbox_calls_for_user(user, decided_since=since)
+    return Inbox(calls=calls, until=_first_to_leave(calls, since))
+
+
+def cards_change_at(job: Job) -> datetime | None:
+    """When the first of the job page's decided cards leaves; None without one."""
+    since = _decided_since()
+    return _first_to_leave(selectors.confirmation_calls_of_job(job, decided_since=since), since)
 
 
 def state_context(job: Job, *, edit_forms: dict[int, ArgumentsForm] | None = None) -> dict[str, Any]:
-    """The parts of the job page that show the job's current state rather than its history."""
+    """The parts of the job page that show the job's current state rather than its history. Its
+    decided cards keep their places for a few seconds, as in the inbox; `cards_change_at` says when
+    the first of them leaves."""
     edit_forms = edit_forms or {}
     job.problem_calls = selectors.problem_call_count(job)  # what its badge says (see `outcome`)
-    calls = selectors.awaiting_calls_of_job(job)
+    since = _decided_since()
+    # A finished job waits for nobody: no card, not even one decided a moment ago.
+    calls = [] if job.is_finished else selectors.confirmation_calls_of_job(job, decided_since=since)
     answer, streaming = job.response or "", False
     if not answer and not job.is_finished:
         answer = selectors.job_answer_deltas(job)
@@ -99,6 +117,7 @@ def state_context(job: Job, *, edit_forms: dict[int, ArgumentsForm] | None = Non
     return {
         "job": job,
         "cards": [card_for(job, call, edit_forms.get(call.pk)) for call in calls],
+        "cards_change_at": _first_to_leave(calls, since),
         "answer": answer,
         "streaming": streaming,
     }

@@ -96,12 +96,16 @@ def pending_calls_for_user(user: AbstractBaseUser) -> QuerySet[ToolCall]:
             .select_related("job").order_by("created_at"))
 
 
+def _waiting_or_decided_since(decided_since: datetime) -> Q:
+    """Calls that wait for a person, and those that waited and were decided since `decided_since`."""
+    recent = Q(decided_at__gte=decided_since) | Q(decision="", finished_at__gte=decided_since)
+    return Q(status=ToolCallStatus.AWAITING) | (Q(verdict="ask") & recent)
+
+
 def inbox_calls_for_user(user: AbstractBaseUser, *, decided_since: datetime) -> list[ToolCall]:
     """The calls that wait for the user, and those decided since `decided_since`, in the order the
     inbox first showed them."""
-    recent = Q(decided_at__gte=decided_since) | Q(decision="", finished_at__gte=decided_since)
-    return list(ToolCall.objects.filter(Q(status=ToolCallStatus.AWAITING) | (Q(verdict="ask") & recent),
-                                        job__user=user)
+    return list(ToolCall.objects.filter(_waiting_or_decided_since(decided_since), job__user=user)
                 .select_related("job", "decided_by").order_by("created_at", "pk"))
 
 
@@ -239,8 +243,10 @@ def problem_call_count(job: Job) -> int:
     return job.tool_calls.filter(is_error=True).count()
 
 
-def awaiting_calls_of_job(job: Job) -> list[ToolCall]:
-    return list(job.tool_calls.filter(status=ToolCallStatus.AWAITING).order_by("round", "position"))
+def confirmation_calls_of_job(job: Job, *, decided_since: datetime) -> list[ToolCall]:
+    """The job's calls that wait for a person, and those decided since `decided_since`, in order."""
+    return list(job.tool_calls.filter(_waiting_or_decided_since(decided_since))
+                .select_related("decided_by").order_by("round", "position"))
 
 
 # --- Model profiles, roles and personas ----------------------------------------------------------

@@ -95,7 +95,25 @@ async def test_the_page_and_its_stream_show_every_event_once(owner, awaiting_job
     assert '<ol hx-swap-oob="beforeend:#timeline">' in streamed
     assert "denied</span> by alice: “not now”" in streamed
     assert f'<span id="job-{job.pk}-status" class="badge status status-running" hx-swap-oob="true">' in streamed
-    assert re.search(r'<section id="job-confirmations"[^>]* hidden hx-swap-oob="true">', streamed)
+    assert re.search(r'<section id="job-confirmations"[^>]* hx-swap-oob="true">', streamed)
+
+
+async def test_a_decided_card_keeps_its_place_on_the_job_page_briefly(owner, awaiting_job, monkeypatch):
+    monkeypatch.setattr(job_page, "DECIDED_CARD_SECONDS", 0.5)
+    job = await awaiting_job()
+    browser = await browser_for(owner)
+    page = await sync_to_async(browser.page)(reverse("job-detail", args=[job.pk]))
+    socket = await open_socket(f"/ws/jobs/{job.pk}/html/?after={cursor_of(page)}", browser.headers())
+
+    await sync_to_async(services.job_deny)(user=owner, job_id=job.pk, reason="not now")
+    decided = "".join(await received(socket, quiet=0.2))
+    assert "Denied ✓" in decided and "buy milk" in decided and " disabled>" in decided
+    assert not re.search(r'<section id="job-confirmations"[^>]* hidden', decided)
+
+    emptied = "".join(await received(socket, quiet=1.0))  # once its time is up, without another event
+    await socket.disconnect()
+    assert re.search(r'<section id="job-confirmations"[^>]* hidden hx-swap-oob="true">', emptied)
+    assert "Denied ✓" not in emptied
 
 
 async def test_a_reconnect_resumes_after_the_last_event_it_applied(owner, awaiting_job):
