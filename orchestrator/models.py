@@ -9,6 +9,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from .expressions import UsageTokens
+
 
 class JobStatus(models.TextChoices):
     QUEUED = "queued"
@@ -106,8 +108,11 @@ class Job(models.Model):
     host = models.CharField(max_length=200, blank=True)
     error = models.TextField(null=True, blank=True)
     usage = models.JSONField(default=dict, blank=True)
+    # Input plus output tokens, kept by the database from `usage`, for the activity dashboard's index.
+    tokens = models.GeneratedField(expression=UsageTokens(), output_field=models.IntegerField(), db_persist=True)
 
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # Indexed first in `job_activity`, which serves every query by time as well as an index of its own.
+    created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
@@ -123,10 +128,10 @@ class Job(models.Model):
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["user", "-created_at"], name="job_user_recent"),
-            # The activity dashboard groups the jobs of a period by day, status and model, and joins
-            # their calls by id: these answer all of that but the tokens from the index alone.
-            models.Index(fields=["created_at", "status", "orchestrator_model", "id"], name="job_activity"),
-            models.Index(fields=["user", "created_at", "status", "orchestrator_model", "id"],
+            # The activity dashboard groups the jobs of a period by day, status and model, sums their
+            # tokens and joins their calls by id: these answer all of that from the index alone.
+            models.Index(fields=["created_at", "status", "orchestrator_model", "id", "tokens"], name="job_activity"),
+            models.Index(fields=["user", "created_at", "status", "orchestrator_model", "id", "tokens"],
                          name="job_user_activity"),
         ]
 

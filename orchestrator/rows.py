@@ -47,7 +47,7 @@ def insert(objects: Sequence[Model], *, ids: bool = False) -> None:
     if not objects:
         return
     meta = objects[0]._meta
-    fields = [field for field in meta.concrete_fields if not field.primary_key]
+    fields = [field for field in meta.concrete_fields if not field.primary_key and not field.generated]
     quote = connection.ops.quote_name
     row = f"({', '.join(['%s'] * len(fields))})"
     head = f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(field.column) for field in fields)}) VALUES "

@@ -140,7 +140,7 @@ def _step(owner: str, job_id: str, memo: Memo) -> Iterator[Job]:
 # Every field of the job's row, compared with how the step found it to write only what changed:
 # a field nobody changed is never written back from memory (the heartbeat moves `lease_expires_at`).
 _STEP_FIELDS = tuple(field.attname for field in Job._meta.concrete_fields
-                     if not field.primary_key and field.name != "updated_at")
+                     if not field.primary_key and not field.generated and field.name != "updated_at")
 
 
 def _snapshot(job: Job) -> dict[str, Any]:
