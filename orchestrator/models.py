@@ -228,8 +228,13 @@ class ToolCall(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["job", "round", "position"], name="tool_call_unique_position"),
         ]
-        # The few calls that ended in an error, by job: which complete jobs had a problem.
-        indexes = [models.Index(fields=["job"], condition=Q(is_error=True), name="tool_call_errors")]
+        indexes = [
+            # The few calls that ended in an error, by job: which complete jobs had a problem.
+            models.Index(fields=["job"], condition=Q(is_error=True), name="tool_call_errors"),
+            # The confirmations a person decided, with how long each waited: the dashboard's median.
+            models.Index(fields=["job", "created_at", "decided_at"], condition=Q(verdict="ask", decided_at__isnull=False),
+                         name="tool_call_decided"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.status})"

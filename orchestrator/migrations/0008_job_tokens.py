@@ -1,4 +1,4 @@
-# The activity dashboard reads tokens from an index, not from each job's JSON usage.
+# The activity dashboard reads tokens and waits from indexes, not from each row.
 
 import orchestrator.expressions
 from django.conf import settings
@@ -38,5 +38,9 @@ class Migration(migrations.Migration):
         migrations.AddIndex(
             model_name='job',
             index=models.Index(fields=['user', 'created_at', 'status', 'orchestrator_model', 'id', 'tokens'], name='job_user_activity'),
+        ),
+        migrations.AddIndex(
+            model_name='toolcall',
+            index=models.Index(condition=models.Q(('decided_at__isnull', False), ('verdict', 'ask')), fields=['job', 'created_at', 'decided_at'], name='tool_call_decided'),
         ),
     ]
