@@ -1,0 +1,44 @@
+"""Reads of schedules and hooks, scoped to their owner: another person's is a 404."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import QuerySet
+from django.http import Http404
+
+from .models import Hook, HookDelivery, Schedule, ScheduleRun
+
+RECENT_RUNS = 10
+RECENT_DELIVERIES = 50
+
+
+def schedules_for_user(user: AbstractBaseUser) -> QuerySet[Schedule]:
+    return Schedule.objects.filter(user=user)
+
+
+def schedule_for_user(user: AbstractBaseUser, schedule_id: Any) -> Schedule:
+    schedule = Schedule.objects.filter(user=user, pk=schedule_id).first() if str(schedule_id).isdigit() else None
+    if schedule is None:
+        raise Http404("schedule not found")
+    return schedule
+
+
+def runs_of(schedule: Schedule, limit: int = RECENT_RUNS) -> list[ScheduleRun]:
+    return list(schedule.runs.select_related("job")[:limit])
+
+
+def hooks_for_user(user: AbstractBaseUser) -> QuerySet[Hook]:
+    return Hook.objects.filter(user=user)
+
+
+def hook_for_user(user: AbstractBaseUser, slug: str) -> Hook:
+    hook = Hook.objects.filter(user=user, slug=slug).first()
+    if hook is None:
+        raise Http404("hook not found")
+    return hook
+
+
+def deliveries_of(hook: Hook, limit: int = RECENT_DELIVERIES) -> list[HookDelivery]:
+    return list(hook.deliveries.select_related("job")[:limit])
