@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any, Literal
 
 from django.http import HttpRequest
@@ -70,7 +71,8 @@ class ScheduleOut(Schema):
 
 
 def _run(run: ScheduleRun) -> dict[str, Any]:
-    return {"id": run.pk, "due_at": run.due_at.isoformat(), "fired_at": run.fired_at.isoformat(), "late": run.late,
+    return {"id": run.pk, "due_at": run.due_at.astimezone(UTC).isoformat(),
+            "fired_at": run.fired_at.astimezone(UTC).isoformat(), "late": run.late,
             "missed": run.missed, "manual": run.manual, "job_id": str(run.job_id) if run.job_id else None,
             "error": run.error or None}
 
@@ -79,7 +81,7 @@ def _schedule(schedule: Schedule) -> dict[str, Any]:
     return {"id": schedule.pk, "name": schedule.name, "cron": schedule.cron, "time_zone": schedule.time_zone,
             "task": schedule.task, "max_risk": schedule.max_risk, "enabled": schedule.enabled,
             "options": schedule.options,
-            "next_run_at": schedule.next_run_at.isoformat() if schedule.next_run_at else None,
+            "next_run_at": schedule.next_run_at.astimezone(UTC).isoformat() if schedule.next_run_at else None,
             "last_runs": [_run(run) for run in selectors.runs_of(schedule)]}
 
 
