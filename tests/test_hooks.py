@@ -320,3 +320,9 @@ def test_the_command_adds_with_the_secret_once_lists_and_removes(owner):
     assert not Hook.objects.exists()
     with pytest.raises(CommandError, match="no hook"):
         hooks_command("remove", "ci")
+
+
+def test_the_job_page_says_which_hook_started_it(alice, hook):
+    job_id = deliver(hook).json()["job_id"]
+    origin = alice.get(f"/jobs/{job_id}/").content.decode().split('id="job-origin"')[1].split("</dd>")[0]
+    assert "A webhook" in origin and 'href="/settings/hooks/pushes/"' in origin

@@ -316,3 +316,29 @@ def test_the_command_says_what_is_wrong(owner, clock):
         run_command("add", "alice", "* * * * *", "Nowhere/Special", "t")
     with pytest.raises(CommandError, match="no schedule"):
         run_command("remove", "999")
+
+
+def test_the_schedule_page_shows_what_the_engine_offers_its_jobs(alice, owner, clock):
+    from orchestrator.engine import state
+
+    core_services.policy_update(user=owner, max_risk="high", overrides={}, confirmations={})
+    schedule = every_minute(owner, max_risk="medium")
+    page = alice.get(f"/settings/schedules/{schedule.pk}/").content.decode()
+    shown = page.split('id="offered-tools"')[1].split("</p>")[0]
+    job = services.schedule_run_now(user=owner, schedule_id=schedule.pk).job
+    assert state.jobs_claim(owner="page-test", limit=1) == [str(job.pk)]
+    action = state.next_action(owner="page-test", job_id=str(job.pk), memo=state.Memo())
+    offered = sorted(spec["name"] for spec in action.tools)
+    assert offered and sorted(part.split("</code>")[0] for part in shown.split("<code>")[1:]) == offered
+    assert "workspace_delete" not in offered  # high risk, above the schedule's ceiling
+
+
+def test_the_job_page_says_which_schedule_started_it_and_that_it_was_late(alice, owner, clock):
+    schedule = every_minute(owner, name="Morning report")
+    clock.set(datetime(2026, 3, 2, 9, 4, 30, tzinfo=UTC))
+    (run,) = fire()
+    page = alice.get(f"/jobs/{run.job_id}/").content.decode()
+    origin = page.split('id="job-origin"')[1].split("</dd>")[0]
+    assert "A schedule" in origin and f'href="/settings/schedules/{schedule.pk}/"' in origin
+    assert "Morning report" in origin and "late, 5 times missed" in origin
+    assert "tools up to low risk" in origin

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 from django.http import Http404
 
+from .. import selectors as core_selectors
+from ..policy import Decision, decide_all
+from ..tools.registry import registry
 from .models import Hook, HookDelivery, Schedule, ScheduleRun
 
 RECENT_RUNS = 10
 RECENT_DELIVERIES = 50
+
+
+def offered_under(user: AbstractBaseUser, max_risk: str) -> list[Decision]:
+    """What a job of this owner started under this ceiling is offered: the very decisions the engine
+    makes for it (`policy.decide` with the origin's ceiling), for the page to show."""
+    context = replace(core_selectors.policy_context_for_user(user), origin_max_risk=max_risk)
+    return [decision for decision in decide_all(list(registry), context) if decision.offered]
 
 
 def schedules_for_user(user: AbstractBaseUser) -> QuerySet[Schedule]:

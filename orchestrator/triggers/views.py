@@ -43,6 +43,7 @@ def _schedule_form_context(request: HttpRequest, form: ScheduleForm, editing: Sc
     context = {"section": "settings", "form": form, "editing": editing, **_preview(data)}
     if editing is not None:
         context["runs"] = selectors.runs_of(editing)
+        context["offered"] = selectors.offered_under(request.user, editing.max_risk)
     return context
 
 
@@ -178,6 +179,7 @@ def hook_create(request: HttpRequest) -> HttpResponse:
 
 def _hook_context(request: HttpRequest, hook: Hook, form: HookForm | None = None, **extra: Any) -> dict[str, Any]:
     return {"section": "settings", "hook": hook, "deliveries": selectors.deliveries_of(hook),
+            "offered": selectors.offered_under(request.user, hook.max_risk),
             "form": form or HookForm(initial=HookForm.initial_for(hook), user=request.user, editing=hook),
             "address": request.build_absolute_uri(reverse("hook-receive", args=[hook.slug])), "secret": None,
             **extra}
