@@ -235,7 +235,7 @@ def hook_receive(request: HttpRequest, slug: str) -> HttpResponse:
         return JsonResponse({"detail": error.message}, status=error.status)
     body: dict[str, Any] = {"detail": received.detail}
     if received.job is not None:
-        body.update(job_id=str(received.job.id), status=received.job.status)
+        body |= {"job_id": str(received.job.id), "status": received.job.status}
     response = JsonResponse(body, status=received.status)
     if received.retry_after:
         response["Retry-After"] = str(received.retry_after)
