@@ -98,7 +98,8 @@ def test_an_unknown_hook_is_not_found(db):
 
 
 def test_only_post_is_taken(hook):
-    assert Client().get("/hooks/pushes").status_code == 405
+    response = Client().get("/hooks/pushes")
+    assert response.status_code == 405 and response.json()["detail"] == "method GET not allowed; use POST"
 
 
 # --- Deliveries and jobs -------------------------------------------------------------------------

@@ -289,6 +289,12 @@ def test_the_api_needs_a_token(client, clock):
     assert client.get("/schedules").status_code == 401
 
 
+def test_the_api_answers_a_wrong_method_and_a_wrong_address_in_json(api, clock):
+    response = api.client.patch("/schedules/1", headers=api.headers)
+    assert response.status_code == 405 and "detail" in response.json()
+    assert api.get("/schedules/nothing/here").json() == {"detail": "not found"}
+
+
 # --- Commands -----------------------------------------------------------------------------------
 
 def run_command(*args: str) -> str:

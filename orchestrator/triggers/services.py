@@ -176,7 +176,7 @@ def _fire(schedule_id: int, *, owner: str, now: datetime) -> ScheduleRun | None:
     with transaction.atomic():
         # PostgreSQL: another executor's claim in progress is skipped, not waited for. SQLite
         # takes the write lock at BEGIN (IMMEDIATE), so there only one claims at a time.
-        schedule = (Schedule.objects.select_for_update(skip_locked=True).select_related("user")
+        schedule = (Schedule.objects.select_for_update(skip_locked=True, of=("self",)).select_related("user")
                     .filter(pk=schedule_id, enabled=True, next_run_at__lte=now).first())
         if schedule is None:
             return None
@@ -338,7 +338,7 @@ def _accept(hook: Hook, body: bytes, delivery_id: str, content_type: str) -> Rec
     signed = {"delivery_id": delivery_id, "valid": True, "size": len(body)}
     with transaction.atomic():
         # One delivery of a hook at a time: its duplicate check and rate limit are exact.
-        hook = Hook.objects.select_for_update().select_related("user").get(pk=hook.pk)
+        hook = Hook.objects.select_for_update(of=("self",)).select_related("user").get(pk=hook.pk)
         if not hook.enabled:
             message = "this hook is disabled"
             return Received(403, message, _record(hook, HookDelivery.Verdict.DISABLED, 403, message, **signed))
