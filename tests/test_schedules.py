@@ -76,7 +76,8 @@ def test_the_task_gets_the_due_date_time_and_weekday_and_keeps_other_braces():
 
 
 @pytest.mark.parametrize(("expression", "zone"), [("every day", "UTC"), ("* * * *", "UTC"), ("61 * * * *", "UTC"),
-                                                  ("0 9 * * *", "Mars/Olympus"), ("0 9 * * * *", "UTC")])
+                                                  ("0 9 * * *", "Mars/Olympus"), ("0 9 * * * *", "UTC"),
+                                                  ("0 0 30 2 *", "UTC")])
 def test_a_bad_expression_or_time_zone_is_refused_by_name(owner, expression, zone):
     with pytest.raises(core_services.Invalid):
         services.schedule_save(user=owner, name="x", cron_expression=expression, time_zone=zone, task="t")

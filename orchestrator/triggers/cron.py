@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 # Catching up after downtime looks at most this many missed times; past it the schedule fires
 # once for the latest due time all the same (a cron of every minute down for a year is no reason
@@ -41,7 +41,14 @@ def next_times(expression: str, time_zone: str, after: datetime, count: int = 1)
     """The next `count` due times strictly after `after`, in the schedule's time zone."""
     check(expression, time_zone)
     walk = croniter(" ".join(expression.split()), after.astimezone(zone(time_zone)))
-    return [walk.get_next(datetime) for _ in range(count)]
+    return [_next(walk, expression) for _ in range(count)]
+
+
+def _next(walk: croniter, expression: str) -> datetime:
+    try:
+        return walk.get_next(datetime)
+    except CroniterError:  # a date that never comes, such as 30 February
+        raise CronInvalid(f"{expression!r} names a time that never comes") from None
 
 
 @dataclass(frozen=True)
@@ -60,10 +67,10 @@ def due(expression: str, time_zone: str, next_run_at: datetime, now: datetime) -
         return None
     at, missed = next_run_at, 1
     walk = croniter(" ".join(expression.split()), next_run_at.astimezone(zone(time_zone)))
-    following = walk.get_next(datetime)
+    following = _next(walk, expression)
     while following <= now and missed < MAX_MISSED_WALK:
         at, missed = following, missed + 1
-        following = walk.get_next(datetime)
+        following = _next(walk, expression)
     if following <= now:  # gave up walking: jump straight to the times after now
         at, following = now, next_times(expression, time_zone, now)[0]
     return Due(at=at, missed=missed, following=following)

@@ -101,7 +101,7 @@ def schedule_save(*, user: AbstractBaseUser, name: str, cron_expression: str, ti
         raise services.TooLarge(f"the task is at most {settings.CORTEX_MAX_TASK_CHARS} characters")
     cron_expression = " ".join((cron_expression or "").split())
     try:
-        cron.check(cron_expression, time_zone)
+        first = cron.next_times(cron_expression, time_zone, clock.now())[0]
     except cron.CronInvalid as error:
         raise Invalid(str(error)) from None
     _check_risk(max_risk)
@@ -118,7 +118,7 @@ def schedule_save(*, user: AbstractBaseUser, name: str, cron_expression: str, ti
         schedule.name, schedule.cron, schedule.time_zone, schedule.task = name, cron_expression, time_zone, task
         schedule.options, schedule.max_risk, schedule.enabled = cleaned, max_risk, enabled
         if times_changed or schedule.next_run_at is None:
-            schedule.next_run_at = cron.next_times(cron_expression, time_zone, clock.now())[0] if enabled else None
+            schedule.next_run_at = first if enabled else None
         schedule.save()
     return schedule
 
