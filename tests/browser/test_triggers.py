@@ -71,6 +71,7 @@ def test_a_hook_shows_its_secret_once_and_lists_a_signed_delivery_with_its_job(s
     page.get_by_role("button", name="Create hook").click()
     secret_box = page.locator("#hook-secret")
     expect(secret_box).to_contain_text("whsec_")
+    expect(secret_box).to_be_in_viewport()  # the page scrolls to it: it is shown only this once
     secret = secret_box.inner_text().strip()
     assert crypto.decrypt(Hook.objects.get().secret_encrypted) == secret
     expect(page.locator("#hook-repo-pushes")).to_contain_text("low")
