@@ -116,6 +116,17 @@ def test_the_same_delivery_id_again_answers_with_the_first_job_and_creates_nothi
         "accepted", "duplicate", "accepted"]
 
 
+def test_unsigned_floods_keep_only_the_newest_failures_and_every_accepted_delivery(hook, monkeypatch):
+    monkeypatch.setattr(services, "KEEP_UNACCEPTED_DELIVERIES", 3)
+    first = deliver(hook, delivery="kept").json()["job_id"]
+    for n in range(6):
+        deliver(hook, delivery=f"bad-{n}", secret="wrong")
+    kept = list(HookDelivery.objects.order_by("id").values_list("delivery_id", flat=True))
+    assert kept == ["kept", "bad-3", "bad-4", "bad-5"]
+    again = deliver(hook, delivery="kept")
+    assert (again.status_code, again.json()["job_id"]) == (200, first)  # the accepted id still dedupes
+
+
 def test_a_repeated_id_with_a_bad_signature_is_still_401(hook):
     deliver(hook, delivery="d-1")
     assert deliver(hook, delivery="d-1", secret="wrong").status_code == 401

@@ -34,6 +34,10 @@ OPTION_FIELDS: dict[str, type | tuple[type, ...]] = {
     "include_short": bool, "chat_role": str, "off_record": bool, "session_id": str,
 }
 MAX_TASK_TEMPLATE_CHARS = 20_000
+# Deliveries that started no job are kept for each hook up to this many, the newest: anyone may
+# post unsigned requests, and they must not fill the database. Accepted ones are all kept (their
+# delivery ids are what a repeat is recognised by), and they are rate-limited.
+KEEP_UNACCEPTED_DELIVERIES = 500
 
 
 # --- Job options, shared by schedules and hooks ------------------------------------------------
@@ -303,8 +307,15 @@ class Received:
 
 def _record(hook: Hook, verdict: str, status: int, detail: str, *, delivery_id: str = "", valid: bool = False,
             size: int = 0, job: Job | None = None) -> HookDelivery:
-    return HookDelivery.objects.create(hook=hook, delivery_id=delivery_id, signature_valid=valid, verdict=verdict,
-                                       status_code=status, body_bytes=size, job=job, detail=detail[:500])
+    delivery = HookDelivery.objects.create(hook=hook, delivery_id=delivery_id, signature_valid=valid,
+                                           verdict=verdict, status_code=status, body_bytes=size, job=job,
+                                           detail=detail[:500])
+    if verdict != HookDelivery.Verdict.ACCEPTED:
+        unaccepted = hook.deliveries.exclude(verdict=HookDelivery.Verdict.ACCEPTED).order_by("-id")
+        oldest_kept = unaccepted.values_list("id", flat=True)[KEEP_UNACCEPTED_DELIVERIES - 1:KEEP_UNACCEPTED_DELIVERIES]
+        if oldest_kept:
+            unaccepted.filter(id__lt=oldest_kept[0]).delete()
+    return delivery
 
 
 def hook_receive(*, slug: str, headers: Mapping[str, str], content_length: int | None,
