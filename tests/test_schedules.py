@@ -349,3 +349,12 @@ def test_the_job_page_says_which_schedule_started_it_and_that_it_was_late(alice,
     assert "A schedule" in origin and f'href="/settings/schedules/{schedule.pk}/"' in origin
     assert "Morning report" in origin and "late, 5 times missed" in origin
     assert "tools up to low risk" in origin
+
+
+def test_the_job_list_says_a_job_came_from_a_schedule(alice, owner, clock):
+    schedule = every_minute(owner, task="Scheduled thing")
+    services.schedule_run_now(user=owner, schedule_id=schedule.pk)
+    core_services.job_submit(user=owner, task="Typed thing")
+    rows = alice.get("/jobs/").content.decode().split('<li class="row">')[1:]
+    assert "from a schedule" in next(row for row in rows if "Scheduled thing" in row)
+    assert "from a" not in next(row for row in rows if "Typed thing" in row)
