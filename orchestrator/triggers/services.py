@@ -187,7 +187,7 @@ def _fire(schedule_id: int, *, owner: str, now: datetime) -> ScheduleRun | None:
         try:
             firing = cron.due(schedule.cron, schedule.time_zone, schedule.next_run_at, now)
         except cron.CronInvalid as error:
-            Schedule.objects.filter(pk=schedule.pk).update(enabled=False)
+            Schedule.objects.filter(pk=schedule.pk).update(enabled=False, next_run_at=None)
             logger.warning("schedule %s disabled: %s", schedule.pk, error)
             return None
         if firing is None:
