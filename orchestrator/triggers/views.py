@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
@@ -138,8 +139,6 @@ def _hooks_context(request: HttpRequest, **extra: Any) -> dict[str, Any]:
 
 
 def _new_hook_initial() -> dict[str, Any]:
-    from django.conf import settings
-
     return {"max_body_bytes": settings.CORTEX_HOOK_MAX_BYTES, "max_per_minute": settings.CORTEX_HOOK_PER_MINUTE,
             "max_risk": "low", "enabled": True, "respond_with_final": True, "chat_role": "chat"}
 
