@@ -165,6 +165,7 @@ INSTALLED_APPS = [
     "channels",
     "ninja",
     "orchestrator",
+    "orchestrator.triggers",
 ]
 
 MIDDLEWARE = [
@@ -300,6 +301,16 @@ CORTEX_RETRY_MAX_SECONDS = env_float("CORTEX_RETRY_MAX_SECONDS", 60.0, minimum=0
 CORTEX_HISTORY_CHARS = env_int("CORTEX_HISTORY_CHARS", 24000, minimum=0)
 CORTEX_WORKSPACE_ROOT = Path(env_str("CORTEX_WORKSPACE_ROOT", str(VAR_DIR / "workspaces")))
 CORTEX_HTTP_ALLOW_PRIVATE = env_bool("CORTEX_HTTP_ALLOW_PRIVATE", False)
+# Schedules: how often each executor looks for due ones; how long after its due time a firing
+# still counts as on time.
+CORTEX_SCHEDULE_TICK_SECONDS = env_float("CORTEX_SCHEDULE_TICK_SECONDS", 5.0, minimum=0.05)
+CORTEX_SCHEDULE_LATE_SECONDS = env_float("CORTEX_SCHEDULE_LATE_SECONDS", 60.0, minimum=1.0)
+# A file holding the ISO time schedules take for now, for tests and demonstrations (see
+# orchestrator/triggers/clock.py); unset: the real clock.
+CORTEX_CLOCK_FILE = env_str("CORTEX_CLOCK_FILE")
+# Inbound webhooks: the defaults of a new hook's body limit and deliveries per minute.
+CORTEX_HOOK_MAX_BYTES = env_int("CORTEX_HOOK_MAX_BYTES", 262_144, minimum=1024)
+CORTEX_HOOK_PER_MINUTE = env_int("CORTEX_HOOK_PER_MINUTE", 30, minimum=1)
 # Extra modules whose @tool declarations join the built-in ones (a site's own tools).
 CORTEX_TOOL_MODULES = env_list("CORTEX_TOOL_MODULES", [])
 

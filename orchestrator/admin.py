@@ -147,12 +147,13 @@ class JobEventInline(ReadOnlyInline):
 
 @admin.register(Job)
 class JobAdmin(ReadOnlyAdmin):
-    list_display = ("short_id", "task_excerpt", "user", "status", "backend", "created_at", "completed_at")
-    list_filter = ("status", ("user", admin.RelatedOnlyFieldListFilter), "backend", "created_at")
+    list_display = ("short_id", "task_excerpt", "user", "status", "origin", "backend", "created_at", "completed_at")
+    list_filter = ("status", "origin", ("user", admin.RelatedOnlyFieldListFilter), "backend", "created_at")
     search_fields = ("task",)
     date_hierarchy = "created_at"
     list_select_related = ("user",)
-    fields = ("id", "user", "status", "task", "session", "persona", "options", "orchestrator_model", "chat_model",
+    fields = ("id", "user", "status", "origin", "origin_max_risk", "origin_detail", "task", "session", "persona",
+              "options", "orchestrator_model", "chat_model",
               "backend", "backend_label", "host", "response", "orchestrator_summary", "error", "rounds",
               "approved_tools", "usage", "system_prompt", "chat_system_prompt", "created_at", "started_at",
               "completed_at")

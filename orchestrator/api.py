@@ -21,7 +21,7 @@ from pydantic_core import PydanticCustomError
 
 from . import selectors, services
 from .engine import sanitise
-from .models import Job, JobStatus, ToolCallStatus
+from .models import Job, JobOrigin, JobStatus, ToolCallStatus
 
 
 class BearerToken(HttpBearer):
@@ -154,6 +154,9 @@ class JobOut(Schema):
     gemini_summary: str | None = None
     error: str | None = None
     pending_confirmation: PendingConfirmation | None = None
+    origin: str = Field("web", description="Who or what started the job: web, api, schedule, hook, mcp, command.")
+    origin_detail: dict[str, Any] | None = Field(
+        None, description="The schedule (its id, due time, whether it fired late) or hook (slug, delivery) behind it.")
 
 
 class ConfirmIn(Schema):
@@ -209,6 +212,8 @@ def job_payload(job: Job) -> dict[str, Any]:
         "gemini_summary": job.orchestrator_summary,  # named as in the original API
         "error": job.error,
         "pending_confirmation": pending,
+        "origin": job.origin,
+        "origin_detail": job.origin_detail or None,
     }
 
 
@@ -231,6 +236,7 @@ def orchestrate(request: HttpRequest, payload: OrchestrateIn):
             tier=payload.tier, respond_with_final=respond, include_long=payload.include_long,
             include_mid=payload.include_mid, include_short=payload.include_short,
             chat_role=payload.chat_role, off_record=payload.off_record),
+        origin=JobOrigin.API,
     )
     return Status(202, {"job_id": job.id, "status": job.status})
 
@@ -272,3 +278,10 @@ def deny(request: HttpRequest, job_id: str, payload: DenyIn | None = Body(None))
 def cancel(request: HttpRequest, job_id: str):
     job = services.job_cancel(user=request.user, job_id=job_id)
     return {"job_id": job.id, "status": job.status}
+
+
+# --- Schedules (their own package; the router joins this API and its tokens) --------------------
+
+from .triggers.api import router as schedules_router  # noqa: E402  (it builds on the schemas above)
+
+api.add_router("/schedules", schedules_router)

@@ -1,6 +1,10 @@
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 
+# The API's addresses, and the hooks' (whose senders are programs too).
+JSON_PATHS = ("/orchestrate", "/schedules", "/hooks/")
+
+
 class JsonApiErrors:
     """The API answers every error as JSON `{"detail": ...}`, including the ones Django produces
     before a view runs (a wrong method, an address no endpoint answers)."""
@@ -10,7 +14,7 @@ class JsonApiErrors:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
-        if not request.path.startswith("/orchestrate") or response.status_code not in (404, 405) \
+        if not request.path.startswith(JSON_PATHS) or response.status_code not in (404, 405) \
                 or response.get("Content-Type", "").startswith("application/json"):
             return response
         if response.status_code == 404:  # an address no endpoint answers

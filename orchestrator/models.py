@@ -81,6 +81,17 @@ class Message(models.Model):
         ordering = ["created_at", "id"]
 
 
+class JobOrigin(models.TextChoices):
+    """Who or what started a job."""
+
+    WEB = "web", "the web page"
+    API = "api", "the API"
+    SCHEDULE = "schedule", "a schedule"
+    HOOK = "hook", "a webhook"
+    MCP = "mcp", "the MCP endpoint"
+    COMMAND = "command", "the command line"
+
+
 class Job(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
@@ -99,6 +110,13 @@ class Job(models.Model):
     rounds = models.PositiveIntegerField(default=0)
     # Tools a person approved "for the rest of this job".
     approved_tools = models.JSONField(default=list, blank=True)
+    origin = models.CharField(max_length=16, choices=JobOrigin.choices, default=JobOrigin.WEB)
+    # The highest risk offered to this job whatever its owner's policy allows (unattended origins);
+    # empty: the owner's policy alone.
+    origin_max_risk = models.CharField(max_length=16, blank=True)
+    # What the origin says about itself: a schedule's id and due time (and whether it fired late),
+    # a hook's slug and delivery id.
+    origin_detail = models.JSONField(default=dict, blank=True)
 
     response = models.TextField(null=True, blank=True)
     # The orchestrator model's own summary, whichever provider wrote it (the API's `gemini_summary`).

@@ -6,6 +6,8 @@ happens when the model calls it (run, ask a person first, or never). The layers,
 1. Groups: a tool may name the permission groups allowed to use it; others are never offered it.
 2. The model role's allow-list: when the orchestrator role names tools, no other tool is offered.
 3. Risk: only tools at or below `max_risk` are offered, unless an override forces them in or out.
+   A job that started unattended (a schedule, a webhook) carries its origin's own ceiling on top:
+   a tool above it is never offered, whatever the overrides say, so an origin only narrows.
 4. Confirmation: per tool run / ask / never; by default low risk runs, medium and high ask. A
    person may approve a tool for the rest of a job, which turns its "ask" into "run".
 
@@ -63,14 +65,19 @@ class PolicyContext:
     """Everything besides the tool that `decide` looks at.
 
     `allow_list` is the orchestrator role's tool list (empty: no restriction); `approved` names
-    the tools a person approved for the rest of the job (empty outside a job)."""
+    the tools a person approved for the rest of the job (empty outside a job); `origin_max_risk`
+    is the ceiling of what started the job (None: a person, no ceiling besides their own policy)."""
 
     policy: RiskPolicy = field(default_factory=RiskPolicy)
     groups: frozenset[str] = frozenset()
     allow_list: frozenset[str] = frozenset()
     approved: frozenset[str] = frozenset()
+    origin_max_risk: str | None = None
 
     def __post_init__(self) -> None:
+        if self.origin_max_risk is not None and self.origin_max_risk not in RISKS:
+            raise PolicyInvalid(f"the origin's max_risk must be one of {', '.join(RISKS)}, "
+                                f"not {self.origin_max_risk!r}")
         # Callers hand over lists and tuples from the database; compare as sets from here on.
         for name in ("groups", "allow_list", "approved"):
             object.__setattr__(self, name, frozenset(getattr(self, name)))
@@ -133,6 +140,10 @@ def _offered(tool: Tool, context: PolicyContext) -> tuple[bool, str]:
         return False, "not for your groups"
     if context.allow_list and tool.name not in context.allow_list:
         return False, "not on the orchestrator role's tool list"
+    ceiling = context.origin_max_risk
+    if ceiling is not None and risk_rank(tool.risk) > risk_rank(ceiling):
+        # Before the overrides: an unattended job's ceiling holds even for a tool forced in.
+        return False, f"{tool.risk} risk above this job's origin ceiling of {ceiling}"
     override = policy.overrides.get(tool.name, "default")
     if override == "exclude":
         return False, "forced out"

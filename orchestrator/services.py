@@ -27,11 +27,13 @@ from django.db.models import Q
 from django.utils import timezone
 
 from . import context, crypto, events, netguard, roles, selectors, transitions
+from .engine import sanitise
 from .engine.loop import workspace_for
 from .models import (
     ACTIVE_STATUSES,
     ApiToken,
     Job,
+    JobOrigin,
     JobStatus,
     Memory,
     ModelProfile,
@@ -43,7 +45,7 @@ from .models import (
     ToolPolicy,
 )
 from .policy import RiskPolicy
-from .tools.registry import ArgumentsInvalid, ToolContext, registry
+from .tools.registry import RISKS, ArgumentsInvalid, ToolContext, registry
 
 logger = logging.getLogger(__name__)
 
@@ -150,17 +152,33 @@ class JobOptions:
 
 
 def job_submit(*, user: AbstractBaseUser, task: str, session_id: str | None = None,
-               persona: str | None = None, options: JobOptions | None = None) -> Job:
+               persona: str | None = None, options: JobOptions | None = None, origin: str = JobOrigin.WEB,
+               origin_max_risk: str | None = None, origin_detail: dict[str, Any] | None = None,
+               data_marker: str = "") -> Job:
+    """Queue a job: the one way every origin (pages, API, schedules, hooks, …) starts one.
+
+    `origin` records who or what started it; `origin_max_risk` caps the risk of the tools it is
+    offered on top of the owner's policy (unattended origins). `data_marker`: the task holds outside
+    data fenced by this marker (`context.data_block`), and the system prompts say it is data."""
     options = options or JobOptions()
     task = task.strip() if isinstance(task, str) else ""
     if not task:
         raise Invalid("task must not be empty")
+    # Checked here, not only by the forms and the API: schedules and hooks bring text of their own.
+    if sanitise.unstorable_json(task) is not None:
+        raise Invalid(f"task contains {sanitise.NOT_STORABLE}")
     if len(task) > settings.CORTEX_MAX_TASK_CHARS:
         raise TooLarge(f"task is {len(task)} characters long; the limit is {settings.CORTEX_MAX_TASK_CHARS}")
     if options.tier is not None and options.tier not in (1, 2, 3):
         raise Invalid("tier must be 1, 2 or 3")
     if not SLUG.fullmatch(options.chat_role or ""):
         raise Invalid("chat_role must be a short name of letters, digits, - or _")
+    if origin not in JobOrigin.values:
+        raise Invalid(f"origin must be one of {', '.join(JobOrigin.values)}")
+    if origin_max_risk is not None and origin_max_risk not in RISKS:
+        raise Invalid(f"max_risk must be one of {', '.join(RISKS)}")
+    if data_marker and data_marker not in task:
+        raise Invalid("the task holds no data fenced by the given marker")
     chosen_persona = _persona_for(user, persona)
     orchestrator = roles.role_config(user, roles.ORCHESTRATOR)
     chat = roles.role_config(user, options.chat_role)
@@ -175,7 +193,7 @@ def job_submit(*, user: AbstractBaseUser, task: str, session_id: str | None = No
         return context.system_prompt(
             persona_prompt=chosen_persona.prompt if chosen_persona else "", memories=memories, now=now,
             inject_datetime=role.inject_datetime, inject_mode=role.inject_mode, off_record=options.off_record,
-            system_append=role.system_append)
+            system_append=role.system_append, data_marker=data_marker)
 
     with transaction.atomic():
         if session_id:
@@ -195,6 +213,9 @@ def job_submit(*, user: AbstractBaseUser, task: str, session_id: str | None = No
             transcript=history + [{"role": "user", "content": task}],
             system_prompt=prompt_for(orchestrator),
             chat_system_prompt=prompt_for(chat) if options.respond_with_final else "",
+            origin=origin,
+            origin_max_risk=origin_max_risk or "",
+            origin_detail=origin_detail or {},
         )
         job.save()
         transitions.queue(job)

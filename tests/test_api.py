@@ -13,7 +13,8 @@ from tests.conftest import ApiClient
 pytestmark = pytest.mark.django_db(transaction=True)
 
 JOB_FIELDS = {"job_id", "status", "outcome", "task", "created_at", "completed_at", "session_id", "response", "tool_calls",
-              "backend", "backend_label", "host", "gemini_summary", "error", "pending_confirmation"}
+              "backend", "backend_label", "host", "gemini_summary", "error", "pending_confirmation", "origin",
+              "origin_detail"}
 
 
 def submit(api, task="What time is it?", **fields):
@@ -161,6 +162,7 @@ def test_a_job_has_the_original_fields(api, engine):
     assert body["backend"] == "demo:demo" and "Demo" in body["backend_label"]
     assert body["tool_calls"][0]["name"] == "current_time"
     assert "current_time" in body["response"]
+    assert (body["origin"], body["origin_detail"]) == ("api", None)
 
 
 def test_the_outcome_tells_a_clean_completion_from_one_with_denied_calls(api, engine, awaiting):

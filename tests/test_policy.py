@@ -28,10 +28,11 @@ ADMIN_ONLY = _declare("admin_only", "low", groups=frozenset({"admin"}))
 USER = frozenset({"user"})
 
 
-def context(max_risk="high", overrides=None, confirmations=None, groups=USER, allow_list=(), approved=()):
+def context(max_risk="high", overrides=None, confirmations=None, groups=USER, allow_list=(), approved=(),
+            origin_max_risk=None):
     return PolicyContext(policy=RiskPolicy(max_risk=max_risk, overrides=overrides or {},
                                            confirmations=confirmations or {}),
-                         groups=groups, allow_list=allow_list, approved=approved)
+                         groups=groups, allow_list=allow_list, approved=approved, origin_max_risk=origin_max_risk)
 
 
 # Each case: the tool, the inputs, then (offered, why offered or not, action, why that action).
@@ -83,6 +84,20 @@ CASES = [
      (False, "forced out", "never", "forced out")),
     ("an approval never offers a tool for other groups", ADMIN_ONLY, context(approved=["admin_only"]),
      (False, "not for your groups", "never", "not for your groups")),
+    ("an origin's ceiling keeps out a tool the person allows", WRITE, context(origin_max_risk="low"),
+     (False, "medium risk above this job's origin ceiling of low", "never",
+      "medium risk above this job's origin ceiling of low")),
+    ("an origin's ceiling beats force include", SHELL, context(overrides={"shell": "include"}, origin_max_risk="medium"),
+     (False, "high risk above this job's origin ceiling of medium", "never",
+      "high risk above this job's origin ceiling of medium")),
+    ("an origin's ceiling beats an approval and a run rule", SHELL,
+     context(confirmations={"shell": "run"}, approved=["shell"], origin_max_risk="low"),
+     (False, "high risk above this job's origin ceiling of low", "never",
+      "high risk above this job's origin ceiling of low")),
+    ("an origin's ceiling never widens the person's own", WRITE, context("low", origin_max_risk="high"),
+     (False, "medium risk above low", "never", "medium risk above low")),
+    ("within an origin's ceiling the person's rules apply", WRITE, context(origin_max_risk="medium"),
+     (True, "medium risk within high", "ask", "medium risk asks by default")),
 ]
 
 
@@ -113,10 +128,24 @@ def test_every_tool_that_is_not_offered_never_runs():
         for rule in ("default", "run", "ask", "never"):
             for override in ("default", "include", "exclude"):
                 for allow_list in ((), ("clock",), ("shell",)):
-                    inputs = context(max_risk, overrides={"shell": override}, confirmations={"shell": rule},
-                                     allow_list=allow_list, approved=["shell"])
-                    decision = decide("shell", SHELL, inputs)
-                    assert decision.offered == (decision.action != "never")
+                    for ceiling in (None, "low", "medium", "high"):
+                        inputs = context(max_risk, overrides={"shell": override}, confirmations={"shell": rule},
+                                         allow_list=allow_list, approved=["shell"], origin_max_risk=ceiling)
+                        decision = decide("shell", SHELL, inputs)
+                        assert decision.offered == (decision.action != "never")
+
+
+def test_an_origin_ceiling_only_ever_narrows_what_is_offered():
+    for tool_ in (CLOCK, WRITE, SHELL):
+        for max_risk in ("low", "medium", "high"):
+            for override in ("default", "include", "exclude"):
+                for ceiling in ("low", "medium", "high"):
+                    without = decide(tool_.name, tool_, context(max_risk, overrides={tool_.name: override}))
+                    within = decide(tool_.name, tool_, context(max_risk, overrides={tool_.name: override},
+                                                               origin_max_risk=ceiling))
+                    assert within.offered <= without.offered
+                    if within.offered:
+                        assert within.action == without.action
 
 
 def test_the_summary_is_what_the_settings_page_shows():
@@ -145,6 +174,11 @@ def test_the_inputs_may_be_any_collections():
 def test_it_rejects_invalid_policies(bad):
     with pytest.raises(PolicyInvalid):
         RiskPolicy(**bad)
+
+
+def test_it_rejects_an_unknown_origin_ceiling():
+    with pytest.raises(PolicyInvalid):
+        PolicyContext(origin_max_risk="none")
 
 
 def test_the_policy_module_does_not_need_django():

@@ -98,7 +98,9 @@ class Memo:
             self.context = selectors.policy_context_for_user(job.user, allow_list=_role(job, ORCHESTRATOR).tools)
         # Standing approvals belong to the job, not its owner; they only turn "ask" into "run"
         # for an offered tool, so they never change what is offered.
-        return replace(self.context, approved=frozenset(job.approved_tools))
+        # The origin's ceiling (a schedule's, a hook's) is the job's own too, and only narrows.
+        return replace(self.context, approved=frozenset(job.approved_tools),
+                       origin_max_risk=job.origin_max_risk or None)
 
     def forget(self) -> None:
         self.job = self.calls = None

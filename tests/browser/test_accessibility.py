@@ -36,6 +36,22 @@ def _memory(owner) -> str:
     return "/memories/"
 
 
+def _schedule(owner) -> str:
+    from orchestrator.triggers import services as triggers
+
+    schedule = triggers.schedule_save(user=owner, name="Mornings", cron_expression="0 9 * * 1-5",
+                                      time_zone="Europe/Berlin", task="Plan {date}")
+    triggers.schedule_run_now(user=owner, schedule_id=schedule.pk)
+    return f"/settings/schedules/{schedule.pk}/"
+
+
+def _hook(owner) -> str:
+    from orchestrator.triggers import services as triggers
+
+    triggers.hook_create(user=owner, slug="pushes", task_template="Review {payload.repository.full_name}")
+    return "/settings/hooks/pushes/"
+
+
 PAGES: dict[str, Callable[..., str]] = {
     "jobs": lambda owner: "/jobs/",
     "job with a waiting card": _job_page,
@@ -47,6 +63,11 @@ PAGES: dict[str, Callable[..., str]] = {
     "settings: models": lambda owner: "/settings/models/",
     "settings: personas": lambda owner: "/settings/personas/",
     "settings: tokens": lambda owner: "/settings/tokens/",
+    "settings: schedules": lambda owner: "/settings/schedules/",
+    "settings: new schedule": lambda owner: "/settings/schedules/new/",
+    "settings: a schedule": _schedule,
+    "settings: hooks": lambda owner: "/settings/hooks/",
+    "settings: a hook": _hook,
 }
 
 
