@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
-        ('orchestrator', '0007_activity_indexes'),
+        ('orchestrator', '0009_job_origin'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('orchestrator', '0007_activity_indexes'),
+        ('orchestrator', '0008_job_tokens'),
     ]
 
     operations = [
