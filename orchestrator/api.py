@@ -117,6 +117,13 @@ class OrchestrateIn(Schema):
     persona: Text | None = None
     chat_role: Text = Field("chat", max_length=64)
     off_record: bool = False
+    callback_url: Text | None = Field(
+        None, max_length=500, description="POST the job's JSON (as `GET /orchestrate/<id>` answers) here when the job "
+                                          "ends, signed with your callback secret (Settings → Callbacks): headers "
+                                          "`X-Cortex-Signature: sha256=<hex HMAC-SHA256 of the body>`, "
+                                          "`X-Cortex-Delivery` (the same on every retry) and `X-Cortex-Event`.")
+    callback_on_confirmation: bool = Field(
+        False, description="Also POST to callback_url when the job starts waiting for a confirmation.")
 
 
 class OrchestrateOut(Schema):
@@ -205,6 +212,8 @@ def orchestrate(request: HttpRequest, payload: OrchestrateIn):
             tier=payload.tier, respond_with_final=respond, include_long=payload.include_long,
             include_mid=payload.include_mid, include_short=payload.include_short,
             chat_role=payload.chat_role, off_record=payload.off_record),
+        callback_url=payload.callback_url,
+        callback_on_confirmation=payload.callback_on_confirmation,
     )
     return Status(202, {"job_id": job.id, "status": job.status})
 
