@@ -255,3 +255,8 @@ def deny(request: HttpRequest, job_id: str, payload: DenyIn | None = Body(None))
 def cancel(request: HttpRequest, job_id: str):
     job = services.job_cancel(user=request.user, job_id=job_id)
     return {"job_id": job.id, "status": job.status}
+
+
+from .delivery.api import router as delivery_router  # noqa: E402  (its endpoints share this API's auth and errors)
+
+api.add_router("", delivery_router)

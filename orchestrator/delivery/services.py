@@ -14,10 +14,11 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
+from django.utils import timezone
 
 from .. import crypto, netguard
 from ..services import Invalid
-from .models import CallbackSecret, Event, NotificationSettings
+from .models import CallbackSecret, Delivery, Event, NotificationSettings
 
 SECRET_PREFIX = "whsec_"
 TOPIC = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -98,3 +99,9 @@ def notifications_update(*, user: AbstractBaseUser, events: Iterable[str], email
 def public_url_is_set() -> bool:
     """Links in notifications point at CORTEX_PUBLIC_URL; its default only works on this machine."""
     return settings.CORTEX_PUBLIC_URL != "http://127.0.0.1:8000"
+
+
+def deliveries_retry(*, ids: Iterable[str]) -> int:
+    """Send given-up deliveries again, from the first attempt (an operator's decision, in admin)."""
+    return Delivery.objects.filter(pk__in=list(ids), state=Delivery.State.GAVE_UP).update(
+        state=Delivery.State.PENDING, attempts=0, next_attempt_at=timezone.now(), held_by="", held_until=None)
