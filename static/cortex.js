@@ -146,11 +146,13 @@
 
   // Browser notifications (Settings → Notifications): the person's stream sends what happened to
   // their jobs; each is shown once per browser (its tag), and a click opens the job's page.
+  const notified = new Set();
   document.addEventListener("htmx:wsAfterMessage", function () {
     const box = document.getElementById("browser-notifications");
     if (!box || !("Notification" in window) || Notification.permission !== "granted") return;
-    box.querySelectorAll("[data-notification]:not([data-shown])").forEach(function (item) {
-      item.setAttribute("data-shown", "");
+    box.querySelectorAll("[data-notification]").forEach(function (item) {
+      if (notified.has(item.dataset.tag)) return;
+      notified.add(item.dataset.tag);
       const note = new Notification(item.dataset.title, { body: item.dataset.body, tag: item.dataset.tag });
       note.addEventListener("click", function () {
         window.focus();
