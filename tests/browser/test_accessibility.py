@@ -47,6 +47,8 @@ PAGES: dict[str, Callable[..., str]] = {
     "settings: models": lambda owner: "/settings/models/",
     "settings: personas": lambda owner: "/settings/personas/",
     "settings: tokens": lambda owner: "/settings/tokens/",
+    "settings: callbacks": lambda owner: "/settings/callbacks/",
+    "settings: notifications": lambda owner: "/settings/notifications/",
 }
 
 
