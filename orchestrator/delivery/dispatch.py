@@ -166,14 +166,19 @@ def _header_safe(text: str) -> str:
 
 
 def _post(url: str, body: bytes, headers: dict[str, str]) -> Outcome:
-    async def post() -> httpx.Response:
+    async def post() -> int:
         transport = netguard.checked_transport(lambda: settings.CORTEX_HTTP_ALLOW_PRIVATE, max_connections=1)
         async with httpx.AsyncClient(transport=transport, timeout=settings.CORTEX_DELIVERY_TIMEOUT,
                                      follow_redirects=False) as client:
-            return await client.post(url, content=body, headers=headers)
+            # Only the status matters: the receiver's body is never read, however large it is.
+            async with asyncio.timeout(settings.CORTEX_DELIVERY_TIMEOUT * 2):
+                async with client.stream("POST", url, content=body, headers=headers) as response:
+                    return response.status_code
 
     try:
-        response = asyncio.run(post())
+        status = asyncio.run(post())
+    except TimeoutError:
+        return Outcome(False, f"no answer within {settings.CORTEX_DELIVERY_TIMEOUT * 2:g} seconds")
     except netguard.Unreachable as error:
         return Outcome(False, str(error))
     except httpx.HTTPError as error:
@@ -181,9 +186,9 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> Outcome:
         if isinstance(cause, netguard.Unreachable):
             return Outcome(False, str(cause))
         return Outcome(False, f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
-    if 200 <= response.status_code < 300:
-        return Outcome(True, status=response.status_code)
-    return Outcome(False, f"the receiver answered {response.status_code}", status=response.status_code)
+    if 200 <= status < 300:
+        return Outcome(True, status=status)
+    return Outcome(False, f"the receiver answered {status}", status=status)
 
 
 def email_configured() -> bool:
