@@ -225,7 +225,7 @@ def _callback_options(user: AbstractBaseUser, url: str | None, on_confirmation: 
         if on_confirmation:
             raise Invalid("callback_on_confirmation needs a callback_url")
         return {}
-    from .delivery import services as delivery_services
+    from .delivery import services as delivery_services  # it builds on this module: imported when used
 
     delivery_services.target_check(url=url, what="callback_url")
     if not delivery_services.has_callback_secret(user=user):

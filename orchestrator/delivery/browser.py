@@ -11,7 +11,7 @@ from django.urls import reverse
 
 from ..models import JobEvent, JobStatus
 from .models import Event, NotificationSettings
-from .outbox import SHORT_ARGS, _short
+from .outbox import SHORT_ARGS, short
 
 # The job status each event is told by.
 STATUSES = {JobStatus.AWAITING_CONFIRMATION: Event.AWAITING_CONFIRMATION, JobStatus.ERROR: Event.FAILED,
@@ -48,15 +48,15 @@ def notifications_after(user: AbstractBaseUser, after: int, events: frozenset[st
             continue
         job = event.job
         url = reverse("job-detail", args=[job.id])
-        task = _short(job.task, 80)
+        task = short(job.task, 80)
         if kind == Event.AWAITING_CONFIRMATION:
             tools = event.data.get("tools") or []
             body = "\n".join(f"{tool.get('name')} ({tool.get('risk') or 'unknown'} risk): "
-                             f"{_short(tool.get('args'), SHORT_ARGS)}" for tool in tools)
+                             f"{short(tool.get('args'), SHORT_ARGS)}" for tool in tools)
             shown.append(BrowserNotification(f"cortex-{event.pk}", f"Waiting for you: {task}", body, url))
         elif kind == Event.FAILED:
             shown.append(BrowserNotification(f"cortex-{event.pk}", f"Job failed: {task}",
-                                             _short(event.data.get("error") or "", 200), url))
+                                             short(event.data.get("error") or "", 200), url))
         else:
             shown.append(BrowserNotification(f"cortex-{event.pk}", f"Job finished: {task}", "", url))
     return shown, (found[-1].pk if found else after)

@@ -66,7 +66,8 @@ def confirmation_link(job: Job, call: ToolCall) -> str:
     return public_url(reverse("job-detail", args=[job.id])) + f"#call-{call.pk}"
 
 
-def _short(value: Any, limit: int) -> str:
+def short(value: Any, limit: int) -> str:
+    """`value` (text, or JSON of anything else) on one line, cut to `limit` characters."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit - 1] + "…"
@@ -75,19 +76,19 @@ def _short(value: Any, limit: int) -> str:
 def message_for(job: Job, event: str, awaiting: Sequence[ToolCall]) -> tuple[str, str, str]:
     """(subject, text, link) of a notification: what happened, what waits (tool, risk, the
     arguments in short) and where to act. Never a secret, never a tool's output."""
-    task = _short(job.task, 80)
+    task = short(job.task, 80)
     job_link = public_url(reverse("job-detail", args=[job.id]))
     if event == Event.AWAITING_CONFIRMATION:
         lines = [f"A job waits for your decision: {task}", ""]
         for call in awaiting:
-            lines.append(f"• {call.name} ({call.risk or 'unknown'} risk): {_short(call.args, SHORT_ARGS)}")
+            lines.append(f"• {call.name} ({call.risk or 'unknown'} risk): {short(call.args, SHORT_ARGS)}")
             lines.append(f"  Approve or deny: {confirmation_link(job, call)}")
         first = awaiting[0] if awaiting else None
         link = confirmation_link(job, first) if first else job_link
         names = ", ".join(sorted({call.name for call in awaiting})) or "a tool call"
         return f"Confirmation waiting: {names}", "\n".join(lines), link
     if event == Event.FAILED:
-        return (f"Job failed: {task}", f"The job “{task}” failed: {_short(job.error or 'no reason given', SHORT_TEXT)}"
+        return (f"Job failed: {task}", f"The job “{task}” failed: {short(job.error or 'no reason given', SHORT_TEXT)}"
                 f"\n\n{job_link}", job_link)
     return f"Job finished: {task}", f"The job “{task}” finished.\n\n{job_link}", job_link
 
@@ -107,7 +108,7 @@ def _notifications(job: Job, event: str, chosen: NotificationSettings, awaiting:
         rows.append(Delivery(channel=Delivery.Channel.WEBHOOK, target=chosen.webhook_url, body=_json(
             {"event": event, "job_id": job.id, "title": subject, "message": text, "link": link,
              "tools": [{"id": call.call_id, "name": call.name, "risk": call.risk,
-                        "args": _short(call.args, SHORT_ARGS), "link": confirmation_link(job, call)}
+                        "args": short(call.args, SHORT_ARGS), "link": confirmation_link(job, call)}
                        for call in awaiting]}), **common))
     return rows
 
