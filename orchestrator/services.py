@@ -163,12 +163,18 @@ class JobOptions:
 
 def job_submit(*, user: AbstractBaseUser, task: str, session_id: str | None = None,
                persona: str | None = None, options: JobOptions | None = None, callback_url: str | None = None,
-               callback_on_confirmation: bool = False) -> Job:
+               callback_on_confirmation: bool = False, confirmation_ttl: int | None = None) -> Job:
     """Queue a job. With `callback_url`, the job's JSON is POSTed there, signed with the person's
     callback secret, when the job ends (and when it starts waiting for a confirmation, with
-    `callback_on_confirmation`)."""
+    `callback_on_confirmation`). `confirmation_ttl`: the job's own limit, in seconds, on how long a
+    call may wait for a person (a schedule's or a hook's); the shorter of it and the usual one applies."""
     options = options or JobOptions()
     callback = _callback_options(user, callback_url, callback_on_confirmation)
+    if confirmation_ttl is not None:
+        if isinstance(confirmation_ttl, bool) or not isinstance(confirmation_ttl, int) \
+                or not 1 <= confirmation_ttl <= MAX_CONFIRMATION_TTL:
+            raise Invalid(f"confirmation_ttl must be between 1 and {MAX_CONFIRMATION_TTL} seconds")
+        callback["confirmation_ttl"] = confirmation_ttl
     task = task.strip() if isinstance(task, str) else ""
     if not task:
         raise Invalid("task must not be empty")

@@ -240,6 +240,18 @@ def test_a_delivery_is_claimed_by_one_executor_at_a_time_and_again_after_its_lea
     assert outcome.delivered and Delivery.objects.get(pk=row.pk).attempts == 2
 
 
+def test_a_delivery_whose_sender_died_is_sent_once_its_lease_runs_out(owner, secret, receiver, private_allowed):
+    """An executor claimed it and stopped before it could send: after a restart another one sends it."""
+    job = Job.objects.create(user=owner, task="t", orchestrator_model="demo:demo")
+    row = Delivery.objects.create(user=owner, job=job, channel="callback", event="job.finished", target=receiver.url,
+                                  body='{"status": "complete"}', next_attempt_at=timezone.now())
+    assert dispatch.deliveries_claim(owner="gone", limit=1) == [str(row.pk)]
+    Delivery.objects.filter(pk=row.pk).update(held_until=timezone.now() - timedelta(seconds=1))
+
+    run_executors_until(lambda: Delivery.objects.get(pk=row.pk).state == "delivered")
+    assert len(receiver.received) == 1 and receiver.received[0].headers["x-cortex-delivery"] == str(row.pk)
+
+
 def test_the_backoff_starts_short_grows_and_is_capped(settings):
     settings.CORTEX_DELIVERY_BACKOFF_SECONDS = 5
     settings.CORTEX_DELIVERY_BACKOFF_MAX_SECONDS = 3600

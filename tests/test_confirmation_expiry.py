@@ -176,6 +176,20 @@ def test_a_per_tool_limit_applies_without_a_site_default(owner, waiting, setting
     assert timedelta(seconds=40) < deadline.expires_at - call.created_at < timedelta(seconds=60)
 
 
+def test_a_jobs_own_limit_holds_it_to_less_than_the_sites(owner, engine, default_persona, settings):
+    settings.CORTEX_CONFIRMATION_TTL = 3600
+    job = services.job_submit(user=owner, task="Write a note: x", confirmation_ttl=5)
+    job = async_to_sync(engine.run_until)(job.pk, "awaiting_confirmation")
+    assert ConfirmationDeadline.objects.get(call=job.tool_calls.get()).ttl_seconds == 5
+
+
+@pytest.mark.parametrize("seconds", [0, -1, 10**9, True, "5"])
+def test_a_bad_job_limit_is_refused(owner, default_persona, seconds):
+    with pytest.raises(services.Invalid, match="confirmation_ttl"):
+        services.job_submit(user=owner, task="Write a note: x", confirmation_ttl=seconds)
+    assert not Job.objects.exists()
+
+
 @pytest.mark.parametrize(("site", "tool", "job", "expected"), [
     (None, None, None, None), (60, None, None, 60), (60, 10, None, 10), (None, 10, None, 10),
     (60, None, 30, 30), (60, 90, 120, 90), (None, None, 15, 15), (20, None, 600, 20),
