@@ -130,6 +130,33 @@ def sqlite_database(path: Path) -> dict:
     }
 
 
+def email_from_url(url: str) -> dict:
+    """The default mailer (Django's MAILERS) from `smtp://user:pass@host:587` (STARTTLS, required) or
+    `smtps://user:pass@host:465` (TLS from the first byte). `?starttls=off` talks plain SMTP, for
+    a relay on the same machine only."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("smtp", "smtps") or not parsed.hostname:
+        raise ImproperlyConfigured("CORTEX_EMAIL_URL must look like smtp://user:password@host:587 "
+                                   f"or smtps://user:password@host:465, not {url!r}")
+    query = {key: values[-1].lower() for key, values in parse_qs(parsed.query).items()}
+    if query.get("starttls", "on") not in ("on", "off"):
+        raise ImproperlyConfigured("CORTEX_EMAIL_URL: starttls must be on or off")
+    implicit = parsed.scheme == "smtps"
+    try:
+        port = parsed.port
+    except ValueError as error:
+        raise ImproperlyConfigured(f"CORTEX_EMAIL_URL: {error}") from None
+    return {"BACKEND": "django.core.mail.backends.smtp.EmailBackend", "OPTIONS": {
+        "host": parsed.hostname,
+        "port": port or (465 if implicit else 587),
+        "username": unquote(parsed.username or ""),
+        "password": unquote(parsed.password or ""),
+        "use_ssl": implicit,
+        "use_tls": not implicit and query.get("starttls", "on") == "on",
+        "timeout": 20,
+    }}
+
+
 VAR_DIR = Path(env_str("CORTEX_VAR_DIR", str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
@@ -166,6 +193,7 @@ INSTALLED_APPS = [
     "ninja",
     "orchestrator",
     "orchestrator.triggers",
+    "orchestrator.delivery",
 ]
 
 MIDDLEWARE = [
@@ -311,6 +339,25 @@ CORTEX_CLOCK_FILE = env_str("CORTEX_CLOCK_FILE")
 # Inbound webhooks: the defaults of a new hook's body limit and deliveries per minute.
 CORTEX_HOOK_MAX_BYTES = env_int("CORTEX_HOOK_MAX_BYTES", 262_144, minimum=1024)
 CORTEX_HOOK_PER_MINUTE = env_int("CORTEX_HOOK_PER_MINUTE", 30, minimum=1)
+
+# Completion callbacks and notifications (orchestrator/delivery). The public address makes the
+# links in notifications; a delivery that fails is tried again after the backoff, doubled each
+# time up to its longest wait, until it has been tried CORTEX_DELIVERY_ATTEMPTS times.
+CORTEX_PUBLIC_URL = env_str("CORTEX_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+if not re.match(r"^https?://[^\s/]+", CORTEX_PUBLIC_URL):
+    raise ImproperlyConfigured(f"CORTEX_PUBLIC_URL must be an http(s) address, not {CORTEX_PUBLIC_URL!r}")
+CORTEX_DELIVERY_BACKOFF_SECONDS = env_float("CORTEX_DELIVERY_BACKOFF_SECONDS", 5.0, minimum=0.0)
+CORTEX_DELIVERY_BACKOFF_MAX_SECONDS = env_float("CORTEX_DELIVERY_BACKOFF_MAX_SECONDS", 3600.0, minimum=0.0)
+CORTEX_DELIVERY_ATTEMPTS = env_int("CORTEX_DELIVERY_ATTEMPTS", 16, minimum=1)
+CORTEX_DELIVERY_TIMEOUT = env_float("CORTEX_DELIVERY_TIMEOUT", 15.0, minimum=0.1)
+# A tool call that waits this many seconds for a person is denied as expired; unset: never.
+CORTEX_CONFIRMATION_TTL = env_int("CORTEX_CONFIRMATION_TTL", 0, minimum=0) or None
+CORTEX_EMAIL_URL = env_str("CORTEX_EMAIL_URL")
+# Without it there is no mailer (on purpose, so Django's check that says so is quiet), and e-mail
+# notifications cannot be chosen.
+MAILERS = {"default": email_from_url(CORTEX_EMAIL_URL)} if CORTEX_EMAIL_URL else {}
+SILENCED_SYSTEM_CHECKS = [] if CORTEX_EMAIL_URL else ["mail.W001"]
+DEFAULT_FROM_EMAIL = env_str("CORTEX_EMAIL_FROM", "cortex@localhost")
 # Extra modules whose @tool declarations join the built-in ones (a site's own tools).
 CORTEX_TOOL_MODULES = env_list("CORTEX_TOOL_MODULES", [])
 

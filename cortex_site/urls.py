@@ -7,5 +7,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("orchestrator.urls")),
     path("", include("orchestrator.triggers.urls")),
+    path("", include("orchestrator.delivery.urls")),
     path("", api.urls),
 ]

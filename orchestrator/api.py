@@ -21,7 +21,8 @@ from pydantic_core import PydanticCustomError
 
 from . import selectors, services
 from .engine import sanitise
-from .models import Job, JobOrigin, JobStatus, ToolCallStatus
+from .job_json import job_payload
+from .models import JobOrigin, JobStatus
 
 
 class BearerToken(HttpBearer):
@@ -116,6 +117,13 @@ class OrchestrateIn(Schema):
     persona: Text | None = None
     chat_role: Text = Field("chat", max_length=64)
     off_record: bool = False
+    callback_url: Text | None = Field(
+        None, max_length=500, description="POST the job's JSON (as `GET /orchestrate/<id>` answers) here when the job "
+                                          "ends, signed with your callback secret (Settings → Callbacks): headers "
+                                          "`X-Cortex-Signature: sha256=<hex HMAC-SHA256 of the body>`, "
+                                          "`X-Cortex-Delivery` (the same on every retry) and `X-Cortex-Event`.")
+    callback_on_confirmation: bool = Field(
+        False, description="Also POST to callback_url when the job starts waiting for a confirmation.")
 
 
 class OrchestrateOut(Schema):
@@ -188,35 +196,6 @@ class Detail(Schema):
 ERRORS = {400: Detail, 401: Detail, 404: Detail, 409: Detail}
 
 
-def job_payload(job: Job) -> dict[str, Any]:
-    calls = list(job.tool_calls.all())
-    pending = None
-    if job.status == JobStatus.AWAITING_CONFIRMATION:
-        awaiting = [call.as_pending() for call in calls if call.status == ToolCallStatus.AWAITING]
-        last_text = next((m.get("content") for m in reversed(job.transcript) if m.get("role") == "assistant"), "")
-        pending = {"tools": awaiting, "message": last_text or
-                   f"{len(awaiting)} tool call(s) wait for your confirmation."}
-    return {
-        "job_id": job.id,
-        "status": job.status,
-        "outcome": selectors.outcome_of(job.status, sum(call.is_error for call in calls)) if job.is_finished else None,
-        "task": job.task,
-        "created_at": job.created_at.isoformat(),
-        "completed_at": job.completed_at.isoformat() if job.completed_at else None,
-        "session_id": str(job.session_id) if job.session_id else None,
-        "response": job.response,
-        "tool_calls": [call.as_summary() for call in calls] or None,
-        "backend": job.backend or None,
-        "backend_label": job.backend_label or None,
-        "host": job.host or None,
-        "gemini_summary": job.orchestrator_summary,  # named as in the original API
-        "error": job.error,
-        "pending_confirmation": pending,
-        "origin": job.origin,
-        "origin_detail": job.origin_detail or None,
-    }
-
-
 # --- Endpoints ---------------------------------------------------------------------------------
 
 @api.post("/orchestrate", response={202: OrchestrateOut, 403: Detail, 413: Detail, **ERRORS},
@@ -237,6 +216,8 @@ def orchestrate(request: HttpRequest, payload: OrchestrateIn):
             include_mid=payload.include_mid, include_short=payload.include_short,
             chat_role=payload.chat_role, off_record=payload.off_record),
         origin=JobOrigin.API,
+        callback_url=payload.callback_url,
+        callback_on_confirmation=payload.callback_on_confirmation,
     )
     return Status(202, {"job_id": job.id, "status": job.status})
 
@@ -285,3 +266,7 @@ def cancel(request: HttpRequest, job_id: str):
 from .triggers.api import router as schedules_router  # noqa: E402  (it builds on the schemas above)
 
 api.add_router("/schedules", schedules_router)
+
+from .delivery.api import router as delivery_router  # noqa: E402  (its endpoints share this API's auth and errors)
+
+api.add_router("", delivery_router)

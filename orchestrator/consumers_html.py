@@ -15,6 +15,8 @@ session).
   `inbox=<pk,pk>` (the confirmation inbox, where a decided card keeps its place for a few seconds:
   `<pk>d`, and the stream reads again when it is due to leave), `list=<filter>&page=<n>&listed=<signature>`
   (the job list: its filter counts and its rows, with their badges; see `job_page.job_list_context`).
+  For a person who chose browser notifications, it also sends what happened to their jobs since
+  the page opened (see `delivery.browser`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from . import events, job_page, selectors
+from .delivery import browser
 from .models import Job, JobEvent
 from .streams import LogStream
 
@@ -199,9 +202,16 @@ class UserStream(HtmlStream):
             self.job_list = _request_for(user, reverse("jobs"), {"status": query["list"],
                                                                  "page": query.get("page", "")})
             self.shown_list = query.get("listed", "")
+        self.notify = browser.chosen_events(user)
+        self.notify_after = browser.latest_event_id(user) if self.notify else 0
 
     def render(self) -> list[str]:
         parts = []
+        if self.notify:
+            found, self.notify_after = browser.notifications_after(self.user, self.notify_after, self.notify)
+            if found:
+                parts.append(render_to_string("delivery/browser.html#browser-notifications",
+                                              {"oob": True, "notifications": found}))
         if self.shown_pending is not None:
             count = selectors.pending_calls_for_user(self.user).count()
             if str(count) != self.shown_pending:

@@ -11,7 +11,7 @@ from . import roles, selectors
 from .models import Memory, ModelProfile, Persona
 from .policy import OVERRIDES, RiskPolicy, default_action
 from .roles import RoleConfig
-from .services import MAX_OUTPUT_TOKENS, MIN_OUTPUT_TOKENS, JobOptions
+from .services import MAX_CONFIRMATION_TTL, MAX_OUTPUT_TOKENS, MIN_OUTPUT_TOKENS, JobOptions
 from .tools.registry import RISKS, Tool
 
 RECENT_SESSIONS = 50
@@ -137,15 +137,19 @@ OVERRIDE_LABELS = {"default": "Default", "include": "Force include", "exclude": 
 
 
 class ToolPolicyForm(forms.Form):
-    """`max_risk`, and per tool an override and a confirmation rule."""
+    """`max_risk`, and per tool an override, a confirmation rule and how long a call may wait for a
+    person before it expires (empty: the site's default)."""
 
     max_risk = forms.ChoiceField(choices=[(risk, risk.title()) for risk in RISKS], widget=forms.RadioSelect,
                                  label="Offer tools up to this risk")
 
-    def __init__(self, *args: Any, tools: list[Tool], policy: RiskPolicy, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, tools: list[Tool], policy: RiskPolicy, ttls: dict[str, int] | None = None,
+                 site_ttl: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tools = tools
         self.initial["max_risk"] = policy.max_risk
+        ttls = ttls or {}
+        placeholder = f"{site_ttl} (site default)" if site_ttl else "never"
         for tool in tools:
             default = "runs" if default_action(tool) == "run" else "asks"
             self.fields[override_field(tool)] = forms.ChoiceField(
@@ -155,12 +159,19 @@ class ToolPolicyForm(forms.Form):
                 label=f"Confirmation for {tool.name}")
             self.initial[override_field(tool)] = policy.overrides.get(tool.name, "default")
             self.initial[confirmation_field(tool)] = policy.confirmations.get(tool.name, "default")
+            self.fields[ttl_field(tool)] = forms.IntegerField(
+                required=False, min_value=1, max_value=MAX_CONFIRMATION_TTL, label=f"Seconds {tool.name} may wait",
+                widget=forms.NumberInput(attrs={"placeholder": placeholder, "class": "ttl-input"}))
+            self.initial[ttl_field(tool)] = ttls.get(tool.name)
 
     def overrides(self) -> dict[str, str]:
         return {tool.name: self.cleaned_data[override_field(tool)] for tool in self.tools}
 
     def confirmations(self) -> dict[str, str]:
         return {tool.name: self.cleaned_data[confirmation_field(tool)] for tool in self.tools}
+
+    def confirmation_ttls(self) -> dict[str, int | None]:
+        return {tool.name: self.cleaned_data[ttl_field(tool)] for tool in self.tools}
 
     def policy(self) -> RiskPolicy:
         return RiskPolicy(max_risk=self.cleaned_data["max_risk"], overrides=self.overrides(),
@@ -173,6 +184,10 @@ def override_field(tool: Tool) -> str:
 
 def confirmation_field(tool: Tool) -> str:
     return f"confirm_{tool.name}"
+
+
+def ttl_field(tool: Tool) -> str:
+    return f"ttl_{tool.name}"
 
 
 class TokenForm(forms.Form):

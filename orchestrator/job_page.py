@@ -14,6 +14,7 @@ from django.core.paginator import Paginator
 from django.utils import timezone
 
 from . import selectors
+from .delivery import selectors as delivery_selectors
 from .forms import ArgumentsForm
 from .models import Job, JobEvent, JobStatus, ToolCall, ToolCallStatus
 from .tools.registry import Tool, registry
@@ -130,6 +131,7 @@ def page_context(job: Job, events: list[JobEvent], **state: Any) -> dict[str, An
     """
     return {
         **state_context(job, **state),
+        "deliveries": list(delivery_selectors.deliveries_for_job(job.user, job)),
         "timeline": [event for event in events if event.type not in NOT_IN_TIMELINE],
         "cursor": events[-1].seq if events else 0,
     }

@@ -323,6 +323,9 @@ class ToolPolicy(models.Model):
     overrides = models.JSONField(default=dict, blank=True)
     # {tool_name: "run" | "ask" | "never"}
     confirmations = models.JSONField(default=dict, blank=True)
+    # {tool_name: seconds}: how long a call to the tool waits for a person before it expires,
+    # instead of the site's CORTEX_CONFIRMATION_TTL.
+    confirmation_ttls = models.JSONField(default=dict, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

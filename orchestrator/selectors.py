@@ -180,6 +180,11 @@ def risk_policy_for_user(user: AbstractBaseUser) -> RiskPolicy:
                       confirmations=dict(stored.confirmations))
 
 
+def confirmation_ttls_for_user(user: AbstractBaseUser) -> dict[str, int]:
+    """Per tool, the seconds a call may wait for the person before it expires (their own limits)."""
+    return dict(ToolPolicy.objects.filter(user=user).values_list("confirmation_ttls", flat=True).first() or {})
+
+
 def groups_for_user(user: AbstractBaseUser) -> list[str]:
     """The permission groups a tool may be limited to: everyone is in "user", staff in "staff",
     superusers in "admin", and each user in their Django groups."""

@@ -118,9 +118,15 @@ def token_revoke(*, user: AbstractBaseUser, token_id: int) -> ApiToken:
 
 # --- Tool policy -------------------------------------------------------------------------------
 
+# The longest a call may be set to wait for a person before it expires.
+MAX_CONFIRMATION_TTL = 30 * 86400
+
+
 def policy_update(*, user: AbstractBaseUser, max_risk: str, overrides: dict[str, str],
-                  confirmations: dict[str, str]) -> ToolPolicy:
-    unknown = sorted((set(overrides) | set(confirmations)) - set(registry.names()))
+                  confirmations: dict[str, str], confirmation_ttls: dict[str, int | None] | None = None) -> ToolPolicy:
+    """`confirmation_ttls`: per tool, the seconds a call may wait for a person before it expires
+    (None or absent: the site's default); None for the argument keeps the stored ones."""
+    unknown = sorted((set(overrides) | set(confirmations) | set(confirmation_ttls or ())) - set(registry.names()))
     if unknown:
         raise Invalid(f"unknown tools: {', '.join(unknown)}")
     # Store only what differs from the default, so new defaults reach users who never chose.
@@ -130,8 +136,14 @@ def policy_update(*, user: AbstractBaseUser, max_risk: str, overrides: dict[str,
         RiskPolicy(max_risk=max_risk, overrides=overrides, confirmations=confirmations)
     except ValueError as error:
         raise Invalid(str(error)) from None
-    policy, _ = ToolPolicy.objects.update_or_create(
-        user=user, defaults={"max_risk": max_risk, "overrides": overrides, "confirmations": confirmations})
+    defaults: dict[str, Any] = {"max_risk": max_risk, "overrides": overrides, "confirmations": confirmations}
+    if confirmation_ttls is not None:
+        for name, seconds in confirmation_ttls.items():
+            if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int)
+                                        or not 1 <= seconds <= MAX_CONFIRMATION_TTL):
+                raise Invalid(f"the time limit for {name} must be between 1 and {MAX_CONFIRMATION_TTL} seconds")
+        defaults["confirmation_ttls"] = {k: v for k, v in confirmation_ttls.items() if v is not None}
+    policy, _ = ToolPolicy.objects.update_or_create(user=user, defaults=defaults)
     return policy
 
 
@@ -154,13 +166,25 @@ class JobOptions:
 def job_submit(*, user: AbstractBaseUser, task: str, session_id: str | None = None,
                persona: str | None = None, options: JobOptions | None = None, origin: str = JobOrigin.WEB,
                origin_max_risk: str | None = None, origin_detail: dict[str, Any] | None = None,
-               data_marker: str = "") -> Job:
+               data_marker: str = "", callback_url: str | None = None, callback_on_confirmation: bool = False,
+               confirmation_ttl: int | None = None) -> Job:
     """Queue a job: the one way every origin (pages, API, schedules, hooks, …) starts one.
 
     `origin` records who or what started it; `origin_max_risk` caps the risk of the tools it is
     offered on top of the owner's policy (unattended origins). `data_marker`: the task holds outside
-    data fenced by this marker (`context.data_block`), and the system prompts say it is data."""
+    data fenced by this marker (`context.data_block`), and the system prompts say it is data.
+
+    With `callback_url`, the job's JSON is POSTed there, signed with the person's callback secret,
+    when the job ends (and when it starts waiting for a confirmation, with `callback_on_confirmation`).
+    `confirmation_ttl`: the job's own limit, in seconds, on how long a call may wait for a person (a
+    schedule's or a hook's); the shorter of it and the usual one applies."""
     options = options or JobOptions()
+    callback = _callback_options(user, callback_url, callback_on_confirmation)
+    if confirmation_ttl is not None:
+        if isinstance(confirmation_ttl, bool) or not isinstance(confirmation_ttl, int) \
+                or not 1 <= confirmation_ttl <= MAX_CONFIRMATION_TTL:
+            raise Invalid(f"confirmation_ttl must be between 1 and {MAX_CONFIRMATION_TTL} seconds")
+        callback["confirmation_ttl"] = confirmation_ttl
     task = task.strip() if isinstance(task, str) else ""
     if not task:
         raise Invalid("task must not be empty")
@@ -206,7 +230,7 @@ def job_submit(*, user: AbstractBaseUser, task: str, session_id: str | None = No
             task=task,
             session=session,
             persona=chosen_persona,
-            options={**options.as_dict(), "history_messages": len(history),
+            options={**options.as_dict(), **callback, "history_messages": len(history),
                      "roles": {"orchestrator": orchestrator.as_dict(), "chat": chat.as_dict()}},
             orchestrator_model=orchestrator.model,
             chat_model=chat.model,
@@ -221,6 +245,21 @@ def job_submit(*, user: AbstractBaseUser, task: str, session_id: str | None = No
         transitions.queue(job)
         Job.objects.filter(pk=job.pk).update(last_seq=job.last_seq)
     return job
+
+
+def _callback_options(user: AbstractBaseUser, url: str | None, on_confirmation: bool) -> dict[str, Any]:
+    url = (url or "").strip()
+    if not url:
+        if on_confirmation:
+            raise Invalid("callback_on_confirmation needs a callback_url")
+        return {}
+    from .delivery import services as delivery_services  # it builds on this module: imported when used
+
+    delivery_services.target_check(url=url, what="callback_url")
+    if not delivery_services.has_callback_secret(user=user):
+        raise Invalid("callback_url needs a callback secret to sign with: create one under Settings → Callbacks "
+                      "first")
+    return {"callback_url": url, "callback_on_confirmation": bool(on_confirmation)}
 
 
 def _persona_for(user: AbstractBaseUser, name: str | None) -> Persona | None:
@@ -357,10 +396,59 @@ def job_deny(*, user: AbstractBaseUser, job_id: Any, tool_call_id: str | None = 
     return job
 
 
-def _decision_event(call: ToolCall, user: AbstractBaseUser) -> dict[str, Any]:
-    return {"id": call.call_id, "name": call.name, "decision": call.decision, "by": user.get_username(),
+def _decision_event(call: ToolCall, user: AbstractBaseUser | None) -> dict[str, Any]:
+    """`user` None: decided by the system (an expired call)."""
+    return {"id": call.call_id, "name": call.name, "decision": call.decision,
+            "by": user.get_username() if user is not None else "the system",
             "args": call.args, "original_args": call.original_args, "reason": call.reason,
             "remember": call.remember}
+
+
+def confirmation_expire(*, deadline_id: int) -> bool:
+    """The system's decision on a call that waited past its deadline: denied, with a reason that
+    says it expired and after how long; the model is told, and the job goes on once nothing else
+    waits. The deadline is claimed in the same transaction, so it fires once however many
+    executors look; a person's decision that committed first leaves nothing to deny, and one that
+    comes after finds the call decided (409). Returns whether the call expired."""
+    from .delivery.models import ConfirmationDeadline
+
+    with transaction.atomic():
+        now = timezone.now()
+        if not ConfirmationDeadline.objects.filter(pk=deadline_id, fired_at=None).update(fired_at=now):
+            return False  # fired already
+        deadline = ConfirmationDeadline.objects.get(pk=deadline_id)
+        job = Job.objects.select_for_update().get(pk=deadline.job_id)
+        call = ToolCall.objects.get(pk=deadline.call_id)
+        if job.status != JobStatus.AWAITING_CONFIRMATION or call.status != ToolCallStatus.AWAITING:
+            return False
+        waited = _duration(deadline.ttl_seconds)
+        call.status = ToolCallStatus.DENIED
+        call.decision = ToolCall.Decision.DENIED
+        call.decided_by = None
+        call.decided_at = now
+        call.finished_at = now
+        call.reason = f"expired: nobody decided within {waited}"
+        call.is_error = True
+        call.result = (f"Nobody decided on this tool call within {waited}, so it expired and was denied. "
+                       "It did not run; carry on without it.")
+        call.save(update_fields=["status", "decision", "decided_by", "decided_at", "finished_at", "reason",
+                                 "is_error", "result"])
+        events.append(job, ("tool.decided", {**_decision_event(call, None), "expired": True,
+                                             "ttl_seconds": deadline.ttl_seconds}))
+        ConfirmationDeadline.objects.filter(pk=deadline_id).update(expired=True)
+        _after_decision(job)
+        job.save(update_fields=transitions.FIELDS)
+    return True
+
+
+def _duration(seconds: int) -> str:
+    """2 seconds, 5 minutes, 1 hour 30 minutes."""
+    parts = []
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        amount, seconds = divmod(seconds, size)
+        if amount:
+            parts.append(f"{amount} {unit}{'s' if amount != 1 else ''}")
+    return " ".join(parts[:2]) or "0 seconds"
 
 
 def job_cancel(*, user: AbstractBaseUser, job_id: Any) -> Job:

@@ -8,6 +8,10 @@ the job leaves open, and appends the `job.status` event, which names the executo
 the transition. The caller saves the job; a caller that saves only some fields saves at least
 `FIELDS`.
 
+A transition that ends a job or makes it wait also writes what it owes to the job's callback and
+its owner's notification channels, and the deadlines of calls that may wait only so long
+(`delivery.outbox`), in the same transaction: the event and its outbox rows commit together.
+
 The lease functions act on rows: claiming runnable jobs for an executor, renewing its leases and
 releasing them, unfinished, to any executor.
 
@@ -26,6 +30,7 @@ from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from . import events, rows
+from .delivery import outbox
 from .models import OPEN_CALL_STATUSES, Job, JobStatus, Message, Session, ToolCall, ToolCallStatus
 
 # Every field a transition may change on the job.
@@ -52,6 +57,7 @@ def pause(job: Job, *, awaiting: Sequence[ToolCall]) -> None:
     executor = _drop_lease(job)
     events.append(job, ("job.status", {"status": JobStatus.AWAITING_CONFIRMATION, "executor": executor,
                                        "tools": [call.as_pending() for call in awaiting]}))
+    outbox.job_event(job, outbox.Event.AWAITING_CONFIRMATION, awaiting=awaiting)
 
 
 def resume(job: Job) -> None:
@@ -84,6 +90,7 @@ def complete(job: Job, *, response: str, backend: str, backend_label: str, summa
         Session.objects.filter(pk=job.session_id).update(updated_at=now)
     events.append(job, ("job.status", {"status": JobStatus.COMPLETE, "response": response, "backend": backend,
                                        "backend_label": backend_label, "executor": executor}))
+    outbox.job_event(job, outbox.Event.FINISHED)
 
 
 def fail(job: Job, error: str) -> None:
@@ -94,6 +101,7 @@ def fail(job: Job, error: str) -> None:
     job.completed_at = timezone.now()
     executor = _drop_lease(job)
     events.append(job, ("job.status", {"status": JobStatus.ERROR, "error": job.error, "executor": executor}))
+    outbox.job_event(job, outbox.Event.FAILED)
 
 
 def cancel(job: Job, *, by: str) -> None:
@@ -106,6 +114,7 @@ def cancel(job: Job, *, by: str) -> None:
     job.error = f"cancelled by {by}"
     _drop_lease(job)
     events.append(job, ("job.status", {"status": JobStatus.CANCELLED, "by": by}))
+    outbox.job_event(job, outbox.CANCELLED)
     events.wake_executors(cancel=str(job.id))
 
 

@@ -144,6 +144,44 @@
     }, selectIt);
   });
 
+  // Browser notifications (Settings → Notifications): the person's stream sends what happened to
+  // their jobs; each is shown once per browser (its tag), and a click opens the job's page.
+  const notified = new Set();
+  document.addEventListener("htmx:wsAfterMessage", function () {
+    const box = document.getElementById("browser-notifications");
+    if (!box || !("Notification" in window) || Notification.permission !== "granted") return;
+    box.querySelectorAll("[data-notification]").forEach(function (item) {
+      if (notified.has(item.dataset.tag)) return;
+      notified.add(item.dataset.tag);
+      const note = new Notification(item.dataset.title, { body: item.dataset.body, tag: item.dataset.tag });
+      note.addEventListener("click", function () {
+        window.focus();
+        window.location.href = item.dataset.url;
+      });
+    });
+  });
+
+  document.addEventListener("click", function (event) {
+    const button = event.target.closest("[data-notify-permission]");
+    if (!button || !("Notification" in window)) return;
+    const state = document.querySelector("[data-notify-permission-state]");
+    Notification.requestPermission().then(function (permission) {
+      if (state) state.textContent = permission === "granted" ? "Allowed." : "Not allowed: the browser will not show them.";
+    });
+  });
+
+  // The time a waiting call has left before it expires, counted down on the page.
+  function showTimeLeft() {
+    document.querySelectorAll("time[data-countdown]").forEach(function (time) {
+      const left = Math.max(0, Math.round((new Date(time.getAttribute("datetime")) - Date.now()) / 1000));
+      const minutes = Math.floor(left / 60);
+      const hours = Math.floor(minutes / 60);
+      time.textContent = hours ? hours + " h " + (minutes % 60) + " min" : minutes ? minutes + " min " + (left % 60) + " s" : left + " s";
+    });
+  }
+  showTimeLeft();
+  setInterval(showTimeLeft, 1000);
+
   // The server closes a stream with 4401 when its session ended (signed out in another tab, or
   // expired): load the page again, which leads to the sign-in page and from there back here.
   document.addEventListener("htmx:wsClose", function (event) {

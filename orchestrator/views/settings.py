@@ -23,6 +23,7 @@ from ..forms import (
     ToolPolicyForm,
     confirmation_field,
     override_field,
+    ttl_field,
 )
 from ..models import ModelProfile, Persona
 from ..policy import PolicyContext, decide_all
@@ -41,7 +42,7 @@ def _tool_rows(form: ToolPolicyForm, context: PolicyContext) -> list[tuple[str, 
     """The tools by category, each with its fields and what the policy does with it: the very
     decision the engine makes for a new job (outside a job, so nothing is approved for it yet)."""
     rows = [{"tool": decision.tool, "effective": decision, "override": form[override_field(decision.tool)],
-             "confirmation": form[confirmation_field(decision.tool)]}
+             "confirmation": form[confirmation_field(decision.tool)], "ttl": form[ttl_field(decision.tool)]}
             for decision in decide_all(form.tools, context)]
     return [(category, list(items)) for category, items in groupby(rows, key=lambda r: r["tool"].category)]
 
@@ -57,7 +58,9 @@ def _tools_context(request: HttpRequest, form: ToolPolicyForm) -> dict[str, Any]
 
 
 def _policy_form(request: HttpRequest, data: Any = None) -> ToolPolicyForm:
-    return ToolPolicyForm(data, tools=list(registry), policy=selectors.risk_policy_for_user(request.user))
+    return ToolPolicyForm(data, tools=list(registry), policy=selectors.risk_policy_for_user(request.user),
+                          ttls=selectors.confirmation_ttls_for_user(request.user),
+                          site_ttl=settings.CORTEX_CONFIRMATION_TTL)
 
 
 @login_required
@@ -69,7 +72,8 @@ def settings_tools(request: HttpRequest) -> HttpResponse:
     if form.is_valid():
         try:
             services.policy_update(user=request.user, max_risk=form.cleaned_data["max_risk"],
-                                   overrides=form.overrides(), confirmations=form.confirmations())
+                                   overrides=form.overrides(), confirmations=form.confirmations(),
+                                   confirmation_ttls=form.confirmation_ttls())
         except services.ServiceError as error:
             form.add_error(None, error.message)
         else:

@@ -68,6 +68,8 @@ PAGES: dict[str, Callable[..., str]] = {
     "settings: a schedule": _schedule,
     "settings: hooks": lambda owner: "/settings/hooks/",
     "settings: a hook": _hook,
+    "settings: callbacks": lambda owner: "/settings/callbacks/",
+    "settings: notifications": lambda owner: "/settings/notifications/",
 }
 
 
