@@ -165,6 +165,7 @@ INSTALLED_APPS = [
     "channels",
     "ninja",
     "orchestrator",
+    "orchestrator.mcp",
 ]
 
 MIDDLEWARE = [
@@ -301,6 +302,10 @@ CORTEX_WORKSPACE_ROOT = Path(env_str("CORTEX_WORKSPACE_ROOT", str(VAR_DIR / "wor
 CORTEX_HTTP_ALLOW_PRIVATE = env_bool("CORTEX_HTTP_ALLOW_PRIVATE", False)
 # Extra modules whose @tool declarations join the built-in ones (a site's own tools).
 CORTEX_TOOL_MODULES = env_list("CORTEX_TOOL_MODULES", [])
+# MCP tool servers: how long a connection may take to open, and how much of a tool's output the
+# model reads (the rest is cut, saying so).
+CORTEX_MCP_CONNECT_SECONDS = env_float("CORTEX_MCP_CONNECT_SECONDS", 20.0, minimum=0.1)
+CORTEX_MCP_MAX_OUTPUT_CHARS = env_int("CORTEX_MCP_MAX_OUTPUT_CHARS", 20000, minimum=100)
 
 LOGGING = {
     "version": 1,
