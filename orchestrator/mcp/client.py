@@ -69,38 +69,58 @@ def _allow_private(config: ServerConfig) -> Callable[[], bool]:
 @asynccontextmanager
 async def open_session(config: ServerConfig, *, on_message: Callable[[Any], Awaitable[None]] | None = None,
                        ) -> AsyncIterator[ClientSession]:
-    """An initialised session to the server, closed (and a stdio server stopped) on leaving."""
+    """An initialised session to the server, closed (and a stdio server stopped) on leaving. Any
+    failure to start, reach or speak to the server is a `ServerUnavailable` saying why."""
+    try:
+        async with _connected(config, on_message) as session:
+            yield session
+    except Exception as error:
+        raise _unavailable(config, error) from None
+
+
+@asynccontextmanager
+async def _connected(config: ServerConfig, on_message: Callable[[Any], Awaitable[None]] | None,
+                     ) -> AsyncIterator[ClientSession]:
     async with AsyncExitStack() as stack:
+        if config.transport == "stdio":
+            parameters = StdioServerParameters(command=config.command, args=list(config.args),
+                                               env=dict(config.env) or None)
+            read, write = await stack.enter_async_context(stdio_client(parameters, errlog=sys.__stderr__))
+        else:
+            try:
+                await netguard.check_url(config.url, allow_private=_allow_private(config)())
+            except netguard.Unreachable as error:
+                raise ServerUnavailable(f"the address of the server {config.name} is not allowed: {error}") from None
+            # Every connection goes through the address check, redirects included.
+            http = await stack.enter_async_context(httpx2.AsyncClient(
+                transport=netguard.checked_transport(_allow_private(config), http=httpx2, core=httpcore2),
+                headers=dict(config.headers), timeout=httpx2.Timeout(30.0, read=config.timeout + 30.0)))
+            read, write = await stack.enter_async_context(streamable_http_client(config.url, http_client=http))
+        session = await stack.enter_async_context(ClientSession(read, write, message_handler=on_message))
         try:
-            if config.transport == "stdio":
-                parameters = StdioServerParameters(command=config.command, args=list(config.args),
-                                                   env=dict(config.env) or None)
-                read, write = await stack.enter_async_context(stdio_client(parameters, errlog=sys.__stderr__))
-            else:
-                try:
-                    await netguard.check_url(config.url, allow_private=_allow_private(config)())
-                except netguard.Unreachable as error:
-                    raise ServerUnavailable(f"the server's address is not allowed: {error}") from None
-                # Every connection goes through the address check, redirects included.
-                http = await stack.enter_async_context(httpx2.AsyncClient(
-                    transport=netguard.checked_transport(_allow_private(config), http=httpx2, core=httpcore2),
-                    headers=dict(config.headers), timeout=httpx2.Timeout(30.0, read=config.timeout + 30.0)))
-                read, write = await stack.enter_async_context(streamable_http_client(config.url, http_client=http))
-            session = await stack.enter_async_context(ClientSession(read, write, message_handler=on_message))
             with anyio.fail_after(settings.CORTEX_MCP_CONNECT_SECONDS):
                 await session.initialize()
-        except ToolError:
-            raise
         except TimeoutError:
             raise ServerUnavailable(f"the server {config.name} did not answer within "
                                     f"{settings.CORTEX_MCP_CONNECT_SECONDS:g} s") from None
-        except (OSError, ValueError) as error:
-            raise ServerUnavailable(f"the server {config.name} could not be started: {error}") from None
-        except MCPError as error:
-            raise ServerUnavailable(f"the server {config.name} refused the connection: {error.message}") from None
-        except Exception as error:
-            raise ServerUnavailable(f"the server {config.name} could not be reached: {_describe(error)}") from None
         yield session
+
+
+def _unavailable(config: ServerConfig, error: BaseException) -> ToolError:
+    """What a failure means for a person or the model, out of whatever the SDK's task groups wrapped."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = next((inner for inner in error.exceptions if isinstance(inner, ToolError)), error.exceptions[0])
+    if isinstance(error, ToolError):
+        return error
+    if isinstance(error, MCPError):
+        if error.code == types.CONNECTION_CLOSED:
+            return ServerUnavailable(f"the server {config.name} closed the connection (it may have crashed)")
+        return ServerUnavailable(f"the server {config.name} refused: {error.message}")
+    if isinstance(error, (OSError, ValueError)) and config.transport == "stdio":
+        return ServerUnavailable(f"the server {config.name} could not be started: {error}")
+    if isinstance(error, httpx2.HTTPStatusError):
+        return ServerUnavailable(f"the server {config.name} answered HTTP {error.response.status_code}")
+    return ServerUnavailable(f"the server {config.name} could not be reached: {_describe(error)}")
 
 
 def _describe(error: BaseException) -> str:

@@ -153,9 +153,10 @@ def server_set_enabled(*, by: AbstractBaseUser | None, server_id: int, enabled: 
     return server
 
 
-def server_refresh(*, by: AbstractBaseUser | None, server_id: int) -> ToolServer:
-    """Connect, list the tools, store them. A server that cannot be reached keeps the tools it had
-    (they answer with an error until it is back) and its error is shown."""
+def server_refresh(*, by: AbstractBaseUser | None, server_id: int) -> tuple[ToolServer, str | None]:
+    """Connect, list the tools, store them; returns the server and what went wrong (None if it
+    worked). A server that cannot be reached keeps the tools it had (they answer with an error
+    until it is back) and its error is shown."""
     server = _server(by, server_id)
     _may_change(by, server)
     try:
@@ -168,7 +169,7 @@ def server_refresh(*, by: AbstractBaseUser | None, server_id: int) -> ToolServer
         return _refresh_failed(server, str(error), by)
     server_tools_store(server_id=server.pk, listing=listing, by=by)
     server.refresh_from_db()
-    return server
+    return server, None
 
 
 def server_test(*, by: AbstractBaseUser | None, server_id: int) -> tuple[bool, str]:
@@ -184,12 +185,12 @@ def server_test(*, by: AbstractBaseUser | None, server_id: int) -> tuple[bool, s
     return True, f"connected; it offers {len(listing)} tool{'s' if len(listing) != 1 else ''}"
 
 
-def _refresh_failed(server: ToolServer, error: str, by: AbstractBaseUser | None) -> ToolServer:
+def _refresh_failed(server: ToolServer, error: str, by: AbstractBaseUser | None) -> tuple[ToolServer, str]:
     with transaction.atomic():
         ToolServer.objects.filter(pk=server.pk).update(last_error=error[:2000], updated_at=timezone.now())
         _record(server.name, "refresh failed", by, error=error[:500])
     server.refresh_from_db()
-    return server
+    return server, error
 
 
 def server_tools_store(*, server_id: int, listing: list[dict[str, Any]], by: AbstractBaseUser | None = None) -> None:
