@@ -6,5 +6,6 @@ from orchestrator.api import api
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("orchestrator.urls")),
+    path("", include("orchestrator.mcp.urls")),
     path("", api.urls),
 ]

@@ -117,14 +117,11 @@ def long_text(characters: int) -> str:
     return "x" * characters
 
 
-@server.tool(description="Adds a tool and says the tool list changed (changes things).",
+@server.tool(description="Adds a tool, removes another and says the tool list changed (changes things).",
              annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False))
 async def grow(ctx: Context) -> str:
-    if "late_arrival" not in {tool.name for tool in await server.list_tools()}:
-        server.add_tool(_late_arrival, name="late_arrival", description="Added while running (read-only).",
-                        annotations=ToolAnnotations(read_only_hint=True))
-    if "delete_file" in {tool.name for tool in await server.list_tools()}:
-        server.remove_tool("delete_file")
+    trace("grow")  # a server started later (after a crash, by another executor) has grown too
+    await _apply_growth()
     await ctx.request_context.session.send_tool_list_changed()
     return "grown"
 
@@ -133,10 +130,26 @@ def _late_arrival() -> str:
     return "I arrived late."
 
 
+async def _apply_growth() -> None:
+    names = {tool.name for tool in await server.list_tools()}
+    if "late_arrival" not in names:
+        server.add_tool(_late_arrival, name="late_arrival", description="Added while running (read-only).",
+                        annotations=ToolAnnotations(read_only_hint=True))
+    if "delete_file" in names:
+        server.remove_tool("delete_file")
+
+
+def _grown_before() -> bool:
+    path = os.environ.get("MCP_TEST_TRACE")
+    return bool(path) and os.path.exists(path) and "grow" in open(path).read().splitlines()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--http", type=int, help="serve streamable HTTP on this port instead of stdio")
     options = parser.parse_args()
+    if _grown_before():
+        asyncio.run(_apply_growth())
     if options.http is None:
         server.run()
         return
