@@ -65,8 +65,9 @@ class Command(BaseCommand):
         server = services.server_add(by=None, name=name, site_wide=True, command=command[0] if command else "",
                                      args=command[1:], env=environment, url=url, headers=headers, timeout=timeout)
         self.stdout.write(f"Added {server.name} ({server.get_transport_display()}).")
-        if not no_refresh:
-            self._refresh_one(server)
+        if not no_refresh and not self._refresh_one(server):
+            raise CommandError(f"{server.name} was added, but its tools could not be listed; "
+                               f"`manage.py mcp refresh {server.name}` tries again")
 
     def _list(self, **_: Any) -> None:
         servers = ToolServer.objects.prefetch_related("tools").order_by("name")
