@@ -315,6 +315,16 @@ async def test_a_server_that_crashes_mid_call_gives_a_clear_error_and_is_started
     assert any(line.startswith("crash ") for line in lines(trace))
 
 
+async def test_one_session_serves_every_call_to_a_server(fake, owner, default_persona, engine, stdio_server):
+    fake.script_tool_calls(Call("home__whoami", {}, id="w1"))
+    fake.script_tool_calls(Call("home__whoami", {}, id="w2"), Call("home__read_note", {"title": "x"}, id="r"))
+    fake.script_text("ok")
+    await engine.run_until((await submit(owner)).pk, "complete")
+    first = tool_messages(fake.calls[1])[0]["content"]
+    second = {m["tool_call_id"]: m["content"] for m in tool_messages(fake.calls[2])}["w2"]
+    assert first.startswith("process ") and first == second  # the same server process: not one per call
+
+
 async def test_a_server_that_is_down_gives_the_model_a_clear_error(fake, owner, default_persona, engine, http_server):
     server = await sync_to_async(mcp_services.server_add)(by=None, name="web", site_wide=True, url=http_server)
     await sync_to_async(mcp_services.server_refresh)(by=None, server_id=server.pk)
@@ -417,6 +427,8 @@ def test_the_command_refuses_bad_input_and_keeps_nothing(capsys):
         call_command("mcp", "add", "x")
     with pytest.raises(CommandError, match="1 to 40 letters"):
         call_command("mcp", "add", "no spaces", "--", "true")
+    with pytest.raises(CommandError, match="starting with a letter"):
+        call_command("mcp", "add", "1password", "--", "true")
     with pytest.raises(CommandError, match="Name: value"):
         call_command("mcp", "add", "h", "--url", "https://example.com/mcp", "--header", "nocolon")
     with pytest.raises(CommandError, match="no tool server named"):

@@ -13,7 +13,7 @@ from . import services
 class ServerForm(forms.Form):
     """A new server: an HTTP URL (anyone, for themselves), or a command (staff, site-wide)."""
 
-    name = forms.CharField(max_length=40, help_text="Letters, digits, - and _. Its tools are offered as name__tool.")
+    name = forms.CharField(max_length=40, help_text="Letters, digits, - and _, starting with a letter. Its tools are offered as name__tool.")
     url = forms.CharField(max_length=500, required=False, label="URL",
                           help_text="A streamable HTTP MCP server, e.g. https://ha.example.org/api/mcp")
     headers = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2, "autocomplete": "off"}),

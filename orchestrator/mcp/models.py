@@ -22,7 +22,7 @@ class ToolServer(models.Model):
         HTTP = "http", "Streamable HTTP (a URL)"
 
     name = models.CharField(max_length=40, unique=True,
-                            help_text="Letters, digits, - and _; the tools are offered as <name>__<tool>.")
+                            help_text="Letters, digits, - and _, starting with a letter; the tools are offered as <name>__<tool>.")
     transport = models.CharField(max_length=8, choices=Transport.choices)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
                               related_name="tool_servers")

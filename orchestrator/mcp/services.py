@@ -25,7 +25,7 @@ from . import risk as risks
 from .models import Catalog, ServerChange, ServerTool, ToolServer, change_detail
 from .source import listing_schema_ok, mcp_tools, secrets_json, server_config
 
-NAME = re.compile(r"[A-Za-z0-9_-]{1,40}")
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,39}")  # a tool name some providers accept must start so
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,100}")
 
@@ -100,7 +100,7 @@ def server_add(*, by: AbstractBaseUser | None, name: str, site_wide: bool, comma
     (`url`, `headers`), site-wide for staff or a person's own. Its tools are found by a refresh."""
     name = (name or "").strip()
     if not NAME.fullmatch(name):
-        raise Invalid("the name must be 1 to 40 letters, digits, - or _")
+        raise Invalid("the name must be 1 to 40 letters, digits, - or _, starting with a letter")
     if bool(command) == bool(url):
         raise Invalid("give either a command (a stdio server) or a URL (an HTTP server)")
     if site_wide and not _is_staff(by):
