@@ -102,12 +102,12 @@ class ServerTool(models.Model):
         return risks.effective_risk(self.annotations, self.risk_override)
 
     @property
-    def annotation_summary(self) -> str:
-        if not self.annotations:
-            return "none"
-        hints = ("readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint")
-        shown = [f"{hint}={str(self.annotations[hint]).lower()}" for hint in hints if hint in self.annotations]
-        return ", ".join(shown) or "no hints"
+    def annotation_words(self) -> list[str]:
+        """The hints the server gave, in words ("read-only", "not destructive", ...)."""
+        words = {"readOnlyHint": ("read-only", "not read-only"), "destructiveHint": ("destructive", "not destructive"),
+                 "idempotentHint": ("idempotent", "not idempotent"), "openWorldHint": ("open world", "closed world")}
+        return [words[hint][0 if self.annotations[hint] else 1] for hint in words
+                if isinstance((self.annotations or {}).get(hint), bool)]
 
 
 class Catalog(models.Model):

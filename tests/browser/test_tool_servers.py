@@ -58,6 +58,7 @@ def test_staff_add_a_stdio_server_see_its_tools_and_override_a_risk(sign_in, own
     expect(card.locator("#tool-home__delete_file")).to_contain_text("High risk")
     expect(card.locator("#tool-home__delete_file")).to_contain_text("Offered, asks first")
     expect(card.locator("#tool-home__send_message")).to_contain_text("from the spec default")
+    expect(card.locator("#tool-home__set_thermostat")).to_contain_text("not read-only, not destructive, idempotent")
 
     row = card.locator("#tool-home__read_note")
     row.get_by_label("Risk of home__read_note").select_option("high")
