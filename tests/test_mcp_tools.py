@@ -315,6 +315,28 @@ async def test_a_server_that_crashes_mid_call_gives_a_clear_error_and_is_started
     assert any(line.startswith("crash ") for line in lines(trace))
 
 
+async def test_a_stdio_server_that_died_between_calls_is_started_again_by_the_next_call(stdio_server):
+    import asyncio
+    import os
+    import signal
+
+    from orchestrator.mcp import client
+    from orchestrator.mcp.source import server_config
+
+    config = await sync_to_async(server_config)(await sync_to_async(ToolServer.objects.get)(pk=stdio_server.pk))
+    pool = client.Pool()
+    try:
+        first = client.result_text(await pool.call(config, "whoami", {}), 1000)
+        os.kill(int(first.removeprefix("process ")), signal.SIGKILL)  # while no call is running
+        async with asyncio.timeout(20):  # the session notices that its server went away
+            while pool.is_open(config.id):
+                await asyncio.sleep(0.05)
+        second = await pool.call(config, "whoami", {})
+        assert not second.is_error and client.result_text(second, 1000) != first
+    finally:
+        await pool.close()
+
+
 async def test_one_session_serves_every_call_to_a_server(fake, owner, default_persona, engine, stdio_server):
     fake.script_tool_calls(Call("home__whoami", {}, id="w1"))
     fake.script_tool_calls(Call("home__whoami", {}, id="w2"), Call("home__read_note", {"title": "x"}, id="r"))

@@ -68,11 +68,12 @@ def _allow_private(config: ServerConfig) -> Callable[[], bool]:
 
 @asynccontextmanager
 async def open_session(config: ServerConfig, *, on_message: Callable[[Any], Awaitable[None]] | None = None,
-                       ) -> AsyncIterator[ClientSession]:
+                       ended: anyio.Event | None = None) -> AsyncIterator[ClientSession]:
     """An initialised session to the server, closed (and a stdio server stopped) on leaving. Any
-    failure to start, reach or speak to the server is a `ServerUnavailable` saying why."""
+    failure to start, reach or speak to the server is a `ServerUnavailable` saying why. `ended` is
+    set when the server closes the connection (a stdio server that exited, say)."""
     try:
-        async with _connected(config, on_message) as session:
+        async with _connected(config, on_message, ended or anyio.Event()) as session:
             yield session
     except Exception as error:
         raise _unavailable(config, error) from None
@@ -80,7 +81,7 @@ async def open_session(config: ServerConfig, *, on_message: Callable[[Any], Awai
 
 @asynccontextmanager
 async def _connected(config: ServerConfig, on_message: Callable[[Any], Awaitable[None]] | None,
-                     ) -> AsyncIterator[ClientSession]:
+                     ended: anyio.Event) -> AsyncIterator[ClientSession]:
     async with AsyncExitStack() as stack:
         if config.transport == "stdio":
             parameters = StdioServerParameters(command=config.command, args=list(config.args),
@@ -96,7 +97,13 @@ async def _connected(config: ServerConfig, on_message: Callable[[Any], Awaitable
                 transport=netguard.checked_transport(_allow_private(config), http=httpx2, core=httpcore2),
                 headers=dict(config.headers), timeout=httpx2.Timeout(30.0, read=config.timeout + 30.0)))
             read, write = await stack.enter_async_context(streamable_http_client(config.url, http_client=http))
-        session = await stack.enter_async_context(ClientSession(read, write, message_handler=on_message))
+        # What the server sends passes through a relay that notices the end of the stream, so a
+        # session whose server went away between calls is replaced before the next call.
+        relays = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(relays.cancel_scope.cancel)
+        relayed_send, relayed = anyio.create_memory_object_stream[Any](0)
+        relays.start_soon(_relay, read, relayed_send, ended)
+        session = await stack.enter_async_context(ClientSession(relayed, write, message_handler=on_message))
         try:
             with anyio.fail_after(settings.CORTEX_MCP_CONNECT_SECONDS):
                 await session.initialize()
@@ -104,6 +111,17 @@ async def _connected(config: ServerConfig, on_message: Callable[[Any], Awaitable
             raise ServerUnavailable(f"the server {config.name} did not answer within "
                                     f"{settings.CORTEX_MCP_CONNECT_SECONDS:g} s") from None
         yield session
+
+
+async def _relay(source: Any, target: Any, ended: anyio.Event) -> None:
+    try:
+        async with target:
+            async for item in source:
+                await target.send(item)
+    except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream):
+        pass
+    finally:
+        ended.set()
 
 
 def _unavailable(config: ServerConfig, error: BaseException) -> ToolError:
@@ -174,13 +192,15 @@ class Connection:
         self._on_tools_changed = on_tools_changed
         self._ready = asyncio.Event()
         self._stop = asyncio.Event()
+        self._ended = anyio.Event()
         self._error: BaseException | None = None
         self._task: asyncio.Task | None = None
         self._refreshes: set[asyncio.Task] = set()
 
     @property
     def alive(self) -> bool:
-        return self.session is not None and self._task is not None and not self._task.done()
+        return (self.session is not None and not self._ended.is_set() and self._task is not None
+                and not self._task.done())
 
     async def open(self) -> ClientSession:
         self._task = asyncio.get_running_loop().create_task(self._hold(), name=f"mcp server {self.config.name}")
@@ -194,10 +214,16 @@ class Connection:
 
     async def _hold(self) -> None:
         try:
-            async with open_session(self.config, on_message=self._on_message) as session:
+            async with open_session(self.config, on_message=self._on_message, ended=self._ended) as session:
                 self.session = session
                 self._ready.set()
-                await self._stop.wait()
+                async with anyio.create_task_group() as waiting:  # until closed, or the server goes away
+                    async def stop_when(event: Any) -> None:
+                        await event.wait()
+                        waiting.cancel_scope.cancel()
+
+                    waiting.start_soon(stop_when, self._stop)
+                    waiting.start_soon(stop_when, self._ended)
         except Exception as error:  # kept for `open`; a session that was up just ends
             self._error = error
             if self._ready.is_set():
@@ -257,8 +283,15 @@ class Pool:
                 connection = None
             if connection is None:
                 connection = Connection(config, self.on_tools_changed)
-                await connection.open()
+                # Kept at once, so that a call cancelled while the server starts leaves nothing
+                # running that the pool would not close.
                 self._connections[config.id] = connection
+                try:
+                    await connection.open()
+                except ToolError:
+                    del self._connections[config.id]
+                    await connection.close()
+                    raise
             return connection
 
     async def call(self, config: ServerConfig, tool: str, arguments: dict[str, Any]) -> types.CallToolResult:
@@ -283,6 +316,11 @@ class Pool:
         if not isinstance(result, types.CallToolResult):
             raise ToolError(f"the server {config.name} answered in a form Cortex does not handle")
         return result
+
+    def is_open(self, server_id: int) -> bool:
+        """A session to the server is open and its server still there."""
+        connection = self._connections.get(server_id)
+        return connection is not None and connection.alive
 
     async def discard(self, server_id: int, connection: Connection | None = None) -> None:
         current = self._connections.get(server_id)
