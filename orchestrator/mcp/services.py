@@ -8,8 +8,12 @@ what staff may.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
+from urllib.parse import urlsplit
+
+import jsonschema
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
@@ -23,7 +27,7 @@ from ..tools.registry import RISKS, registry
 from . import client, selectors
 from . import risk as risks
 from .models import Catalog, ServerChange, ServerTool, ToolServer, change_detail
-from .source import listing_schema_ok, mcp_tools, secrets_json, server_config
+from .source import mcp_tools, server_config
 
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,39}")  # a tool name some providers accept must start so
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")
@@ -82,14 +86,37 @@ def parse_env(text: str) -> tuple[str, str]:
 
 
 def url_check(*, url: str, trusted: bool) -> None:
-    """A server URL someone typed: http(s), and not private unless staff added it or the site allows it."""
+    """A server URL someone typed: http(s), and not private unless staff added it or the site allows it.
+    (Checked again at every connection: a name may resolve elsewhere tomorrow.)"""
     try:
-        if trusted or settings.CORTEX_HTTP_ALLOW_PRIVATE:
-            netguard._host_and_port(url)
-        else:
-            netguard.check_endpoint_blocking(url)
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError as error:
+        raise Invalid(f"the server URL is not valid: {error}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Invalid("the server URL must be an http:// or https:// address")
+    if trusted or settings.CORTEX_HTTP_ALLOW_PRIVATE:
+        return
+    try:
+        netguard.check_endpoint_blocking(url)
     except netguard.Unreachable as error:
         raise Invalid(f"the server URL is not allowed: {error}") from None
+
+
+def secrets_json(values: dict[str, str]) -> str:
+    """Headers or an environment, encrypted at rest as a JSON object (see `ToolServer.secrets`)."""
+    return crypto.encrypt(json.dumps(values)) if values else ""
+
+
+def listing_schema_ok(schema: Any) -> bool:
+    """An input schema the registry can check arguments against."""
+    if not isinstance(schema, dict):
+        return False
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError:
+        return False
+    return True
 
 
 @transaction.atomic
