@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from .. import crypto
 from ..tools.registry import Tool, ToolContext, ToolError
@@ -109,9 +109,12 @@ class McpTools:
     def _read_stamp() -> str:
         from .models import Catalog
 
-        # A savepoint, so a failed read (no table yet) cannot spoil the caller's transaction.
+        read = Catalog.objects.filter(pk=1).values_list("stamp", flat=True)
+        if not connection.in_atomic_block:
+            return read.first() or ""
+        # Inside a transaction, a savepoint: a failed read (no table yet) must not spoil the caller's.
         with transaction.atomic():
-            return Catalog.objects.filter(pk=1).values_list("stamp", flat=True).first() or ""
+            return read.first() or ""
 
     @staticmethod
     def _load() -> list[Tool]:
