@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Annotated, Any
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.urls import reverse
 from mcp.server.mcpserver import Context, MCPServer
@@ -26,6 +28,8 @@ from pydantic import Field
 from .. import selectors, services
 from ..api import job_payload
 from ..models import JobStatus
+
+logger = logging.getLogger(__name__)
 
 PATH = "/mcp"
 USER_KEY = "cortex.user_id"
@@ -46,8 +50,16 @@ def _user(ctx: Context):
 
 
 def _site(ctx: Context) -> str:
+    """The address the client reached Cortex at (https when a TLS proxy in front says so)."""
     request = ctx.request_context.request
-    return f"{request.url.scheme}://{request.url.netloc}" if request is not None else ""
+    if request is None:
+        return ""
+    scheme = request.url.scheme
+    if settings.SECURE_PROXY_SSL_HEADER:
+        name, value = settings.SECURE_PROXY_SSL_HEADER
+        if request.headers.get(name.removeprefix("HTTP_").replace("_", "-")) == value:
+            scheme = "https"
+    return f"{scheme}://{request.url.netloc}"
 
 
 def _job(job: Any, site: str) -> dict[str, Any]:
@@ -137,6 +149,7 @@ class McpEndpoint:
             # The bearer token is the protection: a page another site serves cannot send it.
             transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
         self._running: asyncio.Event | None = None
+        self._runner: asyncio.Task | None = None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -145,7 +158,9 @@ class McpEndpoint:
         if user is None:
             await _unauthorized(send)
             return
-        await self._start()
+        if not await self._start():
+            await _respond(send, 503, {"detail": "the MCP endpoint could not start; the server's log says why"})
+            return
         await self._app(dict(scope, **{USER_KEY: user.pk}), receive, send)
 
     @staticmethod
@@ -156,24 +171,35 @@ class McpEndpoint:
             return None
         return await database_sync_to_async(services.token_authenticate)(raw=authorization[7:].strip())
 
-    async def _start(self) -> None:
+    async def _start(self) -> bool:
+        """The SDK's session manager runs (started by the first request); False if it cannot."""
         if self._running is None:
             self._running = asyncio.Event()
-            asyncio.get_running_loop().create_task(self._run(), name="mcp endpoint sessions")
+            self._runner = asyncio.get_running_loop().create_task(self._run(), name="mcp endpoint sessions")
         await self._running.wait()
+        return not self._runner.done()
 
     async def _run(self) -> None:
-        async with cortex.session_manager.run():
+        try:
+            async with cortex.session_manager.run():
+                self._running.set()
+                await asyncio.Event().wait()  # for as long as the process serves
+        except Exception:
+            logger.exception("the MCP endpoint's session manager stopped")
+        finally:
             self._running.set()
-            await asyncio.Event().wait()  # for as long as the process serves
+
+
+async def _respond(send: Any, status: int, payload: dict[str, Any], headers: tuple = ()) -> None:
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _unauthorized(send: Any) -> None:
-    body = json.dumps({"detail": "a valid API token is required"}).encode()
-    await send({"type": "http.response.start", "status": 401,
-                "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    await _respond(send, 401, {"detail": "a valid API token is required"}, ((b"www-authenticate", b"Bearer"),))
 
 
 class WithMcp:
