@@ -36,6 +36,21 @@ def _memory(owner) -> str:
     return "/memories/"
 
 
+def _tool_servers(owner) -> str:
+    from orchestrator.mcp import services as mcp_services
+
+    owner.is_staff = True  # the risk override's controls shown too
+    owner.save()
+    server = mcp_services.server_add(by=None, name="home", site_wide=True, url="https://ha.example.org/api/mcp",
+                                     headers={"Authorization": "Bearer secret"})
+    mcp_services.server_tools_store(server_id=server.pk, listing=[
+        {"name": "GetLiveContext", "description": "Reads the home's state", "input_schema": {"type": "object"},
+         "annotations": {"readOnlyHint": True}},
+        {"name": "HassTurnOn", "description": "Turns a device on", "input_schema": {"type": "object"},
+         "annotations": None}])
+    return "/settings/tool-servers/"
+
+
 PAGES: dict[str, Callable[..., str]] = {
     "jobs": lambda owner: "/jobs/",
     "job with a waiting card": _job_page,
@@ -47,6 +62,7 @@ PAGES: dict[str, Callable[..., str]] = {
     "settings: models": lambda owner: "/settings/models/",
     "settings: personas": lambda owner: "/settings/personas/",
     "settings: tokens": lambda owner: "/settings/tokens/",
+    "settings: tool servers": _tool_servers,
 }
 
 
