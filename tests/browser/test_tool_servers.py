@@ -35,13 +35,16 @@ def http_server() -> Iterator[str]:
 def test_staff_add_a_stdio_server_see_its_tools_and_override_a_risk(sign_in, owner, default_persona):
     owner.is_staff = True
     owner.save()
-    page = sign_in(owner)
+    page = sign_in(owner, expected_errors=("status of 400",))  # the form sent empty is answered 400
     page.goto("/settings/")
     page.get_by_role("navigation", name="Settings").get_by_role("link", name="Tool servers").click()
     expect(page.get_by_role("heading", name="Tool servers")).to_be_visible()
 
     form = page.locator("#server-form")
     form.get_by_label("Name").fill("home")
+    form.get_by_role("button", name="Add and list its tools").click()  # neither a URL nor a command
+    expect(form).to_contain_text("Give either a URL (an HTTP server) or a command (a stdio server).")
+    assert not ToolServer.objects.exists()
     form.get_by_label("Command").fill(f"{sys.executable} -m tests.fakes.mcp_server")
     form.get_by_label("Environment").fill("GREETING=hello-secret")
     form.get_by_label("For everyone (site-wide)").check()
