@@ -181,6 +181,20 @@ async def test_a_read_only_tool_runs_and_a_destructive_one_waits_then_runs_with_
     assert results["d1"] == "Deleted /tmp/scratch."
 
 
+async def test_a_tool_approved_for_the_rest_of_the_job_runs_again_without_asking(
+        fake, owner, default_persona, engine, stdio_server, trace):
+    fake.script_tool_calls(Call("home__set_light", {"room": "hall", "on": True}, id="l1"))
+    fake.script_tool_calls(Call("home__set_light", {"room": "hall", "on": False}, id="l2"))
+    fake.script_text("Blinked.")
+    job = await engine.run_until((await submit(owner)).pk, "awaiting_confirmation")
+    await sync_to_async(services.job_confirm)(user=owner, job_id=job.pk, remember="job")
+    job = await engine.run_until(job.pk, "complete")
+    assert lines(trace) == ["set_light hall True", "set_light hall False"]
+    verdicts = {c.call_id: (c.verdict, c.verdict_reason) for c in await sync_to_async(list)(job.tool_calls.all())}
+    assert verdicts["l1"][0] == "ask"
+    assert verdicts["l2"] == ("run", "approved for the rest of this job")
+
+
 async def test_a_tool_without_annotations_waits_and_a_denied_call_never_runs(
         fake, owner, default_persona, engine, stdio_server, trace):
     fake.script_tool_calls(Call("home__send_message", {"to": "boss", "text": "I quit"}, id="m1"))
