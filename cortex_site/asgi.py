@@ -8,9 +8,10 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (Django must be set up first)
 
 from orchestrator.auth import TokenOrSessionAuth  # noqa: E402
+from orchestrator.mcp.server import WithMcp  # noqa: E402
 from orchestrator.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter({
-    "http": django_asgi_app,
+    "http": WithMcp(django_asgi_app),  # /mcp: Cortex as an MCP server
     "websocket": TokenOrSessionAuth(URLRouter(websocket_urlpatterns)),
 })

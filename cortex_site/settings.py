@@ -194,6 +194,7 @@ INSTALLED_APPS = [
     "orchestrator",
     "orchestrator.triggers",
     "orchestrator.delivery",
+    "orchestrator.mcp",
 ]
 
 MIDDLEWARE = [
@@ -360,6 +361,10 @@ SILENCED_SYSTEM_CHECKS = [] if CORTEX_EMAIL_URL else ["mail.W001"]
 DEFAULT_FROM_EMAIL = env_str("CORTEX_EMAIL_FROM", "cortex@localhost")
 # Extra modules whose @tool declarations join the built-in ones (a site's own tools).
 CORTEX_TOOL_MODULES = env_list("CORTEX_TOOL_MODULES", [])
+# MCP tool servers: how long a connection may take to open, and how much of a tool's output the
+# model reads (the rest is cut, saying so).
+CORTEX_MCP_CONNECT_SECONDS = env_float("CORTEX_MCP_CONNECT_SECONDS", 20.0, minimum=0.1)
+CORTEX_MCP_MAX_OUTPUT_CHARS = env_int("CORTEX_MCP_MAX_OUTPUT_CHARS", 20000, minimum=100)
 
 LOGGING = {
     "version": 1,

@@ -8,5 +8,6 @@ urlpatterns = [
     path("", include("orchestrator.urls")),
     path("", include("orchestrator.triggers.urls")),
     path("", include("orchestrator.delivery.urls")),
+    path("", include("orchestrator.mcp.urls")),
     path("", api.urls),
 ]

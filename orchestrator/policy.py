@@ -4,6 +4,7 @@ For one tool and one job it answers two questions: is the model offered the tool
 happens when the model calls it (run, ask a person first, or never). The layers, in order:
 
 1. Groups: a tool may name the permission groups allowed to use it; others are never offered it.
+   A tool of one person's own (from their own tool server) is offered to nobody else.
 2. The model role's allow-list: when the orchestrator role names tools, no other tool is offered.
 3. Risk: only tools at or below `max_risk` are offered, unless an override forces them in or out.
    A job that started unattended (a schedule, a webhook) carries its origin's own ceiling on top:
@@ -65,10 +66,12 @@ class PolicyContext:
     """Everything besides the tool that `decide` looks at.
 
     `allow_list` is the orchestrator role's tool list (empty: no restriction); `approved` names
-    the tools a person approved for the rest of the job (empty outside a job); `origin_max_risk`
-    is the ceiling of what started the job (None: a person, no ceiling besides their own policy)."""
+    the tools a person approved for the rest of the job (empty outside a job); `user_id` is the
+    person the decision is for (their own tools are offered to them alone); `origin_max_risk` is the
+    ceiling of what started the job (None: a person, no ceiling besides their own policy)."""
 
     policy: RiskPolicy = field(default_factory=RiskPolicy)
+    user_id: int | None = None
     groups: frozenset[str] = frozenset()
     allow_list: frozenset[str] = frozenset()
     approved: frozenset[str] = frozenset()
@@ -136,6 +139,8 @@ def decide_all(tools: Iterable[Tool], context: PolicyContext) -> list[Decision]:
 
 def _offered(tool: Tool, context: PolicyContext) -> tuple[bool, str]:
     policy = context.policy
+    if tool.owner_id is not None and tool.owner_id != context.user_id:
+        return False, "another person's tool"
     if tool.groups is not None and not tool.groups & context.groups:
         return False, "not for your groups"
     if context.allow_list and tool.name not in context.allow_list:

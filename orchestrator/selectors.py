@@ -205,7 +205,7 @@ def policy_context_for_user(user: AbstractBaseUser, *, policy: RiskPolicy | None
     orchestrator role's tool list a job was submitted with, instead of the user's current one."""
     if allow_list is None:
         allow_list = roles.role_config(user, roles.ORCHESTRATOR).tools
-    return PolicyContext(policy=risk_policy_for_user(user) if policy is None else policy,
+    return PolicyContext(policy=risk_policy_for_user(user) if policy is None else policy, user_id=user.pk,
                          groups=frozenset(groups_for_user(user)),
                          allow_list=frozenset(allow_list))
 

@@ -19,6 +19,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from .. import events
+from ..tools.registry import registry
 from . import periodic, state
 from .loop import Database, drive
 
@@ -60,6 +61,10 @@ class Executor:
             for helper in helpers:
                 helper.cancel()
             await self._abandon_all()
+            try:  # connections a tool source held open for this executor's jobs
+                await registry.aclose()
+            except Exception:
+                logger.exception("closing the tool sources' connections failed")
             self.db.close()
             self._stopped.set()
             logger.info("executor %s stopped", self.owner)

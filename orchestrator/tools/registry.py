@@ -3,6 +3,10 @@
 A tool is declared once with `@tool(...)` on an async handler `handler(ctx, **args)`. The
 handler returns JSON-serialisable data (it becomes the tool result the model sees) or raises
 `ToolError` with a message meant for the model.
+
+Besides the tools declared in code, the registry holds the tools of its sources (`add_source`):
+tools that come and go while Cortex runs (those of MCP servers, kept in the database). Whoever
+reads the registry sees one list, whatever each tool's origin.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import jsonschema
 
@@ -69,6 +73,8 @@ class Tool:
     handler: Handler = field(repr=False, compare=False)
     groups: frozenset[str] | None = None  # the permission groups that may use it; None: everyone
     check: ArgumentsCheck | None = field(default=None, repr=False, compare=False)
+    source: str = "built-in"  # where the tool comes from, for people reading a page: "built-in", "MCP server time"
+    owner_id: int | None = None  # a tool of one person's own (their tool server); None: everyone's
 
     def validate(self, args: Any) -> dict[str, Any]:
         """Check `args` against the JSON schema; return them or raise ArgumentsInvalid."""
@@ -103,9 +109,38 @@ class Tool:
         return {"name": self.name, "description": self.description, "parameters": self.parameters}
 
 
+class ToolSource(Protocol):
+    """Tools that change while Cortex runs. `tools()` answers from what the source knows now; it
+    may look things up (a database) when called outside an event loop, and must not block inside one.
+    `aclose()` lets go of whatever the source holds open on the running event loop (connections)."""
+
+    def tools(self) -> list[Tool]: ...
+
+    async def aclose(self) -> None: ...
+
+
 class ToolRegistry:
     def __init__(self) -> None:
         self._tools: dict[str, Tool] = {}
+        self._sources: list[ToolSource] = []
+
+    def add_source(self, source: ToolSource) -> None:
+        if source not in self._sources:
+            self._sources.append(source)
+
+    def _all(self) -> dict[str, Tool]:
+        if not self._sources:
+            return self._tools
+        found = dict(self._tools)
+        for source in self._sources:
+            for tool in source.tools():
+                found.setdefault(tool.name, tool)  # a tool declared in code keeps its name
+        return found
+
+    async def aclose(self) -> None:
+        """Close what the sources hold open on the running event loop (an executor stopping)."""
+        for source in self._sources:
+            await source.aclose()
 
     def add(self, tool: Tool) -> Tool:
         if tool.name in self._tools:
@@ -117,19 +152,23 @@ class ToolRegistry:
         return tool
 
     def get(self, name: str) -> Tool | None:
-        return self._tools.get(name)
+        return self._tools.get(name) or self._all().get(name)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._tools
+        return name in self._all()
 
     def __iter__(self) -> Iterator[Tool]:
-        return iter(sorted(self._tools.values(), key=lambda t: (t.category, t.name)))
+        return iter(sorted(self._all().values(), key=lambda t: (t.category, t.name)))
 
     def __len__(self) -> int:
-        return len(self._tools)
+        return len(self._all())
 
     def names(self) -> list[str]:
-        return sorted(self._tools)
+        return sorted(self._all())
+
+    def visible_to(self, user_id: int | None) -> list[Tool]:
+        """The tools a person may see listed: everyone's and their own (not another person's)."""
+        return [tool for tool in self if tool.owner_id is None or tool.owner_id == user_id]
 
 
 registry = ToolRegistry()

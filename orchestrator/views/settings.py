@@ -58,7 +58,8 @@ def _tools_context(request: HttpRequest, form: ToolPolicyForm) -> dict[str, Any]
 
 
 def _policy_form(request: HttpRequest, data: Any = None) -> ToolPolicyForm:
-    return ToolPolicyForm(data, tools=list(registry), policy=selectors.risk_policy_for_user(request.user),
+    return ToolPolicyForm(data, tools=registry.visible_to(request.user.pk),
+                          policy=selectors.risk_policy_for_user(request.user),
                           ttls=selectors.confirmation_ttls_for_user(request.user),
                           site_ttl=settings.CORTEX_CONFIRMATION_TTL)
 
@@ -164,7 +165,7 @@ def _role_form(request: HttpRequest, data: Any = None, *, role: str | None = Non
                initial: dict[str, Any] | None = None) -> RoleForm:
     """The form for one of the user's roles, or (`role` None) for adding a chat role."""
     default_model = settings.CORTEX_ORCHESTRATOR_MODEL if role == roles.ORCHESTRATOR else settings.CORTEX_CHAT_MODEL
-    return RoleForm(data, user=request.user, tools=list(registry), role=role, default_model=default_model,
+    return RoleForm(data, user=request.user, tools=registry.visible_to(request.user.pk), role=role, default_model=default_model,
                     initial=initial)
 
 

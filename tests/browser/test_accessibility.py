@@ -50,6 +50,19 @@ def _hook(owner) -> str:
 
     triggers.hook_create(user=owner, slug="pushes", task_template="Review {payload.repository.full_name}")
     return "/settings/hooks/pushes/"
+def _tool_servers(owner) -> str:
+    from orchestrator.mcp import services as mcp_services
+
+    owner.is_staff = True  # the risk override's controls shown too
+    owner.save()
+    server = mcp_services.server_add(by=None, name="home", site_wide=True, url="https://ha.example.org/api/mcp",
+                                     headers={"Authorization": "Bearer secret"})
+    mcp_services.server_tools_store(server_id=server.pk, listing=[
+        {"name": "GetLiveContext", "description": "Reads the home's state", "input_schema": {"type": "object"},
+         "annotations": {"readOnlyHint": True}},
+        {"name": "HassTurnOn", "description": "Turns a device on", "input_schema": {"type": "object"},
+         "annotations": None}])
+    return "/settings/tool-servers/"
 
 
 PAGES: dict[str, Callable[..., str]] = {
@@ -70,6 +83,7 @@ PAGES: dict[str, Callable[..., str]] = {
     "settings: a hook": _hook,
     "settings: callbacks": lambda owner: "/settings/callbacks/",
     "settings: notifications": lambda owner: "/settings/notifications/",
+    "settings: tool servers": _tool_servers,
 }
 
 
