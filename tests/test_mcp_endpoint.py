@@ -53,7 +53,7 @@ def test_an_mcp_client_submits_a_job_reads_it_and_sees_a_pending_confirmation(co
 
     job_id = run(with_session(cortex_server, token, submit))
     job = Job.objects.get(pk=job_id)
-    assert job.user == owner and job.task == "Write a note: buy milk"
+    assert job.user == owner and job.task == "Write a note: buy milk" and job.origin == "mcp"
 
     deadline = time.monotonic() + 30
     while Job.objects.get(pk=job_id).status != "awaiting_confirmation":

@@ -26,8 +26,8 @@ from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from .. import selectors, services
-from ..api import job_payload
-from ..models import JobStatus
+from ..job_json import job_payload
+from ..models import JobOrigin, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -96,13 +96,17 @@ async def submit_job(
     persona: str | None = None,
     chat_role: str = "chat",
     off_record: bool = False,
+    callback_url: Annotated[str | None, Field(description="POST the job's JSON here, signed, when it ends.")] = None,
+    callback_on_confirmation: Annotated[bool, Field(description="Also when it starts waiting for a person.")] = False,
 ) -> dict[str, Any]:
     def submit() -> dict[str, Any]:
         job = _service(services.job_submit, user=_user(ctx), task=task, session_id=session_id, persona=persona,
                        options=services.JobOptions(tier=tier, respond_with_final=respond_with_final,
                                                    include_long=include_long, include_mid=include_mid,
                                                    include_short=include_short, chat_role=chat_role,
-                                                   off_record=off_record))
+                                                   off_record=off_record),
+                       origin=JobOrigin.MCP, callback_url=callback_url,
+                       callback_on_confirmation=callback_on_confirmation)
         return {"job_id": str(job.id), "status": job.status}
 
     return await sync_to_async(submit)()
