@@ -7,10 +7,11 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (Django must be set up first)
 
+from orchestrator.admission import Admission  # noqa: E402
 from orchestrator.auth import TokenOrSessionAuth  # noqa: E402
 from orchestrator.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter({
-    "http": django_asgi_app,
+    "http": Admission(django_asgi_app),
     "websocket": TokenOrSessionAuth(URLRouter(websocket_urlpatterns)),
 })

@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 logger = logging.getLogger(__name__)
+BACKLOG = 2048  # connections the kernel queues before the server accepts them
 
 
 class Command(BaseCommand):
@@ -51,9 +52,12 @@ class Command(BaseCommand):
 
         reactor.callWhenRunning(start)
         reactor.addSystemEventTrigger("before", "shutdown", stop)
+        # A deep accept queue: a crowd of clients connecting at once waits to be answered (or
+        # refused with 503 by admission control) rather than having its connections dropped.
+        endpoints = [f"{endpoint}:backlog={BACKLOG}" for endpoint in build_endpoint_description_strings(host=host, port=port)]
         Server(
             application=application,
-            endpoints=build_endpoint_description_strings(host=host, port=port),
+            endpoints=endpoints,
             signal_handlers=True,
             http_timeout=None,
             websocket_handshake_timeout=10,
