@@ -86,9 +86,10 @@ def prepare(conversation_path: Path) -> None:
                  tools=action.tools).save(conversation_path)
     probe.session.delete()
     probe.delete()
-    # Fold the WAL into the main file, so copying that one file copies the whole database.
-    with connection.cursor() as cursor:
-        cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    if connection.vendor == "sqlite":
+        # Fold the WAL into the main file, so copying that one file copies the whole database.
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     connections.close_all()
 
 

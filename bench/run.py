@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import urlsplit, urlunsplit
 
 from . import web
 from .common import RESULT_PREFIX, Outcome
@@ -55,6 +56,7 @@ END_TO_END_TARGET = 2.0  # a round through the API and WebSocket at most this ma
 SUBMISSIONS_TARGET = 150.0  # submissions per second, at least
 SUBMISSIONS_P99_TARGET = 1000.0  # ms, at most
 PAGE_TARGET = 100.0  # ms to render a job page with 1,000 events, at most
+EVENT_P50_TARGET, EVENT_P99_TARGET = 20.0, 100.0  # ms from an event's commit to a WebSocket, PostgreSQL + Redis
 SIDE_TIMEOUT = 900  # seconds; a side taking longer than this is stuck, not slow
 # Every setting a caller's environment might hold that would change what is measured.
 DROPPED_PREFIXES = ("CORTEX_", "OPENAI_", "DJANGO_")
@@ -312,6 +314,7 @@ def verdicts(figures: dict[str, Any]) -> list[str]:
     memory, parked = figures["peak_memory_mb"], figures["waiting_for_confirmation"]
     efficient, end_to_end = figures["latency_efficiency"], figures["end_to_end_ms_per_round"]
     submissions, crowd, page = figures["submissions"], figures["crowd"], figures["job_page"]
+    event = figures["event_to_websocket"]
     return [
         (f"time per round, serial: Cortex {per_round['cortex']} ms, floor {per_round['floor']} ms, "
          f"{per_round['ratio']}x (target {per_round['target']}x): {verdict(per_round['met'])}"),
@@ -332,6 +335,10 @@ def verdicts(figures: dict[str, Any]) -> list[str]:
          f" (target: {crowd['target']}): {verdict(crowd['met'])}"),
         (f"{parked['jobs']:,} jobs waiting for confirmation: {parked['executor_tasks']} executor tasks, "
          f"resident memory {parked['rss_growth_mb']:+} MiB (target {parked['target']}): {verdict(parked['met'])}"),
+        (f"an event committed by a worker to a WebSocket of the web (PostgreSQL + Redis): "
+         + (f"p50 {event['p50_ms']} ms, p99 {event['p99_ms']} ms over {event['events']:,} events"
+            if event["measured"] else f"not measured ({event['reason']})")
+         + f" (target {event['target']}): {verdict(event['met'])}"),
         (f"a job page with {page['events']:,} events: rendered in {page['median_ms']} ms (median of "
          f"{page['renders']}; target {page['target']}): {verdict(page['met'])}"),
     ]
@@ -380,6 +387,47 @@ def serve_scenarios(sides: Sides, args: argparse.Namespace, env: dict[str, str])
     return served
 
 
+def scaleout_scenario(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> dict[str, Any]:
+    """PostgreSQL + Redis: `serve --workers 1` (the web, and one `runjobs` child that runs the jobs)
+    on a database of its own, created for the run and dropped after it, with a Redis key prefix of
+    its own. Not measured, and said so, where either server cannot be reached."""
+    import psycopg
+    import redis
+
+    name = f"cortex_bench_{os.getpid()}"
+    prefix = f"cortex-bench-{os.getpid()}"
+    admin = urlsplit(args.postgres)
+    where = f"{admin.hostname}:{admin.port or 5432}"
+    try:
+        redis.Redis.from_url(args.redis, socket_connect_timeout=5).ping()
+        with psycopg.connect(args.postgres, autocommit=True, connect_timeout=5) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+    except (psycopg.Error, redis.RedisError) as error:
+        return {"measured": False, "reason": f"PostgreSQL at {where} or Redis unavailable: {type(error).__name__}"}
+    scaled = {**env, "CORTEX_DATABASE_URL": urlunsplit(admin._replace(path="/" + name)),
+              "CORTEX_REDIS_URL": args.redis, "CORTEX_REDIS_PREFIX": prefix,
+              "CORTEX_VAR_DIR": str(workdir / "scaleout-prepare")}
+    try:
+        (workdir / "scaleout-prepare").mkdir()
+        done = subprocess.run([sys.executable, "-m", "bench.cortex", "prepare", "--conversation",
+                               str(workdir / "scaleout-conversation.json")], cwd=ROOT, env=scaled,
+                              capture_output=True, text=True, timeout=SIDE_TIMEOUT, check=False)
+        if done.returncode != 0:
+            raise BenchError(f"preparing the PostgreSQL database failed:\n{done.stderr.strip()[-2000:]}")
+        with FakeServer(latency=args.latency, rounds=args.rounds, env=env) as server, \
+                web.WebServer(root=ROOT, env=scaled, var_dir=workdir / "scaleout-serve", template=None,
+                              model_url=server.base_url, serve_args=["--workers", "1"]) as site:
+            figures = asyncio.run(web.event_latency(site, jobs=args.event_jobs, at_once=args.event_at_once,
+                                                    rounds=args.rounds))
+    finally:
+        with psycopg.connect(args.postgres, autocommit=True, connect_timeout=5) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        client = redis.Redis.from_url(args.redis)
+        for key in client.scan_iter(match=f"{prefix}*", count=500):
+            client.delete(key)
+    return {"measured": True, "database": f"PostgreSQL at {where}", "serve_args": "--workers 1", **figures}
+
+
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--serial-jobs", type=int, default=None, help="jobs in the serial scenario (200)")
@@ -399,6 +447,13 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--crowd", type=int, default=None, help="clients submitting at the same moment (500)")
     parser.add_argument("--background-jobs", type=int, default=None,
                         help="jobs submitted and running before the submissions and the crowd (100)")
+    parser.add_argument("--event-jobs", type=int, default=None,
+                        help="jobs followed on WebSockets in the PostgreSQL + Redis scenario (100)")
+    parser.add_argument("--event-at-once", type=int, default=None, help="of them at once (20)")
+    parser.add_argument("--postgres", default="postgres://postgres@127.0.0.1:5432/postgres",
+                        help="a PostgreSQL server to create (and drop) the scenario's own database on")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0",
+                        help="a Redis server, used under a key prefix of the run's own")
     parser.add_argument("--serve-args", default="", help="extra arguments for `manage.py serve` (web scenarios)")
     parser.add_argument("--repeats", type=int, default=None, help="serial measurements per side (3)")
     parser.add_argument("--concurrent-repeats", type=int, default=None,
@@ -410,15 +465,15 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     quick = {"serial_jobs": 20, "concurrent_jobs": 50, "at_once": 25, "repeats": 1, "concurrent_repeats": 1,
              "parked_jobs": 100, "slow_jobs": 50, "e2e_jobs": 20, "submissions": 200, "crowd": 100,
-             "background_jobs": 20}
+             "background_jobs": 20, "event_jobs": 20, "event_at_once": 5}
     full = {"serial_jobs": 200, "concurrent_jobs": 500, "at_once": 250, "repeats": 3, "concurrent_repeats": 2,
             "parked_jobs": 1000, "slow_jobs": 250, "e2e_jobs": 200, "submissions": 1000, "crowd": 500,
-            "background_jobs": 100}
+            "background_jobs": 100, "event_jobs": 100, "event_at_once": 20}
     for name, value in (quick if args.quick else full).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     for name in ("serial_jobs", "concurrent_jobs", "at_once", "rounds", "repeats", "concurrent_repeats",
-                 "parked_jobs", "slow_jobs", "e2e_jobs", "submissions", "clients", "crowd", "background_jobs"):
+                 "parked_jobs", "slow_jobs", "e2e_jobs", "submissions", "clients", "crowd", "background_jobs", "event_jobs", "event_at_once"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
@@ -447,6 +502,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with FakeServer(latency=args.slow_latency, rounds=args.rounds, env=env) as server:
             slow_pairs = alternate(sides, slow, server.base_url, 1)
         served = serve_scenarios(sides, args, env)
+        log(f"event to WebSocket on PostgreSQL + Redis: {args.event_jobs} jobs, {args.event_at_once} at once")
+        scaled = scaleout_scenario(args, env, workdir)
+        log(f"  {scaled}")
         log(f"a job page: one job of {page_rounds(args.page_events)} rounds, {args.page_events} events")
         with FakeServer(latency=0.0, rounds=page_rounds(args.page_events), env=env) as server:
             page = sides.page(args.page_events, 7, server.base_url)
@@ -496,6 +554,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 "(httpx, websockets) in the driver's process; every accepted job checked through "
                                 "the API to have completed with its rounds")}
     figures = report(serial_pairs, concurrent_pairs, slow_pairs, args.slow_latency, parked, page, served, config)
+    scaled["target"] = f"p50 <= {EVENT_P50_TARGET:g} ms, p99 <= {EVENT_P99_TARGET:g} ms"
+    scaled["met"] = bool(scaled["measured"] and scaled["p50_ms"] <= EVENT_P50_TARGET
+                         and scaled["p99_ms"] <= EVENT_P99_TARGET)
+    figures["event_to_websocket"] = scaled
     text = json.dumps(figures, indent=2)
     print(text, flush=True)
     if args.output is not None:

@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -54,12 +55,15 @@ def _free_port() -> int:
 class WebServer:
     """`manage.py serve` on a fresh copy of the benchmark's database, as a child process."""
 
-    def __init__(self, *, root: Path, env: dict[str, str], var_dir: Path, template: Path, model_url: str,
+    def __init__(self, *, root: Path, env: dict[str, str], var_dir: Path, template: Path | None, model_url: str,
                  serve_args: list[str]) -> None:
+        """`template`: the directory of the SQLite database to copy; None where the environment
+        names a database of its own (CORTEX_DATABASE_URL)."""
         self.root, self.var_dir, self.serve_args = root, var_dir, serve_args
         self.env = {**env, "CORTEX_VAR_DIR": str(var_dir), "OPENAI_BASE_URL": model_url}
         var_dir.mkdir()
-        shutil.copyfile(template / "cortex.sqlite3", var_dir / "cortex.sqlite3")
+        if template is not None:
+            shutil.copyfile(template / "cortex.sqlite3", var_dir / "cortex.sqlite3")
         self.process: subprocess.Popen[str] | None = None
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -158,6 +162,48 @@ async def _one_job(server: WebServer, client: httpx.AsyncClient) -> str:
                         raise WebError(f"job {job_id} ended {event['data']['status']}: {event['data']}")
                     return job_id
     raise WebError(f"job {job_id}: its WebSocket closed before it completed")
+
+
+# --- event to WebSocket latency ---------------------------------------------------------------
+
+async def event_latency(server: WebServer, *, jobs: int, at_once: int, rounds: int) -> dict[str, Any]:
+    """Jobs followed on their WebSockets; for every event committed after the socket opened, the
+    time from the event's timestamp (taken as its row is inserted, just before the commit) to its
+    arrival here. Server and client share the machine's clock."""
+    delays: list[float] = []
+    ids: list[str] = []
+    semaphore = asyncio.Semaphore(at_once)
+
+    async def follow(client: httpx.AsyncClient) -> None:
+        async with semaphore:
+            answer = await client.post("/orchestrate", json=BODY)
+            if answer.status_code != 202:
+                raise WebError(f"POST /orchestrate answered {answer.status_code}: {answer.text[:200]}")
+            job_id = answer.json()["job_id"]
+            ids.append(job_id)
+            async with connect(f"ws://127.0.0.1:{server.port}/ws/jobs/{job_id}/", additional_headers=server.headers,
+                               open_timeout=30, max_size=None) as socket_:
+                opened = time.time()
+                async with asyncio.timeout(120):
+                    async for message in socket_:
+                        arrived = time.time()
+                        event = json.loads(message)
+                        at = datetime.fromisoformat(event["at"]).timestamp()
+                        if at > opened:
+                            delays.append(arrived - at)
+                        if event["type"] == "job.status" and event["data"]["status"] in ("complete", "error",
+                                                                                         "cancelled"):
+                            return
+
+    async with server.client(at_once) as client:
+        await asyncio.gather(*(follow(client) for _ in range(jobs)))
+        await _verify(client, ids, rounds)
+    if not delays:
+        raise WebError("no event arrived live on a WebSocket")
+    delays.sort()
+    return {"jobs": jobs, "at_once": at_once, "events": len(delays),
+            "p50_ms": round(statistics.median(delays) * 1000, 1),
+            "p99_ms": round(_percentile(delays, 0.99) * 1000, 1), "max_ms": round(delays[-1] * 1000, 1)}
 
 
 # --- submissions under load --------------------------------------------------------------------
