@@ -100,3 +100,23 @@ def test_a_worker_does_not_outlive_a_killed_server(fake, owner, default_persona,
         wait_until(lambda: not alive(worker), timeout=15, what="the orphaned worker to stop")
     finally:
         stop_process(server)
+
+
+REDIS_LAYER = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": []}}}
+MEMORY_LAYER = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+@pytest.mark.parametrize(("layers", "cores", "configured", "expected"), [
+    (MEMORY_LAYER, 8, "auto", 0),  # no doorbells between processes: jobs run in the web process
+    (REDIS_LAYER, 1, "auto", 0),  # no core to spare
+    (REDIS_LAYER, 2, "auto", 1),
+    (REDIS_LAYER, 64, "auto", 4),  # never more than a few
+    (MEMORY_LAYER, 2, "3", 3),  # an explicit number is taken as it is
+])
+def test_how_many_workers_serve_starts_by_default(settings, monkeypatch, layers, cores, configured, expected):
+    from orchestrator.management.commands import serve
+
+    settings.CHANNEL_LAYERS = layers
+    settings.CORTEX_WEB_WORKERS = configured
+    monkeypatch.setattr(serve.os, "cpu_count", lambda: cores)
+    assert serve.default_workers() == expected

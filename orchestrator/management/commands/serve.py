@@ -25,16 +25,18 @@ from django.core.management.base import BaseCommand, CommandError
 logger = logging.getLogger(__name__)
 BACKLOG = 2048  # connections the kernel queues before the server accepts them
 RESTART_SECONDS = 1.0  # wait before starting again a worker that ended on its own
+MAX_AUTO_WORKERS = 4  # `auto` never starts more than this many workers, however many cores
 
 
 def default_workers() -> int:
     """`CORTEX_WEB_WORKERS`, or where it is `auto`: one `runjobs` process per core beyond the
-    first when a shared channel layer carries the doorbells between processes, else none."""
+    first (at most MAX_AUTO_WORKERS) when a shared channel layer carries the doorbells between
+    processes, else none."""
     configured = settings.CORTEX_WEB_WORKERS
     if configured != "auto":
         return int(configured)
     shared = not settings.CHANNEL_LAYERS["default"]["BACKEND"].endswith("InMemoryChannelLayer")
-    return max(0, (os.cpu_count() or 1) - 1) if shared else 0
+    return min(MAX_AUTO_WORKERS, max(0, (os.cpu_count() or 1) - 1)) if shared else 0
 
 
 class Workers:
