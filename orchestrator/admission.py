@@ -30,11 +30,26 @@ class Admission:
         if self.in_flight >= limit:
             await refuse(scope, send)
             return
+        # A request is in hand until its answer has been sent, not until its handler has tidied up
+        # after it (closing the response on a worker thread can lag behind the answer).
         self.in_flight += 1
+        answered = False
+
+        def release() -> None:
+            nonlocal answered
+            if not answered:
+                answered = True
+                self.in_flight -= 1
+
+        async def sending(message: dict[str, Any]) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                release()
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, sending)
         finally:
-            self.in_flight -= 1
+            release()
 
 
 async def refuse(scope: dict[str, Any], send: Any) -> None:

@@ -106,3 +106,25 @@ def test_websockets_are_not_counted():
         await asyncio.gather(*sockets)
 
     asyncio.run(scenario())
+
+
+def test_a_request_answered_gives_its_place_back_before_its_handler_returns():
+    async def scenario():
+        tidied = asyncio.Event()
+
+        async def slow_to_tidy(scope, receive, send):
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+            await tidied.wait()  # e.g. closing the response on a busy worker thread
+
+        app = Admission(slow_to_tidy, limit=1)
+        first = asyncio.create_task(request(app))
+        await asyncio.sleep(0.01)
+        assert app.in_flight == 0
+        second = asyncio.create_task(request(app))
+        await asyncio.sleep(0.01)
+        tidied.set()
+        assert [status_of(sent) for sent in await asyncio.gather(first, second)] == [200, 200]
+        assert app.in_flight == 0
+
+    asyncio.run(scenario())
