@@ -4,6 +4,7 @@ against a real SQLite database, in this one process.
     python -m bench.cortex prepare --conversation FILE      # migrate, create the user, record the request
     python -m bench.cortex run --jobs 200 --at-once 1 --rounds 5 [--profile DIR]
     python -m bench.cortex park --jobs 1000 --at-once 250                 # jobs left waiting for a person
+    python -m bench.cortex page --events 1000 --renders 7      # a job page with that many events
 
 The environment (CORTEX_VAR_DIR, OPENAI_BASE_URL, ...) is set by the driver, `bench.run`.
 """
@@ -85,9 +86,10 @@ def prepare(conversation_path: Path) -> None:
                  tools=action.tools).save(conversation_path)
     probe.session.delete()
     probe.delete()
-    # Fold the WAL into the main file, so copying that one file copies the whole database.
-    with connection.cursor() as cursor:
-        cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    if connection.vendor == "sqlite":
+        # Fold the WAL into the main file, so copying that one file copies the whole database.
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     connections.close_all()
 
 
@@ -307,6 +309,52 @@ async def all_waiting(executor: Executor, submitter: Submitter, count: int) -> l
     raise BenchFailure("park: the jobs did not all stop to wait for a person")
 
 
+async def page(args: argparse.Namespace) -> dict[str, Any]:
+    """One real job, driven by the executor through as many rounds as the model server is set to
+    ask for, then its page (`/jobs/<id>/`) rendered by the server through Django's test client
+    (the whole request: middleware, session, view, template), median of `renders` after one
+    untimed render."""
+    user = await asyncio.to_thread(lambda: get_user_model().objects.get(username=USERNAME))
+    submitter = Submitter(user)
+    executor = Executor(concurrency=1)
+    running = asyncio.create_task(executor.run())
+    await asyncio.sleep(0)
+    try:
+        [job_id] = await one_at_a_time(executor, submitter, 1)
+    finally:
+        await executor.stop()
+        await running
+        submitter.close()
+    return await asyncio.to_thread(_render_page, user, job_id, args.events, args.renders)
+
+
+def _render_page(user: Any, job_id: str, events: int, renders: int) -> dict[str, Any]:
+    from django.test import Client
+
+    try:
+        job = Job.objects.get(id=job_id)
+        if job.status != JobStatus.COMPLETE or job.last_seq != events:
+            raise BenchFailure(f"page: the job ended {job.status} with {job.last_seq} events, not complete "
+                               f"with {events}")
+        client = Client(HTTP_HOST="127.0.0.1")
+        client.force_login(user)
+        timings = []
+        for attempt in range(renders + 1):
+            started = time.perf_counter()
+            response = client.get(f"/jobs/{job_id}/")
+            elapsed = time.perf_counter() - started
+            if response.status_code != 200:
+                raise BenchFailure(f"page: /jobs/{job_id}/ answered {response.status_code}")
+            if attempt:
+                timings.append(elapsed)
+        timings.sort()
+        return {"events": job.last_seq, "rounds": job.rounds, "renders": renders,
+                "median_ms": round(timings[len(timings) // 2] * 1000, 1), "max_ms": round(timings[-1] * 1000, 1),
+                "bytes": len(response.content)}
+    finally:
+        connections.close_all()
+
+
 def verify_and_close(ids: list[str], rounds: int) -> None:
     try:
         verify(ids, rounds)
@@ -327,6 +375,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parked = commands.add_parser("park")
     parked.add_argument("--jobs", type=int, required=True)
     parked.add_argument("--at-once", type=int, default=250, help="the executor's concurrency")
+    paged = commands.add_parser("page")
+    paged.add_argument("--events", type=int, default=1000, help="events the job is expected to end with")
+    paged.add_argument("--renders", type=int, default=7)
     return parser.parse_args(argv)
 
 
@@ -337,6 +388,9 @@ def main() -> None:
         return
     if args.command == "park":
         print(RESULT_PREFIX + json.dumps(asyncio.run(park(args))), flush=True)
+        return
+    if args.command == "page":
+        print(RESULT_PREFIX + json.dumps(asyncio.run(page(args))), flush=True)
         return
     asyncio.run(run(args)).emit()
 

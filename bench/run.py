@@ -3,8 +3,13 @@
 Two scenarios, each with its own fake OpenAI-compatible server in a separate process:
 - serial, zero model latency: time per tool round, jobs strictly one after another;
 - concurrent, with model latency: jobs per second with many jobs in flight, and peak memory.
-A third runs Cortex alone: jobs that stop to wait for a person, and what the executor keeps
-holding for them (tasks, resident memory).
+- latency, long model latency: many jobs at once, each model call slow; how close each side's
+  wall time comes to the ideal (every job's model calls back to back, all jobs in parallel).
+Cortex alone: jobs that stop to wait for a person, and what the executor keeps holding for them
+(tasks, resident memory); a job page with 1,000 events, rendered by the server; and, through
+`manage.py serve` in a process of its own (`bench.web`), jobs end to end as an API client sees
+them (`POST /orchestrate`, then the job's WebSocket), submissions while jobs run, and a crowd of
+clients submitting at the same moment.
 
 Every measurement runs in a fresh process (`python -m bench.floor` or `python -m bench.cortex run`),
 so its peak memory is that side's alone. The two sides alternate, and each measurement is repeated,
@@ -18,6 +23,7 @@ non-zero only when a side failed to run its jobs as specified.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -35,13 +41,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import urlsplit, urlunsplit
 
+from . import web
 from .common import RESULT_PREFIX, Outcome
 
 ROOT = Path(__file__).resolve().parent.parent
 SERIAL_TARGET = 1.5  # Cortex's time per round at most this many times the floor's
 THROUGHPUT_TARGET = 0.7  # Cortex's jobs per second at least this share of the floor's
 PARKED_MEMORY_TARGET = 10.0  # MiB the executor's process may grow by for jobs waiting for a person
+MEMORY_TARGET = 150.0  # MiB: Cortex's peak resident memory in the concurrent scenario
+LATENCY_TARGET = 0.9  # ideal wall time / wall time with slow model calls, at least
+END_TO_END_TARGET = 2.0  # a round through the API and WebSocket at most this many times the floor's
+SUBMISSIONS_TARGET = 150.0  # submissions per second, at least
+SUBMISSIONS_P99_TARGET = 1000.0  # ms, at most
+PAGE_TARGET = 100.0  # ms to render a job page with 1,000 events, at most
+EVENT_P50_TARGET, EVENT_P99_TARGET = 20.0, 100.0  # ms from an event's commit to a WebSocket, PostgreSQL + Redis
 SIDE_TIMEOUT = 900  # seconds; a side taking longer than this is stuck, not slow
 # Every setting a caller's environment might hold that would change what is measured.
 DROPPED_PREFIXES = ("CORTEX_", "OPENAI_", "DJANGO_")
@@ -151,24 +166,38 @@ class Sides:
             shutil.rmtree(var_dir, ignore_errors=True)
 
     def park(self, jobs: int, at_once: int, base_url: str) -> dict[str, Any]:
+        return self._cortex_alone(["park", "--jobs", str(jobs), "--at-once", str(at_once)], base_url)
+
+    def page(self, events: int, renders: int, base_url: str) -> dict[str, Any]:
+        # queued, running, four events a round (model turn, call, started, finished), the final
+        # turn and complete: a job of (events - 4) / 4 rounds ends with `events` events.
+        return self._cortex_alone(["page", "--events", str(events), "--renders", str(renders)], base_url,
+                                  CORTEX_MAX_ROUNDS=str(page_rounds(events)))
+
+    def _cortex_alone(self, argv: list[str], base_url: str, **extra_env: str) -> dict[str, Any]:
         self.cortex_runs += 1
         var_dir = self.workdir / f"cortex-{self.cortex_runs}"
         var_dir.mkdir()
         shutil.copyfile(self.template / "cortex.sqlite3", var_dir / "cortex.sqlite3")
-        env = {**self.env, "CORTEX_VAR_DIR": str(var_dir), "OPENAI_BASE_URL": base_url}
-        argv = ["-m", "bench.cortex", "park", "--jobs", str(jobs), "--at-once", str(at_once)]
+        env = {**self.env, "CORTEX_VAR_DIR": str(var_dir), "OPENAI_BASE_URL": base_url, **extra_env}
+        argv = ["-m", "bench.cortex", *argv]
         try:
             done = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
                                   timeout=SIDE_TIMEOUT, check=False)
         except subprocess.TimeoutExpired as error:
-            raise BenchError(f"bench.cortex park did not finish within {SIDE_TIMEOUT} s") from error
+            raise BenchError(f"bench.cortex {argv[2]} did not finish within {SIDE_TIMEOUT} s") from error
         finally:
             shutil.rmtree(var_dir, ignore_errors=True)
         lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
         if done.returncode != 0 or not lines:
             tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
-            raise BenchError(f"bench.cortex park failed (exit {done.returncode}):\n{tail}")
+            raise BenchError(f"bench.cortex {argv[2]} failed (exit {done.returncode}):\n{tail}")
         return json.loads(lines[-1][len(RESULT_PREFIX):])
+
+    def web_server(self, base_url: str, serve_args: list[str]) -> web.WebServer:
+        self.cortex_runs += 1
+        return web.WebServer(root=ROOT, env=self.env, var_dir=self.workdir / f"cortex-{self.cortex_runs}",
+                             template=self.template, model_url=base_url, serve_args=serve_args)
 
     def prepare(self) -> None:
         env = {**self.env, "CORTEX_VAR_DIR": str(self.template)}
@@ -177,6 +206,10 @@ class Sides:
                               timeout=SIDE_TIMEOUT, check=False)
         if done.returncode != 0:
             raise BenchError(f"preparing the Cortex database failed:\n{done.stderr.strip()[-2000:]}")
+
+
+def page_rounds(events: int) -> int:
+    return max(1, (events - 4) // 4)
 
 
 def alternate(sides: Sides, scenario: Scenario, base_url: str, repeats: int) -> list[tuple[Outcome, Outcome]]:
@@ -228,8 +261,20 @@ def paired(pairs: list[tuple[Outcome, Outcome]], figure: Figure, *, digits: int 
             "ratio": round(statistics.median(figure(c) / figure(f) for c, f in pairs), 2)}
 
 
+def efficiency(outcome: Outcome, latency: float) -> float:
+    """Ideal wall time over wall time: ideally every job's model calls (its rounds and the final
+    answer) run back to back, all jobs at once, and nothing else takes any time."""
+    waves = -(-outcome.jobs // outcome.at_once)
+    return waves * (outcome.rounds + 1) * latency / outcome.seconds
+
+
+def verdict(met: bool) -> str:
+    return "MET" if met else "MISSED"
+
+
 def report(serial: list[tuple[Outcome, Outcome]], concurrent: list[tuple[Outcome, Outcome]],
-           parked: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+           latency: list[tuple[Outcome, Outcome]], slow: float, parked: dict[str, Any], page: dict[str, Any],
+           served: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     per_round = paired(serial, per_round_ms)
     per_round.update(target=f"<= {SERIAL_TARGET}", met=per_round["ratio"] <= SERIAL_TARGET,
                      runs=[compare(per_round_ms(c), per_round_ms(f)) for c, f in serial])
@@ -238,29 +283,64 @@ def report(serial: list[tuple[Outcome, Outcome]], concurrent: list[tuple[Outcome
                       runs=[compare(jobs_per_second(c), jobs_per_second(f), digits=1) for c, f in concurrent])
     # The highest peak any run of each side reached in the concurrent scenario.
     memory = compare(max(c.peak_rss_mb for c, _ in concurrent), max(f.peak_rss_mb for _, f in concurrent), digits=1)
-    memory["scenario"] = "concurrent"
+    memory.update(scenario="concurrent", target=f"<= {MEMORY_TARGET:g} MiB", met=memory["cortex"] <= MEMORY_TARGET)
+    efficient = paired(latency, lambda outcome: efficiency(outcome, slow))
+    efficient.update(target=f">= {LATENCY_TARGET}", met=efficient["cortex"] >= LATENCY_TARGET,
+                     latency_s=slow)
     # CPU time barely moves when other processes compete for the machine; wall time does.
     cpu = {name: paired(pairs, cpu_ms_per_round) for name, pairs in (("serial", serial), ("concurrent", concurrent))}
     parked = {**parked, "target": f"no executor task, <= {PARKED_MEMORY_TARGET:g} MiB growth",
               "met": parked["executor_tasks"] == 0 and parked["rss_growth_mb"] <= PARKED_MEMORY_TARGET}
+    page = {**page, "target": f"<= {PAGE_TARGET:g} ms", "met": page["median_ms"] <= PAGE_TARGET}
+    floor_round = per_round["floor"]
+    end_to_end = {**served["end_to_end"], "floor_ms_per_round": floor_round,
+                  "ratio": round(served["end_to_end"]["ms_per_round"] / floor_round, 2),
+                  "target": f"<= {END_TO_END_TARGET}"}
+    end_to_end["met"] = end_to_end["ratio"] <= END_TO_END_TARGET
+    submissions = {**served["submissions"], "target": f">= {SUBMISSIONS_TARGET:g}/s, p99 <= {SUBMISSIONS_P99_TARGET:g} ms"}
+    submissions["met"] = (submissions["per_second"] >= SUBMISSIONS_TARGET
+                          and (submissions["p99_ms"] or 0) <= SUBMISSIONS_P99_TARGET
+                          and set(submissions["statuses"]) == {"202"})
+    crowd = {**served["crowd"], "target": "every request answered 202, or 503 with Retry-After"}
+    crowd["met"] = crowd["all_answered"]
     return {"time_per_round_serial_ms": per_round, "throughput_concurrent_jobs_per_s": throughput,
-            "peak_memory_mb": memory, "cpu_ms_per_round": cpu, "waiting_for_confirmation": parked,
-            "config": config}
+            "peak_memory_mb": memory, "latency_efficiency": efficient, "end_to_end_ms_per_round": end_to_end,
+            "submissions": submissions, "crowd": crowd, "cpu_ms_per_round": cpu,
+            "waiting_for_confirmation": parked, "job_page": page, "config": config}
 
 
 def verdicts(figures: dict[str, Any]) -> list[str]:
     per_round, throughput = figures["time_per_round_serial_ms"], figures["throughput_concurrent_jobs_per_s"]
     memory, parked = figures["peak_memory_mb"], figures["waiting_for_confirmation"]
+    efficient, end_to_end = figures["latency_efficiency"], figures["end_to_end_ms_per_round"]
+    submissions, crowd, page = figures["submissions"], figures["crowd"], figures["job_page"]
+    event = figures["event_to_websocket"]
     return [
         (f"time per round, serial: Cortex {per_round['cortex']} ms, floor {per_round['floor']} ms, "
-         f"{per_round['ratio']}x (target {per_round['target']}x): {'MET' if per_round['met'] else 'MISSED'}"),
+         f"{per_round['ratio']}x (target {per_round['target']}x): {verdict(per_round['met'])}"),
         (f"throughput, concurrent: Cortex {throughput['cortex']} jobs/s, floor {throughput['floor']} jobs/s, "
-         f"{throughput['ratio']}x (target {throughput['target']}x): {'MET' if throughput['met'] else 'MISSED'}"),
+         f"{throughput['ratio']}x (target {throughput['target']}x): {verdict(throughput['met'])}"),
         (f"peak memory, concurrent: Cortex {memory['cortex']} MiB, floor {memory['floor']} MiB "
-         f"({memory['ratio']}x; no target)"),
+         f"(target {memory['target']}): {verdict(memory['met'])}"),
+        (f"latency efficiency, {efficient['latency_s']:g} s model latency: Cortex {efficient['cortex']}, "
+         f"floor {efficient['floor']} (target {efficient['target']}): {verdict(efficient['met'])}"),
+        (f"end to end (POST /orchestrate, then the WebSocket): Cortex {end_to_end['ms_per_round']} ms per round, "
+         f"floor {end_to_end['floor_ms_per_round']} ms, {end_to_end['ratio']}x (target {end_to_end['target']}x): "
+         f"{verdict(end_to_end['met'])}"),
+        (f"submissions, {submissions['requests']:,} from {submissions['clients']} clients while jobs run: "
+         f"{submissions['per_second']} accepted/s, p99 {submissions['p99_ms']} ms, answers {submissions['statuses']} "
+         f"(target {submissions['target']}): {verdict(submissions['met'])}"),
+        (f"{crowd['clients']} clients submitting at once while jobs run: answers {crowd['statuses']}"
+         f"{', ' + str(crowd['retry_after_missing']) + ' 503s without Retry-After' if crowd['retry_after_missing'] else ''}"
+         f" (target: {crowd['target']}): {verdict(crowd['met'])}"),
         (f"{parked['jobs']:,} jobs waiting for confirmation: {parked['executor_tasks']} executor tasks, "
-         f"resident memory {parked['rss_growth_mb']:+} MiB (target {parked['target']}): "
-         f"{'MET' if parked['met'] else 'MISSED'}"),
+         f"resident memory {parked['rss_growth_mb']:+} MiB (target {parked['target']}): {verdict(parked['met'])}"),
+        (f"an event committed by a worker to a WebSocket of the web (PostgreSQL + Redis): "
+         + (f"p50 {event['p50_ms']} ms, p99 {event['p99_ms']} ms over {event['events']:,} events"
+            if event["measured"] else f"not measured ({event['reason']})")
+         + f" (target {event['target']}): {verdict(event['met'])}"),
+        (f"a job page with {page['events']:,} events: rendered in {page['median_ms']} ms (median of "
+         f"{page['renders']}; target {page['target']}): {verdict(page['met'])}"),
     ]
 
 
@@ -283,6 +363,71 @@ def side_env(workdir: Path) -> dict[str, str]:
     return env
 
 
+def serve_scenarios(sides: Sides, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
+    serve_args = args.serve_args.split()
+    served: dict[str, Any] = {}
+    log(f"end to end: {args.e2e_jobs} jobs one at a time, POST /orchestrate then the job's WebSocket")
+    with FakeServer(latency=0.0, rounds=args.rounds, env=env) as server, \
+            sides.web_server(server.base_url, serve_args) as site:
+        served["end_to_end"] = asyncio.run(web.end_to_end(site, jobs=args.e2e_jobs, rounds=args.rounds))
+    log(f"  {served['end_to_end']['ms_per_round']} ms per round")
+    log(f"submissions: {args.submissions} from {args.clients} clients, {args.background_jobs} jobs running first, "
+        f"{args.latency * 1000:g} ms model latency")
+    with FakeServer(latency=args.latency, rounds=args.rounds, env=env) as server, \
+            sides.web_server(server.base_url, serve_args) as site:
+        served["submissions"] = asyncio.run(web.submissions(
+            site, background=args.background_jobs, requests=args.submissions, clients=args.clients,
+            rounds=args.rounds))
+        log(f"  {served['submissions']['per_second']}/s, p50 {served['submissions']['p50_ms']} ms, "
+            f"p99 {served['submissions']['p99_ms']} ms, {served['submissions']['statuses']}")
+        log(f"crowd: {args.crowd} clients at once, {args.background_jobs} jobs running first")
+        served["crowd"] = asyncio.run(web.crowd(site, background=args.background_jobs, clients=args.crowd,
+                                                rounds=args.rounds))
+        log(f"  {served['crowd']['statuses']} in {served['crowd']['seconds']} s")
+    return served
+
+
+def scaleout_scenario(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> dict[str, Any]:
+    """PostgreSQL + Redis: `serve --workers 1` (the web, and one `runjobs` child that runs the jobs)
+    on a database of its own, created for the run and dropped after it, with a Redis key prefix of
+    its own. Not measured, and said so, where either server cannot be reached."""
+    import psycopg
+    import redis
+
+    name = f"cortex_bench_{os.getpid()}"
+    prefix = f"cortex-bench-{os.getpid()}"
+    admin = urlsplit(args.postgres)
+    where = f"{admin.hostname}:{admin.port or 5432}"
+    try:
+        redis.Redis.from_url(args.redis, socket_connect_timeout=5).ping()
+        with psycopg.connect(args.postgres, autocommit=True, connect_timeout=5) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+    except (psycopg.Error, redis.RedisError) as error:
+        return {"measured": False, "reason": f"PostgreSQL at {where} or Redis unavailable: {type(error).__name__}"}
+    scaled = {**env, "CORTEX_DATABASE_URL": urlunsplit(admin._replace(path="/" + name)),
+              "CORTEX_REDIS_URL": args.redis, "CORTEX_REDIS_PREFIX": prefix,
+              "CORTEX_VAR_DIR": str(workdir / "scaleout-prepare")}
+    try:
+        (workdir / "scaleout-prepare").mkdir()
+        done = subprocess.run([sys.executable, "-m", "bench.cortex", "prepare", "--conversation",
+                               str(workdir / "scaleout-conversation.json")], cwd=ROOT, env=scaled,
+                              capture_output=True, text=True, timeout=SIDE_TIMEOUT, check=False)
+        if done.returncode != 0:
+            raise BenchError(f"preparing the PostgreSQL database failed:\n{done.stderr.strip()[-2000:]}")
+        with FakeServer(latency=args.latency, rounds=args.rounds, env=env) as server, \
+                web.WebServer(root=ROOT, env=scaled, var_dir=workdir / "scaleout-serve", template=None,
+                              model_url=server.base_url, serve_args=["--workers", "1"]) as site:
+            figures = asyncio.run(web.event_latency(site, jobs=args.event_jobs, at_once=args.event_at_once,
+                                                    rounds=args.rounds))
+    finally:
+        with psycopg.connect(args.postgres, autocommit=True, connect_timeout=5) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        client = redis.Redis.from_url(args.redis)
+        for key in client.scan_iter(match=f"{prefix}*", count=500):
+            client.delete(key)
+    return {"measured": True, "database": f"PostgreSQL at {where}", "serve_args": "--workers 1", **figures}
+
+
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--serial-jobs", type=int, default=None, help="jobs in the serial scenario (200)")
@@ -292,6 +437,24 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5, help="tool rounds per job")
     parser.add_argument("--parked-jobs", type=int, default=None,
                         help="jobs left waiting for confirmation in the third scenario (1000)")
+    parser.add_argument("--slow-jobs", type=int, default=None,
+                        help="jobs in the latency-efficiency scenario, all at once (250)")
+    parser.add_argument("--slow-latency", type=float, default=2.0, help="model latency, latency-efficiency scenario (s)")
+    parser.add_argument("--page-events", type=int, default=1000, help="events of the job whose page is rendered")
+    parser.add_argument("--e2e-jobs", type=int, default=None, help="jobs end to end through the API, one at a time (200)")
+    parser.add_argument("--submissions", type=int, default=None, help="POST /orchestrate in the submissions scenario (1000)")
+    parser.add_argument("--clients", type=int, default=50, help="concurrent clients in the submissions scenario")
+    parser.add_argument("--crowd", type=int, default=None, help="clients submitting at the same moment (500)")
+    parser.add_argument("--background-jobs", type=int, default=None,
+                        help="jobs submitted and running before the submissions and the crowd (100)")
+    parser.add_argument("--event-jobs", type=int, default=None,
+                        help="jobs followed on WebSockets in the PostgreSQL + Redis scenario (100)")
+    parser.add_argument("--event-at-once", type=int, default=None, help="of them at once (20)")
+    parser.add_argument("--postgres", default="postgres://postgres@127.0.0.1:5432/postgres",
+                        help="a PostgreSQL server to create (and drop) the scenario's own database on")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0",
+                        help="a Redis server, used under a key prefix of the run's own")
+    parser.add_argument("--serve-args", default="", help="extra arguments for `manage.py serve` (web scenarios)")
     parser.add_argument("--repeats", type=int, default=None, help="serial measurements per side (3)")
     parser.add_argument("--concurrent-repeats", type=int, default=None,
                         help="concurrent measurements per side (2: the long ones, once in each order)")
@@ -301,14 +464,16 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a small smoke run (figures are rough)")
     args = parser.parse_args(argv)
     quick = {"serial_jobs": 20, "concurrent_jobs": 50, "at_once": 25, "repeats": 1, "concurrent_repeats": 1,
-             "parked_jobs": 100}
+             "parked_jobs": 100, "slow_jobs": 50, "e2e_jobs": 20, "submissions": 200, "crowd": 100,
+             "background_jobs": 20, "event_jobs": 20, "event_at_once": 5}
     full = {"serial_jobs": 200, "concurrent_jobs": 500, "at_once": 250, "repeats": 3, "concurrent_repeats": 2,
-            "parked_jobs": 1000}
+            "parked_jobs": 1000, "slow_jobs": 250, "e2e_jobs": 200, "submissions": 1000, "crowd": 500,
+            "background_jobs": 100, "event_jobs": 100, "event_at_once": 20}
     for name, value in (quick if args.quick else full).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     for name in ("serial_jobs", "concurrent_jobs", "at_once", "rounds", "repeats", "concurrent_repeats",
-                 "parked_jobs"):
+                 "parked_jobs", "slow_jobs", "e2e_jobs", "submissions", "clients", "crowd", "background_jobs", "event_jobs", "event_at_once"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
@@ -332,6 +497,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{args.latency * 1000:g} ms model latency")
         with FakeServer(latency=args.latency, rounds=args.rounds, env=env) as server:
             concurrent_pairs = alternate(sides, concurrent, server.base_url, args.concurrent_repeats)
+        slow = Scenario("latency", args.slow_jobs, args.slow_jobs, args.rounds)
+        log(f"latency: {slow.jobs} jobs, all at once, {args.slow_latency:g} s model latency")
+        with FakeServer(latency=args.slow_latency, rounds=args.rounds, env=env) as server:
+            slow_pairs = alternate(sides, slow, server.base_url, 1)
+        served = serve_scenarios(sides, args, env)
+        log(f"event to WebSocket on PostgreSQL + Redis: {args.event_jobs} jobs, {args.event_at_once} at once")
+        scaled = scaleout_scenario(args, env, workdir)
+        log(f"  {scaled}")
+        log(f"a job page: one job of {page_rounds(args.page_events)} rounds, {args.page_events} events")
+        with FakeServer(latency=0.0, rounds=page_rounds(args.page_events), env=env) as server:
+            page = sides.page(args.page_events, 7, server.base_url)
+        log(f"  rendered in {page['median_ms']} ms (median), {page['bytes']:,} bytes")
         log(f"waiting for confirmation: {args.parked_jobs} jobs, each stopping at its first call")
         with FakeServer(latency=0.0, rounds=args.rounds, env=env) as server:
             parked = sides.park(args.parked_jobs, concurrent.at_once, server.base_url)
@@ -341,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with FakeServer(latency=0.0, rounds=args.rounds, env=env) as server:
                 profiled = sides.cortex(serial, server.base_url, profile=args.profile.resolve())
             log(f"  profiled cortex run ({describe(profiled)}) written to {args.profile}")
-    except BenchError as error:
+    except (BenchError, web.WebError) as error:
         log(f"bench failed: {error}")
         return 1
     finally:
@@ -370,7 +547,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "method": ("Cortex alone: the bench user's policy asks before current_time, so every job stops at its "
                    "first call; resident memory (VmRSS, after a garbage collection) before submitting and once "
                    "every job waits with no executor holding it")}
-    figures = report(serial_pairs, concurrent_pairs, parked, config)
+    config["latency"] = {"jobs": slow.jobs, "at_once": slow.jobs, "latency_ms": args.slow_latency * 1000,
+                         "method": "as the concurrent scenario; efficiency = ideal wall time / wall time"}
+    config["web"] = {"serve_args": args.serve_args,
+                     "method": ("`manage.py serve` in its own process on a fresh copy of the database; the clients "
+                                "(httpx, websockets) in the driver's process; every accepted job checked through "
+                                "the API to have completed with its rounds")}
+    figures = report(serial_pairs, concurrent_pairs, slow_pairs, args.slow_latency, parked, page, served, config)
+    scaled["target"] = f"p50 <= {EVENT_P50_TARGET:g} ms, p99 <= {EVENT_P99_TARGET:g} ms"
+    scaled["met"] = bool(scaled["measured"] and scaled["p50_ms"] <= EVENT_P50_TARGET
+                         and scaled["p99_ms"] <= EVENT_P99_TARGET)
+    figures["event_to_websocket"] = scaled
     text = json.dumps(figures, indent=2)
     print(text, flush=True)
     if args.output is not None:

@@ -317,7 +317,15 @@ if CORTEX_DEFAULT_TIER > 3:
     raise ImproperlyConfigured("CORTEX_DEFAULT_TIER must be 1, 2 or 3")
 CORTEX_MEMORY_CHARS = env_int("CORTEX_MEMORY_CHARS", 6000, minimum=0)
 CORTEX_RUN_JOBS_IN_WEB = env_bool("CORTEX_RUN_JOBS_IN_WEB", True)
+# `runjobs` processes `serve` starts beside the web: a number, or `auto` (one per core beyond the
+# first where a shared channel layer carries doorbells between processes; none otherwise, and then
+# the web process runs jobs itself).
+CORTEX_WEB_WORKERS = env_str("CORTEX_WEB_WORKERS", "auto").strip().lower()
+if CORTEX_WEB_WORKERS != "auto" and not (CORTEX_WEB_WORKERS.isdigit()):
+    raise ImproperlyConfigured("CORTEX_WEB_WORKERS must be auto or a whole number")
 CORTEX_EXECUTOR_CONCURRENCY = env_int("CORTEX_EXECUTOR_CONCURRENCY", 500, minimum=1)
+# HTTP requests one web process handles at once; past it, requests are answered 503 + Retry-After.
+CORTEX_MAX_REQUESTS_IN_FLIGHT = env_int("CORTEX_MAX_REQUESTS_IN_FLIGHT", 64, minimum=1)
 CORTEX_LEASE_SECONDS = env_float("CORTEX_LEASE_SECONDS", 30.0, minimum=0.5)
 CORTEX_POLL_SECONDS = env_float("CORTEX_POLL_SECONDS", 1.0, minimum=0.01)
 CORTEX_MAX_ROUNDS = env_int("CORTEX_MAX_ROUNDS", 12, minimum=1)

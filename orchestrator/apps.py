@@ -1,3 +1,4 @@
+from contextlib import suppress
 from importlib import import_module
 
 from django.apps import AppConfig
@@ -17,10 +18,17 @@ class OrchestratorConfig(AppConfig):
 
         user_logged_out.connect(_close_session_streams, dispatch_uid="cortex-close-session-streams")
 
-        # The provider SDKs take seconds to import. Imported here, at start-up, rather than by the
-        # first job that needs one: inside the running event loop that would stall every job's
-        # heartbeat until their leases ran out.
-        from .providers import anthropic, gemini, openai_compat  # noqa: F401
+        # The provider SDKs take seconds to import: inside the running event loop that would stall
+        # every job's heartbeat until their leases ran out. The providers of the configured models
+        # are imported here, at start-up; any other (a model profile's) is imported by the first
+        # job that uses it, on a thread (`providers.loaded`), so a process never holds the tens of
+        # MiB of an SDK that none of its jobs uses.
+        from . import providers
+
+        for model in (settings.CORTEX_ORCHESTRATOR_MODEL, settings.CORTEX_CHAT_MODEL):
+            # An unknown provider fails the jobs that use it, with that message; not start-up.
+            with suppress(providers.ProviderUnknown):
+                providers.load(model)
 
         for module in settings.CORTEX_TOOL_MODULES:
             try:

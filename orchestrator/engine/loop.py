@@ -85,6 +85,7 @@ async def call_model(action: state.CallModel, *, job_id: str, owner: str,
 
     The final answer streams: its pieces become `answer.delta` events as they arrive. Each failed
     attempt is counted in the job's usage with whatever tokens the provider reported for it."""
+    await providers.loaded(action.model)
     provider, model = providers.resolve(action.model, base_url=action.base_url, api_key=action.api_key,
                                         public_only=action.public_only)
     timeout = action.timeout or settings.CORTEX_MODEL_TIMEOUT

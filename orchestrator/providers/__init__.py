@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import import_module
 
 from django.conf import settings
 
 from .base import ModelRequest, ModelResponse, ModelToolCall, Provider, ProviderError, Usage
 
 __all__ = ["ModelRequest", "ModelResponse", "ModelToolCall", "Provider", "ProviderError", "Usage",
-           "ProviderUnknown", "label", "parse_model", "resolve", "PROVIDERS"]
+           "ProviderUnknown", "label", "load", "loaded", "parse_model", "resolve", "PROVIDERS"]
 
 PROVIDERS = ("demo", "openai", "gemini", "anthropic")
+# Each provider's module, which imports its SDK: tens of MiB and seconds each, so a process imports
+# only those it uses (see `load`).
+MODULES = {"demo": ".demo", "openai": ".openai_compat", "gemini": ".gemini", "anthropic": ".anthropic"}
+# How answers and pages name a model, without importing its provider's SDK.
+LABELS = {"demo": "Demo model (offline, scripted)", "openai": "OpenAI-compatible · {model}",
+          "gemini": "Gemini · {model}", "anthropic": "Claude · {model}"}
+
+_loaded: set[str] = set()  # providers whose module has finished importing
+_loading = threading.Lock()
 
 
 class ProviderUnknown(ProviderError):
@@ -59,10 +71,34 @@ def label(value: str) -> str:
     """A human label for `provider:model`, the one answers are recorded with; the string itself
     when it names no known provider."""
     try:
-        provider, model = resolve(value)
+        choice = parse_model(value)
     except ProviderUnknown:
         return value
-    return provider.label(model)
+    return LABELS[choice.provider].format(model=choice.model)
+
+
+def load(value: str) -> None:
+    """Import the module (and SDK) of `value`'s provider, `value` being `provider:model` or a
+    provider's name. Blocks for as long as the import takes: call it at start-up, on a thread, or
+    through `loaded` from a running event loop."""
+    provider = value.partition(":")[0] if ":" in value else value
+    if provider not in MODULES:
+        raise ProviderUnknown(f"unknown provider {provider!r} (known: {', '.join(PROVIDERS)})")
+    if provider in _loaded:
+        return
+    with _loading:
+        import_module(MODULES[provider], __name__)
+        _loaded.add(provider)
+
+
+async def loaded(value: str) -> None:
+    """`load`, from a running event loop without stalling it: the first job that needs an SDK
+    the process has not imported yet imports it on a thread, while every other job (and every
+    lease's heartbeat) carries on. A module counts as loaded only once its import has finished, so
+    nothing on the loop ever waits on a half-imported module's lock."""
+    choice = parse_model(value)
+    if choice.provider not in _loaded:
+        await asyncio.to_thread(load, choice.provider)
 
 
 def _endpoint(base_url: str | None, api_key: str | None, env_base_url: str, env_key: str) -> tuple[str, str]:

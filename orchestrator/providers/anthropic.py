@@ -16,6 +16,7 @@ import httpx2
 from anthropic.types import Message as AnthropicMessage
 
 from .. import netguard
+from . import LABELS
 from .base import (
     CHECK_TIMEOUT,
     DeltaCallback,
@@ -70,7 +71,7 @@ class AnthropicProvider:
             raise ProviderError("no API key for Anthropic: set ANTHROPIC_API_KEY or give the model profile a key")
 
     def label(self, model: str) -> str:
-        return f"Claude · {model}"
+        return LABELS["anthropic"].format(model=model)
 
     async def check(self, model: str, *, timeout: float = CHECK_TIMEOUT) -> str:
         self._require_key()

@@ -10,9 +10,10 @@ import json
 import re
 
 from ..context import FINAL_SUMMARY_HEADING
+from . import LABELS
 from .base import CHECK_TIMEOUT, DeltaCallback, Finish, ModelRequest, ModelResponse, ModelToolCall, Usage
 
-LABEL = "Demo model (offline, scripted)"
+LABEL = LABELS["demo"]
 ARITHMETIC = re.compile(r"(?<![\w.])(\(?-?\d[\d.\s()+\-*/%^]*[+\-*/%^][\d.\s()+\-*/%^]*\d\)?)")
 
 

@@ -32,6 +32,7 @@ from google.genai import types
 from google.genai.client import AsyncClient
 
 from .. import netguard
+from . import LABELS
 from .base import (
     CHECK_TIMEOUT,
     DeltaCallback,
@@ -90,7 +91,7 @@ class GeminiProvider:
             raise ProviderError("no API key for Gemini: set GEMINI_API_KEY or give the model profile a key")
 
     def label(self, model: str) -> str:
-        return f"Gemini · {model}"
+        return LABELS["gemini"].format(model=model)
 
     async def check(self, model: str, *, timeout: float = CHECK_TIMEOUT) -> str:
         self._require_key()

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 import openai
 
 from .. import netguard
+from . import LABELS
 from .base import (
     CHECK_TIMEOUT,
     DeltaCallback,
@@ -53,7 +54,7 @@ class OpenAIProvider:
                                   http_client=http_client)
 
     def label(self, model: str) -> str:
-        return f"OpenAI-compatible · {model}"
+        return LABELS["openai"].format(model=model)
 
     async def check(self, model: str, *, timeout: float = CHECK_TIMEOUT) -> str:
         # A client of its own, closed here: a check may run on a short-lived event loop (a sync

@@ -1,0 +1,122 @@
+"""`serve --workers N`: the web process leaves jobs to `runjobs` children of its own, stops them
+with itself, and never leaves one behind, even when it is killed outright."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import httpx
+import pytest
+
+from orchestrator import services
+from orchestrator.models import Job
+from tests.conftest import free_port, process_env, start_process, stop_process, wait_for_port
+from tests.fakes.openai_fake import OpenAIFake
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def fake(settings):
+    with OpenAIFake() as server:
+        settings.CORTEX_ORCHESTRATOR_MODEL = "openai:test-model"
+        settings.OPENAI_BASE_URL = server.base_url
+        settings.OPENAI_API_KEY = "sk-test"
+        yield server
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until(condition, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def serve_with_a_worker(fake, tmp_path):
+    port = free_port()
+    env = process_env(CORTEX_POLL_SECONDS="0.1", OPENAI_BASE_URL=fake.base_url, OPENAI_API_KEY="sk-test",
+                      CORTEX_ORCHESTRATOR_MODEL="openai:test-model")
+    server = start_process(["serve", "--port", str(port), "--workers", "1"], env, tmp_path / "serve.log")
+    wait_for_port(port, process=server)
+    return server, port
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process tree from /proc")
+def test_jobs_run_in_the_worker_process_not_in_the_web_process(fake, owner, default_persona, tmp_path):
+    server, port = serve_with_a_worker(fake, tmp_path)
+    try:
+        [worker] = wait_until(lambda: children_of(server.pid), what="the worker process")
+        token = services.token_create(user=owner, name="tests")[1]
+        answer = httpx.post(f"http://127.0.0.1:{port}/orchestrate", json={"task": "hello", "respond_with_final": False},
+                            headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert answer.status_code == 202
+        job_id = answer.json()["job_id"]
+        done = wait_until(lambda: Job.objects.filter(pk=job_id, status="complete").first(), what="the job")
+        running = done.events.filter(type="job.status", data__status="running").first()
+        executor = running.data["executor"]
+        assert f":{worker}:" in executor and f":{server.pid}:" not in executor
+    finally:
+        stop_process(server, timeout=30)
+    assert server.returncode is not None
+    wait_until(lambda: not alive(worker), timeout=15, what="the worker to stop with the server")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process tree from /proc")
+def test_a_worker_does_not_outlive_a_killed_server(fake, owner, default_persona, tmp_path):
+    server, port = serve_with_a_worker(fake, tmp_path)
+    try:
+        [worker] = wait_until(lambda: children_of(server.pid), what="the worker process")
+        wait_until(lambda: (tmp_path / "serve.log").read_text().count("running up to"), what="the worker to run")
+        server.send_signal(signal.SIGKILL)
+        server.wait(10)
+        wait_until(lambda: not alive(worker), timeout=15, what="the orphaned worker to stop")
+    finally:
+        stop_process(server)
+
+
+REDIS_LAYER = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": []}}}
+MEMORY_LAYER = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+@pytest.mark.parametrize(("layers", "cores", "configured", "expected"), [
+    (MEMORY_LAYER, 8, "auto", 0),  # no doorbells between processes: jobs run in the web process
+    (REDIS_LAYER, 1, "auto", 0),  # no core to spare
+    (REDIS_LAYER, 2, "auto", 1),
+    (REDIS_LAYER, 64, "auto", 4),  # never more than a few
+    (MEMORY_LAYER, 2, "3", 3),  # an explicit number is taken as it is
+])
+def test_how_many_workers_serve_starts_by_default(settings, monkeypatch, layers, cores, configured, expected):
+    from orchestrator.management.commands import serve
+
+    settings.CHANNEL_LAYERS = layers
+    settings.CORTEX_WEB_WORKERS = configured
+    monkeypatch.setattr(serve.os, "cpu_count", lambda: cores)
+    assert serve.default_workers() == expected
