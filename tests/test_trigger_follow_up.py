@@ -219,6 +219,19 @@ def test_other_bad_values_are_refused_by_name(owner, secret, fields, refusal):
         services.hook_create(user=owner, slug="h", task_template="t", **fields)
 
 
+def test_a_callback_refused_by_the_time_it_fires_starts_no_job_and_says_why(owner, secret, private_allowed,
+                                                                          receiver, settings, default_persona):
+    schedule = every_minute(owner, callback_url=receiver.url)
+    hook, hook_secret = services.hook_create(user=owner, slug="h", task_template="t {payload}",
+                                             callback_url=receiver.url)
+    settings.CORTEX_HTTP_ALLOW_PRIVATE = False
+    run = services.schedule_run_now(user=owner, schedule_id=schedule.pk)
+    assert run.job is None and "callback_url cannot be used" in run.error
+    response = deliver(hook, hook_secret, {"a": 1})
+    assert response.status_code == 422 and "callback_url cannot be used" in response.json()["detail"]
+    assert not Job.objects.exists()
+
+
 def test_enabling_and_disabling_keeps_the_callback_and_the_limit(owner, secret, private_allowed, receiver):
     schedule = every_minute(owner, callback_url=receiver.url, callback_on_confirmation=True, confirmation_ttl=90)
     services.schedule_set_enabled(user=owner, schedule_id=schedule.pk, enabled=False)
