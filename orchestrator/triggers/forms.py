@@ -35,7 +35,7 @@ class JobOptionsForm(forms.Form):
                                  help_text="Applied on top of your own tool settings; it never allows more than they do. "
                                            "Calls that need a confirmation wait for you as usual.")
     callback_url = forms.CharField(
-        required=False, max_length=500, label="Callback URL",
+        required=False, max_length=500, label="Callback URL", widget=forms.URLInput,
         help_text="Each job's result is POSTed here when it ends, signed with your callback secret "
                   "(Settings → Callbacks). Empty: no callback.")
     callback_on_confirmation = forms.BooleanField(required=False,

@@ -18,6 +18,7 @@ from . import selectors, services
 from .forms import HookForm, ScheduleForm
 from .models import Hook, Schedule
 
+
 def _refused(form: ScheduleForm | HookForm, error: ServiceError) -> None:
     """The service's refusal, next to the field it names (the callback and its time limit are
     checked by the services, as for POST /orchestrate), or above the form."""
