@@ -232,6 +232,18 @@ def test_a_callback_refused_by_the_time_it_fires_starts_no_job_and_says_why(owne
     assert not Job.objects.exists()
 
 
+def test_a_schedule_whose_callback_is_now_refused_can_be_disabled_not_enabled(alice, owner, secret, private_allowed,
+                                                                             receiver, settings):
+    schedule = every_minute(owner, callback_url=receiver.url)
+    settings.CORTEX_HTTP_ALLOW_PRIVATE = False
+    response = alice.post(f"/settings/schedules/{schedule.pk}/enabled/", {"enabled": "false"})
+    assert response.status_code == 302
+    assert not Schedule.objects.get().enabled and Schedule.objects.get().next_run_at is None
+    response = alice.post(f"/settings/schedules/{schedule.pk}/enabled/", {"enabled": "true"}, follow=True)
+    assert "The schedule stays disabled: callback_url cannot be used" in response.content.decode()
+    assert not Schedule.objects.get().enabled and Schedule.objects.get().callback_url == receiver.url
+
+
 def test_enabling_and_disabling_keeps_the_callback_and_the_limit(owner, secret, private_allowed, receiver):
     schedule = every_minute(owner, callback_url=receiver.url, callback_on_confirmation=True, confirmation_ttl=90)
     services.schedule_set_enabled(user=owner, schedule_id=schedule.pk, enabled=False)

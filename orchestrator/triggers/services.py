@@ -158,7 +158,13 @@ def schedule_save(*, user: AbstractBaseUser, name: str, cron_expression: str, ti
 
 
 def schedule_set_enabled(*, user: AbstractBaseUser, schedule_id: Any, enabled: bool) -> Schedule:
+    """Switch a schedule on (checked again, as when it is saved) or off (always possible, even when
+    what it holds would no longer pass: a callback address the site now refuses, a persona gone)."""
     schedule = selectors.schedule_for_user(user, schedule_id)
+    if not enabled:
+        Schedule.objects.filter(pk=schedule.pk).update(enabled=False, next_run_at=None, updated_at=timezone.now())
+        schedule.refresh_from_db()
+        return schedule
     return schedule_save(user=user, name=schedule.name, cron_expression=schedule.cron,
                          time_zone=schedule.time_zone, task=schedule.task, options=schedule.options,
                          max_risk=schedule.max_risk, enabled=enabled, schedule_id=schedule.pk,

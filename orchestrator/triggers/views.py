@@ -124,8 +124,12 @@ def schedule_run_now(request: HttpRequest, schedule_id: int) -> HttpResponse:
 @post_only("schedule-edit", "schedule_id")
 def schedule_toggle(request: HttpRequest, schedule_id: int) -> HttpResponse:
     enabled = request.POST.get("enabled") == "true"
-    schedule = services.schedule_set_enabled(user=request.user, schedule_id=schedule_id, enabled=enabled)
-    messages.success(request, f"Schedule “{schedule.name}” {'enabled' if enabled else 'disabled'}.")
+    try:
+        schedule = services.schedule_set_enabled(user=request.user, schedule_id=schedule_id, enabled=enabled)
+    except ServiceError as error:
+        messages.error(request, f"The schedule stays disabled: {error.message}. Edit it to fix this.")
+    else:
+        messages.success(request, f"Schedule “{schedule.name}” {'enabled' if enabled else 'disabled'}.")
     back = reverse("schedules") if request.POST.get("next") == "list" else reverse("schedule-edit", args=[schedule_id])
     return redirect_after_write(request, back)
 
