@@ -179,12 +179,9 @@ def job_submit(*, user: AbstractBaseUser, task: str, session_id: str | None = No
     `confirmation_ttl`: the job's own limit, in seconds, on how long a call may wait for a person (a
     schedule's or a hook's); the shorter of it and the usual one applies."""
     options = options or JobOptions()
-    callback = _callback_options(user, callback_url, callback_on_confirmation)
+    callback = callback_check(user=user, callback_url=callback_url, callback_on_confirmation=callback_on_confirmation)
     if confirmation_ttl is not None:
-        if isinstance(confirmation_ttl, bool) or not isinstance(confirmation_ttl, int) \
-                or not 1 <= confirmation_ttl <= MAX_CONFIRMATION_TTL:
-            raise Invalid(f"confirmation_ttl must be between 1 and {MAX_CONFIRMATION_TTL} seconds")
-        callback["confirmation_ttl"] = confirmation_ttl
+        callback["confirmation_ttl"] = confirmation_ttl_check(confirmation_ttl)
     task = task.strip() if isinstance(task, str) else ""
     if not task:
         raise Invalid("task must not be empty")
@@ -247,8 +244,13 @@ def job_submit(*, user: AbstractBaseUser, task: str, session_id: str | None = No
     return job
 
 
-def _callback_options(user: AbstractBaseUser, url: str | None, on_confirmation: bool) -> dict[str, Any]:
-    url = (url or "").strip()
+def callback_check(*, user: AbstractBaseUser, callback_url: str | None,
+                   callback_on_confirmation: bool) -> dict[str, Any]:
+    """The callback options as a job keeps them, or `Invalid`: an http(s) address that passes the
+    private-address guard (unless the site allows private addresses) and a callback secret of the
+    person's to sign with. Checked for every job, and when a schedule or hook that starts jobs with
+    them is saved."""
+    url, on_confirmation = (callback_url or "").strip(), callback_on_confirmation
     if not url:
         if on_confirmation:
             raise Invalid("callback_on_confirmation needs a callback_url")
@@ -260,6 +262,13 @@ def _callback_options(user: AbstractBaseUser, url: str | None, on_confirmation: 
         raise Invalid("callback_url needs a callback secret to sign with: create one under Settings → Callbacks "
                       "first")
     return {"callback_url": url, "callback_on_confirmation": bool(on_confirmation)}
+
+
+def confirmation_ttl_check(seconds: Any) -> int:
+    """A job's own limit on how long a call may wait for a person, in whole seconds."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or not 1 <= seconds <= MAX_CONFIRMATION_TTL:
+        raise Invalid(f"confirmation_ttl must be between 1 and {MAX_CONFIRMATION_TTL} seconds")
+    return seconds
 
 
 def _persona_for(user: AbstractBaseUser, name: str | None) -> Persona | None:

@@ -26,14 +26,19 @@ class ScheduleRunInline(ReadOnlyInline):
     show_change_link = True
 
 
+@admin.display(description="calls back", boolean=True)
+def calls_back(saved: Schedule | Hook) -> bool:
+    return bool(saved.callback_url)
+
+
 @admin.register(Schedule)
 class ScheduleAdmin(ReadOnlyAdmin):
-    list_display = ("name", "user", "cron", "time_zone", "max_risk", "enabled", "next_run_at")
+    list_display = ("name", "user", "cron", "time_zone", "max_risk", calls_back, "enabled", "next_run_at")
     list_filter = ("enabled", "max_risk", ("user", admin.RelatedOnlyFieldListFilter))
     search_fields = ("name", "task")
     list_select_related = ("user",)
-    fields = ("name", "user", "cron", "time_zone", "task", "options", "max_risk", "enabled", "next_run_at",
-              "created_at", "updated_at")
+    fields = ("name", "user", "cron", "time_zone", "task", "options", "max_risk", "callback_url",
+              "callback_on_confirmation", "confirmation_ttl", "enabled", "next_run_at", "created_at", "updated_at")
     readonly_fields = fields
     inlines = [ScheduleRunInline]
 
@@ -60,13 +65,14 @@ class HookDeliveryInline(ReadOnlyInline):
 
 @admin.register(Hook)
 class HookAdmin(ReadOnlyAdmin):
-    list_display = ("slug", "user", "max_risk", "enabled", "max_body_bytes", "max_per_minute", "created_at")
+    list_display = ("slug", "user", "max_risk", calls_back, "enabled", "max_body_bytes", "max_per_minute",
+                    "created_at")
     list_filter = ("enabled", "max_risk", ("user", admin.RelatedOnlyFieldListFilter))
     search_fields = ("slug", "task_template")
     list_select_related = ("user",)
     # Not the secret, not even encrypted.
-    fields = ("slug", "user", "task_template", "options", "max_risk", "enabled", "max_body_bytes", "max_per_minute",
-              "created_at", "updated_at")
+    fields = ("slug", "user", "task_template", "options", "max_risk", "callback_url", "callback_on_confirmation",
+              "confirmation_ttl", "enabled", "max_body_bytes", "max_per_minute", "created_at", "updated_at")
     readonly_fields = fields
     inlines = [HookDeliveryInline]
 

@@ -11,6 +11,7 @@ from ninja.responses import Status
 from pydantic import ConfigDict, Field
 
 from ..api import ERRORS, Detail, Text
+from ..services import MAX_CONFIRMATION_TTL
 from . import selectors, services
 from .models import Schedule, ScheduleRun
 
@@ -38,6 +39,15 @@ class ScheduleIn(Schema):
     include_mid: bool | None = None
     include_short: bool | None = None
     off_record: bool | None = None
+    callback_url: Text | None = Field(
+        None, max_length=500, description="Each job's JSON is POSTed here when it ends, signed with your callback "
+                                          "secret, as for POST /orchestrate.")
+    callback_on_confirmation: bool = Field(
+        False, description="Also POST to callback_url when a job starts waiting for a confirmation.")
+    confirmation_ttl: int | None = Field(
+        None, ge=1, le=MAX_CONFIRMATION_TTL,
+        description="Seconds a call of its jobs may wait for a confirmation before it is denied as expired; the "
+                    "shorter of it and the site's or the tool's limit applies.")
 
     def options(self) -> dict[str, Any]:
         respond = self.respond_with_final if self.respond_with_final is not None else self.respond_with_claude
@@ -66,6 +76,9 @@ class ScheduleOut(Schema):
     max_risk: str
     enabled: bool
     options: dict[str, Any]
+    callback_url: str | None
+    callback_on_confirmation: bool
+    confirmation_ttl: int | None
     next_run_at: str | None
     last_runs: list[RunOut]
 
@@ -80,7 +93,9 @@ def _run(run: ScheduleRun) -> dict[str, Any]:
 def _schedule(schedule: Schedule) -> dict[str, Any]:
     return {"id": schedule.pk, "name": schedule.name, "cron": schedule.cron, "time_zone": schedule.time_zone,
             "task": schedule.task, "max_risk": schedule.max_risk, "enabled": schedule.enabled,
-            "options": schedule.options,
+            "options": schedule.options, "callback_url": schedule.callback_url or None,
+            "callback_on_confirmation": schedule.callback_on_confirmation,
+            "confirmation_ttl": schedule.confirmation_ttl,
             "next_run_at": schedule.next_run_at.astimezone(UTC).isoformat() if schedule.next_run_at else None,
             "last_runs": [_run(run) for run in selectors.runs_of(schedule)]}
 
@@ -88,7 +103,10 @@ def _schedule(schedule: Schedule) -> dict[str, Any]:
 def _save(request: HttpRequest, payload: ScheduleIn, schedule_id: int | None = None) -> Schedule:
     return services.schedule_save(user=request.user, name=payload.name, cron_expression=payload.cron,
                                   time_zone=payload.time_zone, task=payload.task, options=payload.options(),
-                                  max_risk=payload.max_risk, enabled=payload.enabled, schedule_id=schedule_id)
+                                  max_risk=payload.max_risk, enabled=payload.enabled, schedule_id=schedule_id,
+                                  callback_url=payload.callback_url,
+                                  callback_on_confirmation=payload.callback_on_confirmation,
+                                  confirmation_ttl=payload.confirmation_ttl)
 
 
 @router.get("", response={200: list[ScheduleOut], **ERRORS}, summary="Your schedules")

@@ -8,8 +8,9 @@ from django import forms
 from django.contrib.auth.models import AbstractBaseUser
 
 from .. import selectors as core_selectors
+from ..services import MAX_CONFIRMATION_TTL
 from ..tools.registry import RISKS
-from .models import Hook, Schedule
+from .models import Hook, JobFollowUp, Schedule
 
 RISK_CHOICES = [(risk, risk.title()) for risk in RISKS]
 TIER_CHOICES = [("", "Default"), ("1", "1: long-term memories"), ("2", "2: long and mid-term"),
@@ -33,6 +34,16 @@ class JobOptionsForm(forms.Form):
                                  label="Highest tool risk",
                                  help_text="Applied on top of your own tool settings; it never allows more than they do. "
                                            "Calls that need a confirmation wait for you as usual.")
+    callback_url = forms.CharField(
+        required=False, max_length=500, label="Callback URL", widget=forms.URLInput,
+        help_text="Each job's result is POSTed here when it ends, signed with your callback secret "
+                  "(Settings → Callbacks). Empty: no callback.")
+    callback_on_confirmation = forms.BooleanField(required=False,
+                                                  label="Also call back when a job waits for a confirmation")
+    confirmation_ttl = forms.IntegerField(
+        required=False, min_value=1, max_value=MAX_CONFIRMATION_TTL, label="Seconds a call may wait for you",
+        help_text="After this, a call that waits for a confirmation is denied as expired and the job goes on. "
+                  "Empty: the site's or the tool's limit alone; otherwise the shorter one applies.")
 
     def __init__(self, *args: Any, user: AbstractBaseUser, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -45,6 +56,18 @@ class JobOptionsForm(forms.Form):
         return {"persona": data.get("persona") or None, "tier": data.get("tier"), "chat_role": data.get("chat_role"),
                 "session_id": str(session) if session else None, "respond_with_final": data["respond_with_final"],
                 "off_record": data["off_record"]}
+
+    def follow_up(self) -> dict[str, Any]:
+        """The callback and the time limit, as the services take them."""
+        data = self.cleaned_data
+        return {"callback_url": data.get("callback_url") or "",
+                "callback_on_confirmation": data.get("callback_on_confirmation", False),
+                "confirmation_ttl": data.get("confirmation_ttl")}
+
+    @staticmethod
+    def initial_follow_up(saved: JobFollowUp) -> dict[str, Any]:
+        return {"callback_url": saved.callback_url, "callback_on_confirmation": saved.callback_on_confirmation,
+                "confirmation_ttl": saved.confirmation_ttl}
 
     @staticmethod
     def initial_options(options: dict[str, Any], max_risk: str) -> dict[str, Any]:
@@ -70,7 +93,8 @@ class ScheduleForm(JobOptionsForm):
     @classmethod
     def initial_for(cls, schedule: Schedule) -> dict[str, Any]:
         return {"name": schedule.name, "cron": schedule.cron, "time_zone": schedule.time_zone, "task": schedule.task,
-                "enabled": schedule.enabled, **cls.initial_options(schedule.options, schedule.max_risk)}
+                "enabled": schedule.enabled, **cls.initial_options(schedule.options, schedule.max_risk),
+                **cls.initial_follow_up(schedule)}
 
 
 class HookForm(JobOptionsForm):
@@ -93,4 +117,5 @@ class HookForm(JobOptionsForm):
     @classmethod
     def initial_for(cls, hook: Hook) -> dict[str, Any]:
         return {"task_template": hook.task_template, "enabled": hook.enabled, "max_body_bytes": hook.max_body_bytes,
-                "max_per_minute": hook.max_per_minute, **cls.initial_options(hook.options, hook.max_risk)}
+                "max_per_minute": hook.max_per_minute, **cls.initial_options(hook.options, hook.max_risk),
+                **cls.initial_follow_up(hook)}

@@ -7,7 +7,27 @@ from django.db.models import Q
 RISK_CHOICES = [("low", "low"), ("medium", "medium"), ("high", "high")]
 
 
-class Schedule(models.Model):
+class JobFollowUp(models.Model):
+    """What a schedule's or hook's jobs tell, and how long they wait: a callback URL each job's JSON
+    is POSTed to (signed with the owner's callback secret), and a limit on how long a call of theirs
+    may wait for a person before it is denied as expired."""
+
+    callback_url = models.CharField(max_length=500, blank=True)
+    # Also POST when a job starts waiting for a confirmation, not only when it ends.
+    callback_on_confirmation = models.BooleanField(default=False)
+    # Seconds; the shorter of it and the site's or the tool's limit applies. Empty: theirs alone.
+    confirmation_ttl = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+    def follow_up_options(self) -> dict:
+        """The keyword arguments of `job_submit` these stand for."""
+        return {"callback_url": self.callback_url or None, "callback_on_confirmation": self.callback_on_confirmation,
+                "confirmation_ttl": self.confirmation_ttl}
+
+
+class Schedule(JobFollowUp):
     """A person's job that starts itself at the times of a cron expression, in a time zone."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="schedules")
@@ -58,7 +78,7 @@ class ScheduleRun(models.Model):
         return f"{self.schedule.name} @ {self.due_at:%Y-%m-%d %H:%M}"
 
 
-class Hook(models.Model):
+class Hook(JobFollowUp):
     """An inbound webhook: POST /hooks/<slug>, signed with its secret, starts a job."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="hooks")

@@ -69,8 +69,33 @@ def options_clean(*, user: AbstractBaseUser, options: Mapping[str, Any] | None) 
     return cleaned
 
 
+@dataclass(frozen=True)
+class FollowUp:
+    """What a schedule's or hook's jobs tell, and how long their calls may wait for a person."""
+
+    callback_url: str = ""
+    callback_on_confirmation: bool = False
+    confirmation_ttl: int | None = None
+
+
+def follow_up_clean(*, user: AbstractBaseUser, callback_url: str | None = None,
+                    callback_on_confirmation: bool = False, confirmation_ttl: int | None = None) -> FollowUp:
+    """Checked as `POST /orchestrate` checks them, when the schedule or hook is saved: a person
+    learns at once that an address is refused or a signing secret is missing, not when it fires."""
+    checked = services.callback_check(user=user, callback_url=callback_url,
+                                      callback_on_confirmation=callback_on_confirmation)
+    ttl = None if confirmation_ttl is None else services.confirmation_ttl_check(confirmation_ttl)
+    return FollowUp(checked.get("callback_url", ""), checked.get("callback_on_confirmation", False), ttl)
+
+
+def _keep_follow_up(target: Schedule | Hook, follow_up: FollowUp) -> None:
+    target.callback_url = follow_up.callback_url
+    target.callback_on_confirmation = follow_up.callback_on_confirmation
+    target.confirmation_ttl = follow_up.confirmation_ttl
+
+
 def _submit(*, user: AbstractBaseUser, task: str, options: Mapping[str, Any], origin: str, max_risk: str,
-            detail: dict[str, Any], data_marker: str = "") -> Job:
+            detail: dict[str, Any], follow_up: Mapping[str, Any], data_marker: str = "") -> Job:
     job_options = services.JobOptions(
         tier=options.get("tier"), respond_with_final=options.get("respond_with_final", True),
         include_long=options.get("include_long", True), include_mid=options.get("include_mid", True),
@@ -80,7 +105,8 @@ def _submit(*, user: AbstractBaseUser, task: str, options: Mapping[str, Any], or
         raise services.Forbidden("the owner's account is disabled")
     return services.job_submit(user=user, task=task, session_id=options.get("session_id"),
                                persona=options.get("persona"), options=job_options, origin=origin,
-                               origin_max_risk=max_risk, origin_detail=detail, data_marker=data_marker)
+                               origin_max_risk=max_risk, origin_detail=detail, data_marker=data_marker,
+                               **follow_up)
 
 
 def _check_risk(max_risk: str) -> None:
@@ -92,9 +118,10 @@ def _check_risk(max_risk: str) -> None:
 
 def schedule_save(*, user: AbstractBaseUser, name: str, cron_expression: str, time_zone: str, task: str,
                   options: Mapping[str, Any] | None = None, max_risk: str = "low", enabled: bool = True,
-                  schedule_id: int | None = None) -> Schedule:
-    """Create a schedule, or update the one named. A change of times (or enabling it) starts
-    counting from now: nothing fires for times before the change."""
+                  callback_url: str | None = None, callback_on_confirmation: bool = False,
+                  confirmation_ttl: int | None = None, schedule_id: int | None = None) -> Schedule:
+    """Create a schedule, or update the one named (every field replaced). A change of times (or
+    enabling it) starts counting from now: nothing fires for times before the change."""
     name = " ".join((name or "").split())
     task = (task or "").strip()
     if not name or len(name) > 100:
@@ -110,6 +137,8 @@ def schedule_save(*, user: AbstractBaseUser, name: str, cron_expression: str, ti
         raise Invalid(str(error)) from None
     _check_risk(max_risk)
     cleaned = options_clean(user=user, options=options)
+    follow_up = follow_up_clean(user=user, callback_url=callback_url,
+                                callback_on_confirmation=callback_on_confirmation, confirmation_ttl=confirmation_ttl)
     with transaction.atomic():
         if schedule_id is not None:
             schedule = Schedule.objects.select_for_update().filter(pk=schedule_id, user=user).first()
@@ -121,6 +150,7 @@ def schedule_save(*, user: AbstractBaseUser, name: str, cron_expression: str, ti
             schedule, times_changed = Schedule(user=user), True
         schedule.name, schedule.cron, schedule.time_zone, schedule.task = name, cron_expression, time_zone, task
         schedule.options, schedule.max_risk, schedule.enabled = cleaned, max_risk, enabled
+        _keep_follow_up(schedule, follow_up)
         if times_changed or schedule.next_run_at is None:
             schedule.next_run_at = first if enabled else None
         schedule.save()
@@ -128,10 +158,17 @@ def schedule_save(*, user: AbstractBaseUser, name: str, cron_expression: str, ti
 
 
 def schedule_set_enabled(*, user: AbstractBaseUser, schedule_id: Any, enabled: bool) -> Schedule:
+    """Switch a schedule on (checked again, as when it is saved) or off (always possible, even when
+    what it holds would no longer pass: a callback address the site now refuses, a persona gone)."""
     schedule = selectors.schedule_for_user(user, schedule_id)
+    if not enabled:
+        Schedule.objects.filter(pk=schedule.pk).update(enabled=False, next_run_at=None, updated_at=timezone.now())
+        schedule.refresh_from_db()
+        return schedule
     return schedule_save(user=user, name=schedule.name, cron_expression=schedule.cron,
                          time_zone=schedule.time_zone, task=schedule.task, options=schedule.options,
-                         max_risk=schedule.max_risk, enabled=enabled, schedule_id=schedule.pk)
+                         max_risk=schedule.max_risk, enabled=enabled, schedule_id=schedule.pk,
+                         **schedule.follow_up_options())
 
 
 def schedule_delete(*, user: AbstractBaseUser, schedule_id: Any) -> None:
@@ -215,7 +252,8 @@ def _start_job(schedule: Schedule, run: ScheduleRun) -> None:
     try:
         with transaction.atomic():
             run.job = _submit(user=schedule.user, task=cron.task_for(schedule.task, when), options=schedule.options,
-                              origin=JobOrigin.SCHEDULE, max_risk=schedule.max_risk, detail=detail)
+                              origin=JobOrigin.SCHEDULE, max_risk=schedule.max_risk, detail=detail,
+                              follow_up=schedule.follow_up_options())
     except services.ServiceError as error:
         run.error = error.message[:2000]
     run.save(update_fields=["job", "error"])
@@ -248,7 +286,9 @@ def _check_limits(max_body_bytes: int | None, max_per_minute: int | None) -> tup
 
 def hook_create(*, user: AbstractBaseUser, slug: str, task_template: str,
                 options: Mapping[str, Any] | None = None, max_risk: str = "low",
-                max_body_bytes: int | None = None, max_per_minute: int | None = None) -> tuple[Hook, str]:
+                max_body_bytes: int | None = None, max_per_minute: int | None = None,
+                callback_url: str | None = None, callback_on_confirmation: bool = False,
+                confirmation_ttl: int | None = None) -> tuple[Hook, str]:
     """Create a hook; its secret is returned once (stored encrypted, never shown again)."""
     slug = (slug or "").strip()
     if not services.SLUG.fullmatch(slug):
@@ -257,12 +297,15 @@ def hook_create(*, user: AbstractBaseUser, slug: str, task_template: str,
     _check_risk(max_risk)
     body, rate = _check_limits(max_body_bytes, max_per_minute)
     cleaned = options_clean(user=user, options=options)
+    follow_up = follow_up_clean(user=user, callback_url=callback_url,
+                                callback_on_confirmation=callback_on_confirmation, confirmation_ttl=confirmation_ttl)
     raw = _new_secret()
+    hook = Hook(user=user, slug=slug, secret_encrypted=crypto.encrypt(raw), task_template=task_template,
+                options=cleaned, max_risk=max_risk, max_body_bytes=body, max_per_minute=rate)
+    _keep_follow_up(hook, follow_up)
     try:
         with transaction.atomic():
-            hook = Hook.objects.create(user=user, slug=slug, secret_encrypted=crypto.encrypt(raw),
-                                       task_template=task_template, options=cleaned, max_risk=max_risk,
-                                       max_body_bytes=body, max_per_minute=rate)
+            hook.save(force_insert=True)
     except IntegrityError:
         raise Invalid(f"the slug {slug!r} is taken; choose another") from None
     return hook, raw
@@ -270,12 +313,17 @@ def hook_create(*, user: AbstractBaseUser, slug: str, task_template: str,
 
 def hook_update(*, user: AbstractBaseUser, slug: str, task_template: str, options: Mapping[str, Any] | None,
                 max_risk: str, enabled: bool, max_body_bytes: int | None = None,
-                max_per_minute: int | None = None) -> Hook:
+                max_per_minute: int | None = None, callback_url: str | None = None,
+                callback_on_confirmation: bool = False, confirmation_ttl: int | None = None) -> Hook:
+    """Replace a hook's settings (its slug and secret stay as they are)."""
     hook = selectors.hook_for_user(user, slug)
     hook.task_template = _check_template(task_template)
     _check_risk(max_risk)
     hook.max_body_bytes, hook.max_per_minute = _check_limits(max_body_bytes, max_per_minute)
     hook.options, hook.max_risk, hook.enabled = options_clean(user=user, options=options), max_risk, enabled
+    _keep_follow_up(hook, follow_up_clean(user=user, callback_url=callback_url,
+                                          callback_on_confirmation=callback_on_confirmation,
+                                          confirmation_ttl=confirmation_ttl))
     hook.save()
     return hook
 
@@ -373,7 +421,7 @@ def _accept(hook: Hook, body: bytes, delivery_id: str, content_type: str) -> Rec
         try:
             with transaction.atomic():
                 job = _submit(user=hook.user, task=task, options=hook.options, origin=JobOrigin.HOOK,
-                              max_risk=hook.max_risk, detail=detail,
+                              max_risk=hook.max_risk, detail=detail, follow_up=hook.follow_up_options(),
                               data_marker=marker if inbound.placeholders(hook.task_template) else "")
         except services.ServiceError as error:
             status = 413 if error.status == 413 else 422

@@ -18,6 +18,15 @@ from . import selectors, services
 from .forms import HookForm, ScheduleForm
 from .models import Hook, Schedule
 
+
+def _refused(form: ScheduleForm | HookForm, error: ServiceError) -> None:
+    """The service's refusal, next to the field it names (the callback and its time limit are
+    checked by the services, as for POST /orchestrate), or above the form."""
+    named = error.message.split(" ", 1)[0]
+    form.add_error(named if named in ("callback_url", "callback_on_confirmation", "confirmation_ttl") else None,
+                   error.message)
+
+
 # --- Schedules ---------------------------------------------------------------------------------
 
 
@@ -56,9 +65,9 @@ def _schedule_save(request: HttpRequest, editing: Schedule | None) -> HttpRespon
             schedule = services.schedule_save(
                 user=request.user, name=data["name"], cron_expression=data["cron"], time_zone=data["time_zone"],
                 task=data["task"], options=form.job_options(), max_risk=data["max_risk"], enabled=data["enabled"],
-                schedule_id=editing.pk if editing else None)
+                schedule_id=editing.pk if editing else None, **form.follow_up())
         except ServiceError as error:
-            form.add_error(None, error.message)
+            _refused(form, error)
         else:
             messages.success(request, f"Schedule “{schedule.name}” saved.")
             return redirect_after_write(request, reverse("schedule-edit", args=[schedule.pk]))
@@ -115,8 +124,12 @@ def schedule_run_now(request: HttpRequest, schedule_id: int) -> HttpResponse:
 @post_only("schedule-edit", "schedule_id")
 def schedule_toggle(request: HttpRequest, schedule_id: int) -> HttpResponse:
     enabled = request.POST.get("enabled") == "true"
-    schedule = services.schedule_set_enabled(user=request.user, schedule_id=schedule_id, enabled=enabled)
-    messages.success(request, f"Schedule “{schedule.name}” {'enabled' if enabled else 'disabled'}.")
+    try:
+        schedule = services.schedule_set_enabled(user=request.user, schedule_id=schedule_id, enabled=enabled)
+    except ServiceError as error:
+        messages.error(request, f"The schedule stays disabled: {error.message}. Edit it to fix this.")
+    else:
+        messages.success(request, f"Schedule “{schedule.name}” {'enabled' if enabled else 'disabled'}.")
     back = reverse("schedules") if request.POST.get("next") == "list" else reverse("schedule-edit", args=[schedule_id])
     return redirect_after_write(request, back)
 
@@ -165,9 +178,9 @@ def hook_create(request: HttpRequest) -> HttpResponse:
             hook, secret = services.hook_create(
                 user=request.user, slug=data["slug"], task_template=data["task_template"], options=form.job_options(),
                 max_risk=data["max_risk"], max_body_bytes=data["max_body_bytes"],
-                max_per_minute=data["max_per_minute"])
+                max_per_minute=data["max_per_minute"], **form.follow_up())
         except ServiceError as error:
-            form.add_error(None, error.message)
+            _refused(form, error)
         else:
             context = _hooks_context(request, created=hook, secret=secret,
                                      address=request.build_absolute_uri(reverse("hook-receive", args=[hook.slug])))
@@ -196,9 +209,10 @@ def hook_detail(request: HttpRequest, slug: str) -> HttpResponse:
         try:
             services.hook_update(user=request.user, slug=hook.slug, task_template=data["task_template"],
                                  options=form.job_options(), max_risk=data["max_risk"], enabled=data["enabled"],
-                                 max_body_bytes=data["max_body_bytes"], max_per_minute=data["max_per_minute"])
+                                 max_body_bytes=data["max_body_bytes"], max_per_minute=data["max_per_minute"],
+                                 **form.follow_up())
         except ServiceError as error:
-            form.add_error(None, error.message)
+            _refused(form, error)
         else:
             messages.success(request, f"Hook “{hook.slug}” saved.")
             return redirect_after_write(request, reverse("hook-detail", args=[hook.slug]))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 
 import httpx
 import pytest
@@ -97,3 +98,48 @@ def test_a_hook_shows_its_secret_once_and_lists_a_signed_delivery_with_its_job(s
     table.get_by_role("link").first.click()
     expect(page.locator("#job-origin")).to_contain_text("A webhook: repo-pushes")
     expect(page.locator(".full-task, h1.job-title").first).to_contain_text("alice/garden")
+
+
+def test_the_schedule_form_saves_a_callback_and_a_time_limit_and_its_job_calls_back(sign_in, owner,
+                                                                                    default_persona):
+    from orchestrator.delivery import services as delivery_services
+    from orchestrator.delivery.models import Delivery
+    from tests.fakes.receivers import HttpReceiver
+    from tests.test_callbacks import verifies
+
+    secret = delivery_services.callback_secret_rotate(user=owner)
+    receiver = HttpReceiver().start()
+    try:
+        page = sign_in(owner)
+        page.goto("/settings/schedules/new/")
+        page.get_by_label("Name").fill("Sums")
+        page.get_by_label("When (cron)").fill("0 6 * * *")
+        page.get_by_label("Task", exact=True).fill("Calculate (2+3)*7")
+        page.get_by_label("Callback URL").fill(f"{receiver.url}/sums")
+        page.get_by_label("Also call back when a job waits for a confirmation").check()
+        page.get_by_label("Seconds a call may wait for you").fill("900")
+        page.get_by_role("button", name="Save schedule").click()
+        expect(page.locator(".flash")).to_contain_text("Schedule “Sums” saved.")
+        schedule = Schedule.objects.get()
+        assert (schedule.callback_url, schedule.callback_on_confirmation, schedule.confirmation_ttl) == (
+            f"{receiver.url}/sums", True, 900)
+
+        page.reload()  # the saved values, as the form shows them again
+        expect(page.get_by_label("Callback URL")).to_have_value(f"{receiver.url}/sums")
+        expect(page.get_by_label("Seconds a call may wait for you")).to_have_value("900")
+        expect(page.get_by_label("Also call back when a job waits for a confirmation")).to_be_checked()
+
+        page.get_by_role("button", name="Run now").click()
+        expect(page.locator(".flash")).to_contain_text("its job is queued")
+        page.locator(".runs-table").get_by_role("link").first.click()
+        expect(page.locator("#job-origin")).to_contain_text("A schedule: Sums")
+        deadline = time.monotonic() + 30
+        while not Delivery.objects.filter(state="delivered").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        page.reload()
+        expect(page.locator("#job-deliveries")).to_contain_text("Delivered")
+        post = receiver.received[0]
+        assert post.path == "/sums" and verifies(secret, post.body, post.headers["x-cortex-signature"])
+        assert post.json()["status"] == "complete"
+    finally:
+        receiver.stop()

@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from ....services import ServiceError
 from ... import services
 from ...models import Hook
-from .schedules import _user
+from .schedules import _user, add_follow_up_arguments, follow_up
 
 
 class Command(BaseCommand):
@@ -21,6 +21,7 @@ class Command(BaseCommand):
         add.add_argument("--task", required=True, help="the task template: {payload}, {payload.a.b}")
         add.add_argument("--max-risk", default="low", choices=["low", "medium", "high"])
         add.add_argument("--persona", default=None)
+        add_follow_up_arguments(add)
         listing = actions.add_parser("list", help="list hooks")
         listing.add_argument("--user", default=None)
         remove = actions.add_parser("remove", help="remove a hook")
@@ -32,9 +33,9 @@ class Command(BaseCommand):
         except ServiceError as error:
             raise CommandError(error.message) from None
 
-    def _add(self, *, user: str, slug: str, task: str, max_risk: str, persona: str | None, **_) -> None:
+    def _add(self, *, user: str, slug: str, task: str, max_risk: str, persona: str | None, **options) -> None:
         hook, secret = services.hook_create(user=_user(user), slug=slug, task_template=task,
-                                            options={"persona": persona}, max_risk=max_risk)
+                                            options={"persona": persona}, max_risk=max_risk, **follow_up(options))
         self.stdout.write(f"hook {hook.slug} added: POST /hooks/{hook.slug}")
         self.stdout.write(f"secret (shown once): {secret}")
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from argparse import ArgumentParser
+from typing import Any
+
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -23,6 +26,7 @@ class Command(BaseCommand):
         add.add_argument("--name", default="", help="default: the task's beginning")
         add.add_argument("--max-risk", default="low", choices=["low", "medium", "high"])
         add.add_argument("--persona", default=None)
+        add_follow_up_arguments(add)
         add.add_argument("--disabled", action="store_true")
         listing = actions.add_parser("list", help="list schedules (each with its id)")
         listing.add_argument("--user", default=None)
@@ -38,11 +42,11 @@ class Command(BaseCommand):
             raise CommandError(error.message) from None
 
     def _add(self, *, user: str, cron: str, time_zone: str, task: str, name: str, max_risk: str,
-             persona: str | None, disabled: bool, **_) -> None:
+             persona: str | None, disabled: bool, **options) -> None:
         owner = _user(user)
         schedule = services.schedule_save(user=owner, name=name or task[:60], cron_expression=cron,
                                           time_zone=time_zone, task=task, options={"persona": persona},
-                                          max_risk=max_risk, enabled=not disabled)
+                                          max_risk=max_risk, enabled=not disabled, **follow_up(options))
         self.stdout.write(f"schedule {schedule.pk} added; next run {_when(schedule)}")
 
     def _list(self, *, user: str | None, **_) -> None:
@@ -65,6 +69,20 @@ class Command(BaseCommand):
         schedule = _schedule(id)
         services.schedule_delete(user=schedule.user, schedule_id=schedule.pk)
         self.stdout.write(f"schedule {id} removed")
+
+
+def add_follow_up_arguments(add: ArgumentParser) -> None:
+    add.add_argument("--callback-url", default="",
+                     help="POST each job's JSON here when it ends, signed with the user's callback secret")
+    add.add_argument("--callback-on-confirmation", action="store_true",
+                     help="also POST when a job starts waiting for a confirmation")
+    add.add_argument("--confirmation-ttl", type=int, default=None, metavar="SECONDS",
+                     help="deny a call of its jobs as expired after it waited this long for a confirmation")
+
+
+def follow_up(options: dict[str, Any]) -> dict[str, Any]:
+    return {"callback_url": options["callback_url"], "callback_on_confirmation": options["callback_on_confirmation"],
+            "confirmation_ttl": options["confirmation_ttl"]}
 
 
 def _user(username: str):
