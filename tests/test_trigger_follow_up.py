@@ -13,35 +13,16 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 
 from orchestrator import services as core_services
-from orchestrator.delivery import services as delivery_services
 from orchestrator.delivery.models import ConfirmationDeadline, Delivery
 from orchestrator.models import Job
 from orchestrator.triggers import services
 from orchestrator.triggers.models import Hook, Schedule
 from tests.fakes.receivers import HttpReceiver
-from tests.test_callbacks import delivered, run_executors_until, verifies
+from tests.test_callbacks import (  # noqa: F401 (fixtures: private_allowed, receiver, secret)
+    delivered, private_allowed, receiver, run_executors_until, secret, verifies)
 from tests.test_hooks import sign
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def private_allowed(settings):
-    settings.CORTEX_HTTP_ALLOW_PRIVATE = True  # the receiver listens on 127.0.0.1
-    settings.CORTEX_DELIVERY_BACKOFF_SECONDS = 0.2
-    settings.CORTEX_DELIVERY_BACKOFF_MAX_SECONDS = 0.5
-
-
-@pytest.fixture
-def secret(owner) -> str:
-    return delivery_services.callback_secret_rotate(user=owner)
-
-
-@pytest.fixture
-def receiver():
-    server = HttpReceiver().start()
-    yield server
-    server.stop()
 
 
 def every_minute(user, **fields) -> Schedule:
