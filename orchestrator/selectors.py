@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
+from django.db.models import BooleanField, Case, Count, Exists, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.http import Http404
 from django.utils import timezone
@@ -234,13 +234,17 @@ def job_answer_deltas(job: Job) -> str:
 
 
 def job_outcome_counts(user: AbstractBaseUser) -> dict[str, int]:
-    """How many of the user's jobs have each outcome (see `jobs_for_user`), in two queries."""
-    counts = dict(Job.objects.filter(user=user).order_by().values_list("status").annotate(count=Count("id")))
-    troubled = (Job.objects.filter(user=user, status=JobStatus.COMPLETE)
-                .filter(Exists(ToolCall.objects.filter(job=OuterRef("pk"), is_error=True))).count())
-    if troubled:
-        counts[JobStatus.COMPLETE] -= troubled
-        counts[COMPLETE_WITH_PROBLEMS] = troubled
+    """How many of the user's jobs have each outcome (see `jobs_for_user`), in one query, so that a
+    job finishing meanwhile is counted once, under the outcome it had when the counts were read."""
+    troubled = Exists(ToolCall.objects.filter(job=OuterRef("pk"), is_error=True))
+    rows = (Job.objects.filter(user=user).order_by()
+            .annotate(troubled=Case(When(status=JobStatus.COMPLETE, then=troubled), default=Value(False),
+                                    output_field=BooleanField()))
+            .values_list("status", "troubled").annotate(count=Count("id")))
+    counts: dict[str, int] = {}
+    for status, with_problems, count in rows:
+        outcome = COMPLETE_WITH_PROBLEMS if with_problems else status
+        counts[outcome] = counts.get(outcome, 0) + count
     return counts
 
 

@@ -3,11 +3,13 @@ focused on the Jobs page, an icon for every page, and continuing a conversation 
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from playwright.sync_api import Page, expect
 
 from orchestrator import services
-from orchestrator.models import ApiToken
+from orchestrator.models import ApiToken, Job
 
 pytestmark = pytest.mark.browser
 
@@ -44,10 +46,17 @@ def test_every_page_has_an_icon_and_favicon_ico_is_found(sign_in, owner, app_ser
 
 def test_continuing_a_conversation_stays_in_it(sign_in, owner, default_persona):
     first = services.job_submit(user=owner, task="What time is it?")
+    deadline = time.monotonic() + 15
+    while Job.objects.get(pk=first.pk).status != "complete":  # the first turn is over
+        assert time.monotonic() < deadline, "the first turn never finished"
+        time.sleep(0.05)
     page = sign_in(owner)
     page.goto(f"/sessions/{first.session_id}/")
+    expect(page.locator(".conversation")).to_contain_text("What time is it?")
     page.locator("#continue-form").get_by_label("Task").fill("And tomorrow?")
-    page.get_by_role("button", name="Send").click()
+    with page.expect_response(lambda response: response.url.endswith("/continue/")) as sent:
+        page.get_by_role("button", name="Send").click()
+    assert sent.value.status == 200 and "x-cortex-invalid" not in sent.value.headers, sent.value.text()
     expect(page.locator(".conversation")).to_contain_text("And tomorrow?", timeout=10_000)
     assert page.url.endswith(f"/sessions/{first.session_id}/")
     expect(page.get_by_role("heading", level=1)).to_have_text("What time is it?")
