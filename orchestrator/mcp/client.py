@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import sys
@@ -114,12 +115,12 @@ async def _connected(config: ServerConfig, on_message: Callable[[Any], Awaitable
 
 
 async def _relay(source: Any, target: Any, ended: anyio.Event) -> None:
+    # A stream closed on either side is how the connection ends, not a failure: `ended` says so.
     try:
-        async with target:
-            async for item in source:
-                await target.send(item)
-    except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream):
-        pass
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream):
+            async with target:
+                async for item in source:
+                    await target.send(item)
     finally:
         ended.set()
 
