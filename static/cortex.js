@@ -125,6 +125,39 @@
     settleDecision(false);
   });
 
+  // A stream may redraw a card the person is editing (a newer copy of the same waiting call, or
+  // the whole list when another call changed). While the call waits with the same arguments, the
+  // new copy keeps what they opened and typed; a call decided or changed meanwhile shows as it is.
+  function digestOf(card) {
+    const field = card.querySelector("input[name=args_digest]");
+    return field ? field.value : null;
+  }
+  let editing = [];
+  document.addEventListener("htmx:wsBeforeMessage", function () {
+    editing = Array.from(document.querySelectorAll("article.confirm-card:not(.decided)")).map(function (card) {
+      const details = card.querySelector("details.edit-args");
+      const fields = details ? Array.from(details.querySelectorAll("input[name], textarea[name], select[name]"))
+        .filter(function (field) { return field.type !== "hidden"; })
+        .map(function (field) { return [field.name, field.type === "checkbox" ? field.checked : field.value]; }) : [];
+      return { id: card.id, digest: digestOf(card), open: Boolean(details && details.open), fields: fields };
+    }).filter(function (state) { return state.open; });
+  });
+  document.addEventListener("htmx:wsAfterMessage", function () {
+    editing.forEach(function (state) {
+      const card = document.getElementById(state.id);
+      if (!card || card.classList.contains("decided") || digestOf(card) !== state.digest) return;
+      const details = card.querySelector("details.edit-args");
+      if (!details || details.open) return;  // an open one was drawn by the server: it knows better
+      details.open = true;
+      state.fields.forEach(function (pair) {
+        const field = details.querySelector("[name='" + CSS.escape(pair[0]) + "']");
+        if (!field) return;
+        if (field.type === "checkbox") field.checked = pair[1]; else field.value = pair[1];
+      });
+    });
+    editing = [];
+  });
+
   // A "Copy" button copies the text of the element it names (a new API token): the server sends
   // the value once, so copying it exactly matters. Where the clipboard is not allowed, the text is
   // selected for the person to copy.

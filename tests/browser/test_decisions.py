@@ -131,3 +131,22 @@ def test_without_javascript_the_decided_card_keeps_its_place_too(sign_in, owner,
     expect(inbox_cards(page).first).to_contain_text("Approved ✓ — undo is not possible.")
     expect(inbox_cards(page).first.get_by_role("button", name="Approve", exact=True)).to_be_disabled()
     assert decisions() == {first.task: "approved", second.task: ""}
+
+
+def test_what_is_typed_into_a_card_survives_the_stream_redrawing_it(sign_in, owner, default_persona, workspaces):
+    first, second = waiting_job(owner, "Write a note: first"), waiting_job(owner, "Write a note: second")
+    page = sign_in(owner)
+    page.goto("/confirmations/")
+    expect(inbox_cards(page)).to_have_count(2)
+    expect(page.locator(".stream")).to_be_attached()
+    card = inbox_cards(page).filter(has_text="Write a note: second")
+    card.get_by_text("Edit arguments").click()
+    card.get_by_label("path").fill("notes/typed-here.txt")
+
+    services.job_confirm(user=owner, job_id=first.pk)  # decided in another tab: the stream redraws the inbox
+    expect(inbox_cards(page).filter(has_text="Write a note: first")).to_contain_text("Approved ✓")
+    expect(card.get_by_label("path")).to_have_value("notes/typed-here.txt")
+    card.get_by_role("button", name="Approve with these arguments").click()
+    expect(card).to_contain_text("approved with your arguments")
+    call = ToolCall.objects.get(job=second)
+    assert call.decision == "edited" and call.args["path"] == "notes/typed-here.txt"
