@@ -1,8 +1,9 @@
 """The activity dashboard's figures: jobs per day by outcome, tokens per day by model, tool calls by
 tool and decision, and how long confirmations waited. Every figure is about the jobs submitted in
-the period (by `Job.created_at`, in the current time zone) and their calls, and is aggregated in
-the database over the jobs and calls `selectors.activity_jobs` / `selectors.activity_tool_calls`
-let the person see; this module never widens that scope."""
+the period (by `Job.created_at`, in the current time zone) or about the tool calls made in it (by
+`ToolCall.created_at`), and is aggregated in the database over the jobs and calls
+`selectors.activity_jobs` / `selectors.activity_tool_calls` let the person see; this module never
+widens that scope."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import Case, CharField, Count, F, FloatField, Func, Q, QuerySet, Sum, Value, When
+from django.db.models import Case, CharField, Count, F, FloatField, Func, Min, Q, QuerySet, Sum, Value, When
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
@@ -28,11 +29,12 @@ JOB_OUTCOMES = (
     (JobStatus.CANCELLED, "Cancelled"),
 )
 
-# What became of a tool call. Confirmations do not expire (yet), so there is no "expired".
+# What became of a tool call.
 RAN = "ran"
 APPROVED = "approved"
 EDITED = "edited"
 DENIED = "denied"
+EXPIRED = "expired"
 REFUSED_OR_FAILED = "refused_or_failed"
 UNDECIDED = "undecided"
 CALL_DECISIONS = (
@@ -40,11 +42,13 @@ CALL_DECISIONS = (
     (APPROVED, "Approved"),
     (EDITED, "Edited, then approved"),
     (DENIED, "Denied"),
+    (EXPIRED, "Expired (nobody decided)"),
     (REFUSED_OR_FAILED, "Refused or failed"),
     (UNDECIDED, "Not decided"),
 )
-# The stylesheet's series colour of each: green for approved, amber for edited, red for denied.
-CALL_DECISION_COLOURS = (4, 0, 1, 2, 3, 5)
+# The stylesheet's series colour of each: green for approved, amber for edited, red for denied,
+# dark red for expired.
+CALL_DECISION_COLOURS = (4, 0, 1, 2, 6, 3, 5)
 
 
 def parse_period(value: Any) -> int:
@@ -73,6 +77,13 @@ class Period:
     def dates(self) -> list[dt.date]:
         return [self.first_day + dt.timedelta(days=n) for n in range(self.days)]
 
+    def day_bounds(self) -> list[tuple[dt.date, dt.datetime, dt.datetime]]:
+        """Each day of the period with its first moment and the next day's, in the current time
+        zone: days of 23 or 25 hours where the clocks change."""
+        midnights = [timezone.make_aware(dt.datetime.combine(self.first_day + dt.timedelta(days=n), dt.time()))
+                     for n in range(self.days + 1)]
+        return list(zip(self.dates, midnights, midnights[1:]))
+
     def fixed_utc_offset(self) -> dt.timedelta | None:
         """The current time zone's offset from UTC when it is the same all through the period
         (always, in UTC), else None."""
@@ -86,7 +97,8 @@ class LocalDate(TruncDate):
     """`TruncDate` in the current time zone. On SQLite Django computes that with a Python function
     called for every row, far too slow for 100,000 jobs; when the zone's offset does not change in
     the period (always in UTC, the default), SQLite's own `date()` shifted by the offset gives the
-    same day."""
+    same day. In UTC it is the stored text's first ten characters (`YYYY-MM-DD`), which costs
+    less than parsing every timestamp."""
 
     def __init__(self, expression: Any, *, fixed_offset: dt.timedelta | None, **extra: Any) -> None:
         self.fixed_offset = fixed_offset
@@ -96,6 +108,8 @@ class LocalDate(TruncDate):
         if self.fixed_offset is None:
             return super().as_sql(compiler, connection, **extra_context)
         sql, params = compiler.compile(self.lhs)
+        if not self.fixed_offset:
+            return f"substr({sql}, 1, 10)", params
         return f"date({sql}, %s)", [*params, f"{int(self.fixed_offset.total_seconds()):+d} seconds"]
 
 
@@ -135,19 +149,23 @@ def jobs_and_tokens_by_day(jobs: QuerySet[Job], calls: QuerySet[ToolCall], perio
 
     Tokens: input plus output (`Job.tokens`, from `Job.usage`) of every job, whatever its outcome, by the job's
     orchestrator model (usage is recorded per job, not per model, so a chat model's answer counts
-    under the job's orchestrator model). Models with the most tokens first."""
-    fixed_offset = period.fixed_utc_offset()
-    rows = (jobs.filter(created_at__gte=period.start).order_by()
-            .annotate(day=LocalDate("created_at", fixed_offset=fixed_offset), outcome=NotForIndex("status"))
-            .values("day", "outcome", "orchestrator_model")
-            .annotate(number=Count("pk"), tokens=Sum("tokens"))
-            .values_list("day", "outcome", "orchestrator_model", "number", "tokens"))
+    under the job's orchestrator model). Models with the most tokens first.
+
+    Each day is its own slice of the covering index `job_activity` (a range of `created_at`
+    between two local midnights), grouped on its own, and the slices are one statement (UNION
+    ALL): the database sorts a day's jobs at a time rather than the whole period's, and never
+    works out a row's local date."""
+    grouped = (jobs.order_by().annotate(outcome=NotForIndex("status"))
+               .values("outcome", "orchestrator_model")
+               .annotate(first=Min("created_at"), number=Count("pk"), tokens=Sum("tokens"))
+               .values_list("first", "outcome", "orchestrator_model", "number", "tokens"))
+    slices = [grouped.filter(created_at__gte=start, created_at__lt=end) for _, start, end in period.day_bounds()]
+    rows = slices[0].union(*slices[1:], all=True).order_by()
     by_outcome = {date: {outcome: 0 for outcome, _ in JOB_OUTCOMES} for date in period.dates}
     by_model: dict[dt.date, dict[str, int]] = {date: {} for date in period.dates}
     per_model: dict[str, int] = {}
-    for date, status, model, number, tokens in rows:
-        if date not in by_outcome:
-            continue
+    for first, status, model, number, tokens in rows:
+        date = timezone.localdate(first)  # the day of the slice its group is from
         if status in by_outcome[date]:
             by_outcome[date][status] += number
         if tokens:
@@ -156,7 +174,7 @@ def jobs_and_tokens_by_day(jobs: QuerySet[Job], calls: QuerySet[ToolCall], perio
     # Grouped by the job's status rather than filtered on it, so that the database starts from the
     # few error calls (index `tool_call_errors`), not from every complete job.
     troubled = (calls.filter(is_error=True, job__created_at__gte=period.start).order_by()
-                .annotate(day=LocalDate("job__created_at", fixed_offset=fixed_offset))
+                .annotate(day=LocalDate("job__created_at", fixed_offset=period.fixed_utc_offset()))
                 .values("day", "job__status").annotate(number=Count("job", distinct=True))
                 .values_list("day", "job__status", "number"))
     for date, status, number in troubled:
@@ -169,9 +187,11 @@ def jobs_and_tokens_by_day(jobs: QuerySet[Job], calls: QuerySet[ToolCall], perio
 
 
 def _call_decision() -> Case:
-    """What became of a call, from its fields: the person's `decision` first, then the policy's
-    `verdict` and the call's `status`."""
+    """What became of a call, from its fields: the person's `decision` first (a denial by nobody is
+    the system's, when the call waited past its deadline: `services.confirmation_expire`), then the
+    policy's `verdict` and the call's `status`."""
     return Case(
+        When(decision=ToolCall.Decision.DENIED, decided_by__isnull=True, then=Value(EXPIRED)),
         When(decision=ToolCall.Decision.DENIED, then=Value(DENIED)),
         When(Q(verdict=ToolCall.Verdict.REFUSE) | Q(status__in=(ToolCallStatus.REFUSED, ToolCallStatus.FAILED)),
              then=Value(REFUSED_OR_FAILED)),
@@ -188,12 +208,11 @@ def _decided_confirmation() -> Q:
 
 
 def calls_by_tool(calls: QuerySet[ToolCall], period: Period) -> tuple[dict[str, dict[str, int]], int]:
-    """The calls of the jobs submitted in the period by tool name and what became of them (see
-    `_call_decision`), tools with the most calls first; and, from the same pass, how many of them
-    were confirmations a person decided. A call approved or ran that then failed counts as failed."""
-    # The calls are read in their table's order and their jobs looked up by key, rather than every job of
-    # the period walked for the few that made calls.
-    rows = (calls.alias(submitted=NotForIndex("job__created_at")).filter(submitted__gte=period.start).order_by()
+    """The calls made in the period by tool name and what became of them (see `_call_decision`),
+    tools with the most calls first; and, from the same pass, how many of them were confirmations
+    that were decided. A call approved or ran that then failed counts as failed."""
+    # The period's slice of the covering index `tool_call_activity`, without a look at the jobs.
+    rows = (calls.filter(created_at__gte=period.start).order_by()
             .annotate(decided=_call_decision())
             .values("name", "decided").annotate(number=Count("pk"), waited=Count("pk", filter=_decided_confirmation()))
             .values_list("name", "decided", "number", "waited"))
@@ -225,11 +244,12 @@ def median_confirmation_wait(calls: QuerySet[ToolCall], period: Period, *, decid
 
     A call the policy asks about is recorded with status `awaiting` when the model makes it, so
     its `created_at` is when it started waiting; `decided_at` is when the person approved, edited
-    or denied it. The decided calls of the jobs submitted in the period count. The median is found
-    in the database: the waits in order, of which only the middle one (or two) are read."""
+    or denied it, or when it expired. The decided calls made in the period count. The median is found
+    in the database (index `tool_call_decided`): the waits in order, of which only the middle one
+    (or two) are read."""
     if not decided:
         return None
-    middle = list(calls.filter(_decided_confirmation(), job__created_at__gte=period.start)
+    middle = list(calls.filter(_decided_confirmation(), created_at__gte=period.start)
                   .annotate(wait=SecondsBetween("decided_at", "created_at")).order_by("wait")
                   .values_list("wait", flat=True)[(decided - 1) // 2: decided // 2 + 1])
     return dt.timedelta(seconds=round(sum(middle) / len(middle), 3))

@@ -249,8 +249,11 @@ class ToolCall(models.Model):
         indexes = [
             # The few calls that ended in an error, by job: which complete jobs had a problem.
             models.Index(fields=["job"], condition=Q(is_error=True), name="tool_call_errors"),
-            # The confirmations a person decided, with how long each waited: the dashboard's median.
-            models.Index(fields=["job", "created_at", "decided_at"], condition=Q(verdict="ask", decided_at__isnull=False),
+            # The dashboard's calls of a period by tool and what became of them, read from the index alone.
+            models.Index(fields=["created_at", "name", "decision", "decided_by", "verdict", "status", "decided_at"],
+                         name="tool_call_activity"),
+            # The confirmations that were decided, with how long each waited: the dashboard's median.
+            models.Index(fields=["created_at", "decided_at"], condition=Q(verdict="ask", decided_at__isnull=False),
                          name="tool_call_decided"),
         ]
 

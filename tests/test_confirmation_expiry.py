@@ -11,7 +11,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.utils import timezone
 
-from orchestrator import services
+from orchestrator import dashboard, selectors, services
 from orchestrator.delivery import outbox
 from orchestrator.delivery.models import ConfirmationDeadline
 from orchestrator.delivery.periodic import confirmations_expire
@@ -55,6 +55,10 @@ def test_with_a_ttl_of_two_seconds_the_call_is_denied_as_expired_and_the_job_com
     decided = job.events.get(type="tool.decided").data
     assert decided["by"] == "the system" and decided["expired"] is True and decided["ttl_seconds"] == 2
     assert ConfirmationDeadline.objects.get(call=call).expired
+    # The activity dashboard tells it apart from a person's denial.
+    figures = dashboard.activity(selectors.activity_jobs(owner), selectors.activity_tool_calls(owner), days=7)
+    assert figures.calls_by_tool["workspace_write"]["expired"] == 1
+    assert figures.calls_by_tool["workspace_write"]["denied"] == 0
 
 
 def test_without_a_ttl_nothing_expires(waiting, settings):

@@ -7,6 +7,7 @@ import csv
 import datetime as dt
 import io
 import re
+import zoneinfo
 
 import pytest
 from django.conf import settings
@@ -37,10 +38,12 @@ def job(user, day: dt.date, status: str, *, model: str = "demo:demo", tokens: tu
 
 
 def call(of: Job, name: str, *, verdict: str, status: str, decision: str = "", waited: int | None = None,
-         is_error: bool = False) -> ToolCall:
+         is_error: bool = False, expired: bool = False) -> ToolCall:
+    """A call of `of`'s; `decision` is its owner's, or with `expired` the system's."""
     made = ToolCall.objects.create(job=of, call_id=f"c{of.tool_calls.count()}", round=1,
                                    position=of.tool_calls.count(), name=name, verdict=verdict, status=status,
-                                   decision=decision, is_error=is_error)
+                                   decision=decision, is_error=is_error,
+                                   decided_by=of.user if decision and not expired else None)
     recorded = of.created_at + dt.timedelta(seconds=5)
     ToolCall.objects.filter(pk=made.pk).update(
         created_at=recorded, decided_at=None if waited is None else recorded + dt.timedelta(seconds=waited))
@@ -125,6 +128,34 @@ def test_an_edited_call_that_ran_fine_counts_as_edited(owner):
     edited = job(owner, TODAY, JobStatus.COMPLETE)
     call(edited, "write_note", verdict="ask", status=ToolCallStatus.SUCCEEDED, decision="edited", waited=3)
     assert activity_of(owner).calls_by_tool["write_note"]["edited"] == 1
+
+
+def test_a_call_that_expired_is_told_apart_from_one_a_person_denied(owner):
+    waited = job(owner, TODAY, JobStatus.COMPLETE)
+    call(waited, "write_note", verdict="ask", status=ToolCallStatus.DENIED, decision="denied", waited=300,
+         is_error=True, expired=True)
+    call(waited, "write_note", verdict="ask", status=ToolCallStatus.DENIED, decision="denied", waited=5,
+         is_error=True)
+    data = activity_of(owner)
+    assert data.calls_by_tool["write_note"]["expired"] == 1
+    assert data.calls_by_tool["write_note"]["denied"] == 1
+    assert data.decided_confirmations == 2  # both waited: the median counts the expired one's wait too
+
+
+def test_days_begin_at_the_time_zones_midnight_also_where_the_clocks_change(owner):
+    """Europe/Berlin leaves summer time on 25 October 2026: that day has 25 hours. A job at 00:30
+    on it (22:30 UTC the day before) and one at 23:30 (22:30 UTC that day) are both of the 25th."""
+    berlin = zoneinfo.ZoneInfo("Europe/Berlin")
+    with timezone.override(berlin):
+        for local in (dt.datetime(2026, 10, 24, 23, 30), dt.datetime(2026, 10, 25, 0, 30),
+                      dt.datetime(2026, 10, 25, 23, 30)):
+            made = Job.objects.create(user=owner, task="t", status=JobStatus.COMPLETE)
+            Job.objects.filter(pk=made.pk).update(created_at=local.replace(tzinfo=berlin))
+        data = dashboard.activity(selectors.activity_jobs(owner), selectors.activity_tool_calls(owner), days=90,
+                                  now=dt.datetime(2026, 12, 1, 12, tzinfo=berlin))
+    assert data.jobs_by_day[dt.date(2026, 10, 24)]["complete"] == 1
+    assert data.jobs_by_day[dt.date(2026, 10, 25)]["complete"] == 2
+    assert data.totals["jobs"] == 3
 
 
 def test_it_finds_the_median_time_a_confirmation_waited(owner, activity_data):
