@@ -393,3 +393,40 @@ async def test_a_stream_longer_than_the_timeout_completes_while_pieces_keep_comi
     job = await engine.run_until((await submit(respond_with_final=True)).pk, "complete")
     assert job.response == "".join(f"piece {n} " for n in range(12))
     assert fake.call_count == 2 and "model.retry" not in await event_types(job)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_request_is_what_the_sdks_own_create_would_send(streamed):
+    """The provider posts its plain-JSON body without the SDK's reshaping walk: the server sees the
+    same path, JSON, auth and headers as from `client.chat.completions.create`."""
+    from orchestrator.providers.base import ModelRequest, ModelResponse, ModelToolCall
+    from orchestrator.providers.openai_compat import OpenAIProvider, limit_parameter, to_openai_messages
+
+    request = ModelRequest(
+        model="test-model", system="You help.", temperature=0.2, max_tokens=900, timeout=30,
+        messages=[{"role": "user", "content": "Note it: ünïcode, \"quotes\", \u2028"},
+                  ModelResponse(text="", tool_calls=[ModelToolCall("call_1", "workspace_write",
+                                                                   '{"path": "a.txt", "content": "x"}')]
+                                ).as_message(),
+                  {"role": "tool", "tool_call_id": "call_1", "name": "workspace_write", "content": "written"}],
+        tools=[tool.spec() for tool in registry][:3])
+    with OpenAIFake(expect_key="sk-test") as server:
+        provider = OpenAIProvider(base_url=server.base_url, api_key="sk-test")
+        on_delta = (lambda text: asyncio.sleep(0)) if streamed else None
+        await provider.complete(request, on_delta=on_delta)
+        kwargs = {"model": request.model, "messages": to_openai_messages(request), "timeout": request.timeout,
+                  "tools": [{"type": "function", "function": spec} for spec in request.tools],
+                  "temperature": request.temperature, limit_parameter(server.base_url): request.max_tokens}
+        if streamed:
+            kwargs.update(stream=True, stream_options={"include_usage": True})
+        answer = await provider.client.chat.completions.create(**kwargs)
+        if streamed:
+            async for _ in answer:
+                pass
+        ours, sdks = [r for r in server.requests if server.is_generation_path(r.path)]
+    assert ours.path == sdks.path and ours.json == sdks.json
+    assert ours.json["stream"] is True if streamed else "stream" not in ours.json
+    assert ours.headers["authorization"] == sdks.headers["authorization"] == "Bearer sk-test"
+    ignored = {"x-stainless-retry-count", "x-stainless-read-timeout", "content-length"}
+    assert {k: v for k, v in ours.headers.items() if k not in ignored} == \
+        {k: v for k, v in sdks.headers.items() if k not in ignored}

@@ -71,20 +71,19 @@ class OpenAIProvider:
         return check_report(self.base_url, model, listed)
 
     async def complete(self, request: ModelRequest, *, on_delta: DeltaCallback | None = None) -> ModelResponse:
-        kwargs: dict[str, Any] = {"model": request.model, "messages": to_openai_messages(request),
-                                  "timeout": request.timeout}
+        body: dict[str, Any] = {"model": request.model, "messages": to_openai_messages(request)}
         if request.tools:
-            kwargs["tools"] = [{"type": "function", "function": spec} for spec in request.tools]
+            body["tools"] = [{"type": "function", "function": spec} for spec in request.tools]
         if request.temperature is not None:
-            kwargs["temperature"] = request.temperature
+            body["temperature"] = request.temperature
         if request.max_tokens:
-            kwargs[limit_parameter(self.base_url)] = request.max_tokens
+            body[limit_parameter(self.base_url)] = request.max_tokens
         usage = Usage()
         try:
             if on_delta is not None:
-                response = await self._stream(kwargs, on_delta, usage)
+                response = await self._stream(body, request.timeout, on_delta, usage)
             else:
-                response = from_openai_completion(await self.client.chat.completions.create(**kwargs))
+                response = from_openai_completion(await self._post(body, request.timeout))
         except openai.APIError as error:
             failure = provider_error(error, self.base_url)
             failure.usage = usage
@@ -92,10 +91,23 @@ class OpenAIProvider:
         response.output_limit = request.max_tokens or None
         return response
 
-    async def _stream(self, kwargs: dict[str, Any], on_delta: DeltaCallback, usage: Usage) -> ModelResponse:
+    async def _post(self, body: dict[str, Any], timeout: float | None, *, stream: bool = False) -> Any:
+        """`POST /chat/completions` as `client.chat.completions.create` sends it, less the walk the
+        SDK makes through every request to reshape typed parameters: `body` is plain JSON already
+        (strings, numbers, lists and dicts), which that walk returns unchanged, and on a long
+        conversation with a dozen tool schemas it cost more than the rest of a round's work."""
+        options: dict[str, Any] = {"timeout": timeout, "security": {"bearer_auth": True}}
+        if stream:
+            return await self.client.post("/chat/completions", body={**body, "stream": True}, options=options,
+                                          cast_to=openai.types.chat.ChatCompletion, stream=True,
+                                          stream_cls=openai.AsyncStream[openai.types.chat.ChatCompletionChunk])
+        return await self.client.post("/chat/completions", body=body, options=options,
+                                      cast_to=openai.types.chat.ChatCompletion)
+
+    async def _stream(self, body: dict[str, Any], timeout: float | None, on_delta: DeltaCallback,
+                      usage: Usage) -> ModelResponse:
         """Stream text to `on_delta`; `usage` is filled in as the server reports it."""
-        stream = await self.client.chat.completions.create(
-            **kwargs, stream=True, stream_options={"include_usage": True})
+        stream = await self._post({**body, "stream_options": {"include_usage": True}}, timeout, stream=True)
         text: list[str] = []
         calls: dict[int, dict[str, str]] = {}
         finish = ""
