@@ -83,7 +83,17 @@ def job_for_user(user: AbstractBaseUser, job_id: Any) -> Job:
     return job
 
 
-def job_events_after(job: Job, after: int, limit: int = 500) -> list[JobEvent]:
+def job_id_for_user(user: AbstractBaseUser, job_id: Any) -> uuid.UUID:
+    """The id of one of the user's jobs, else 404: what a stream of its events needs, without
+    reading the job itself (its transcript may be long)."""
+    found = Job.objects.filter(user=user, pk=_uuid_or_404(job_id)).values_list("pk", flat=True).first()
+    if found is None:
+        raise Http404("job not found")
+    return found
+
+
+def job_events_after(job: Job | uuid.UUID, after: int, limit: int = 500) -> list[JobEvent]:
+    """`job`: the job, or its id."""
     return list(JobEvent.objects.filter(job=job, seq__gt=after).order_by("seq")[:limit])
 
 
