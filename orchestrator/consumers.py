@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
@@ -11,7 +12,6 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.http import Http404
 
 from . import events, selectors
-from .models import Job
 from .streams import LogStream
 
 
@@ -24,7 +24,7 @@ class JobEventsConsumer(LogStream, AsyncJsonWebsocketConsumer):
             await self.close(code=4401)
             return
         try:
-            self.job = await database_sync_to_async(selectors.job_for_user)(
+            self.job_id = await database_sync_to_async(selectors.job_id_for_user)(
                 user, self.scope["url_route"]["kwargs"]["job_id"])
         except Http404:
             await self.close(code=4404)
@@ -32,7 +32,7 @@ class JobEventsConsumer(LogStream, AsyncJsonWebsocketConsumer):
         self.last_seq = _after(self.scope)
         self.lock = asyncio.Lock()
         # Join before reading the log, so an event committed in between still rings.
-        await self.join(events.job_group(self.job.id))
+        await self.join(events.job_group(self.job_id))
         await self.accept()
         await self.read_log()
         self.start_catching_up()
@@ -48,7 +48,7 @@ class JobEventsConsumer(LogStream, AsyncJsonWebsocketConsumer):
     async def read_log(self) -> None:
         async with self.lock:
             while True:
-                batch = await database_sync_to_async(_events_after)(self.job, self.last_seq)
+                batch = await database_sync_to_async(_events_after)(self.job_id, self.last_seq)
                 for event in batch:
                     await self.send_json(event)
                     self.last_seq = event["seq"]
@@ -56,8 +56,8 @@ class JobEventsConsumer(LogStream, AsyncJsonWebsocketConsumer):
                     return
 
 
-def _events_after(job: Job, after: int) -> list[dict]:
-    return [event.as_dict() for event in selectors.job_events_after(job, after)]
+def _events_after(job_id: uuid.UUID, after: int) -> list[dict]:
+    return [event.as_dict() for event in selectors.job_events_after(job_id, after)]
 
 
 def _after(scope: dict) -> int:

@@ -6,6 +6,7 @@ A user's own assignment wins; else the site-wide one; else the environment defau
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -47,17 +48,29 @@ class RoleConfig:
         return cls(**{**data, "tools": tuple(data.get("tools") or ())})
 
 
-def assignment_for(user: AbstractBaseUser | None, role: str) -> RoleAssignment | None:
-    """The user's own assignment, else the site-wide one (the only one when `user` is None)."""
+def assignments_for(user: AbstractBaseUser | None, role_names: Iterable[str]) -> dict[str, RoleAssignment]:
+    """Each role's assignment: the user's own, else the site-wide one (the only one when `user` is
+    None). Roles with neither are left out."""
     owners = Q(owner=None) | Q(owner=user) if user is not None else Q(owner=None)
-    # Both in one read: the user's own, if any, sorts first.
-    found = RoleAssignment.objects.select_related("profile").filter(owners, role=role).order_by(
-        F("owner").asc(nulls_last=True))
-    return found.first()
+    # All in one read: for each role, the user's own, if any, sorts first.
+    found: dict[str, RoleAssignment] = {}
+    for assignment in RoleAssignment.objects.select_related("profile").filter(owners, role__in=set(role_names)) \
+            .order_by(F("owner").asc(nulls_last=True)):
+        found.setdefault(assignment.role, assignment)
+    return found
+
+
+def role_configs(user: AbstractBaseUser | None, *role_names: str) -> list[RoleConfig]:
+    """The configuration of each role named, in that order, from one read."""
+    assignments = assignments_for(user, role_names)
+    return [_config(role, assignments.get(role)) for role in role_names]
 
 
 def role_config(user: AbstractBaseUser | None, role: str) -> RoleConfig:
-    assignment = assignment_for(user, role)
+    return role_configs(user, role)[0]
+
+
+def _config(role: str, assignment: RoleAssignment | None) -> RoleConfig:
     default = settings.CORTEX_ORCHESTRATOR_MODEL if role == ORCHESTRATOR else settings.CORTEX_CHAT_MODEL
     if assignment is None:
         return RoleConfig(role=role, model=default, label_source="environment")

@@ -83,7 +83,17 @@ def job_for_user(user: AbstractBaseUser, job_id: Any) -> Job:
     return job
 
 
-def job_events_after(job: Job, after: int, limit: int = 500) -> list[JobEvent]:
+def job_id_for_user(user: AbstractBaseUser, job_id: Any) -> uuid.UUID:
+    """The id of one of the user's jobs, else 404: what a stream of its events needs, without
+    reading the job itself (its transcript may be long)."""
+    found = Job.objects.filter(user=user, pk=_uuid_or_404(job_id)).values_list("pk", flat=True).first()
+    if found is None:
+        raise Http404("job not found")
+    return found
+
+
+def job_events_after(job: Job | uuid.UUID, after: int, limit: int = 500) -> list[JobEvent]:
+    """`job`: the job, or its id."""
     return list(JobEvent.objects.filter(job=job, seq__gt=after).order_by("seq")[:limit])
 
 
@@ -126,13 +136,17 @@ def personas_for_user(user: AbstractBaseUser) -> QuerySet[Persona]:
 
 def persona_by_name(user: AbstractBaseUser, name: str) -> Persona | None:
     """A user's own persona wins over a site-wide one of the same name."""
-    return (Persona.objects.filter(owner=user, name=name).first()
-            or Persona.objects.filter(owner=None, name=name).first())
+    return _own_first(Persona.objects.filter(Q(owner=user) | Q(owner=None), name=name))
 
 
 def default_persona(user: AbstractBaseUser) -> Persona | None:
-    return (Persona.objects.filter(owner=user, is_default=True).first()
-            or Persona.objects.filter(owner=None, is_default=True).first())
+    """The user's own default persona, else the site-wide default."""
+    return _own_first(Persona.objects.filter(Q(owner=user) | Q(owner=None), is_default=True))
+
+
+def _own_first(personas: QuerySet[Persona]) -> Persona | None:
+    """In one read, the user's own persona among `personas` before a site-wide one."""
+    return personas.order_by(F("owner").asc(nulls_last=True), "name").first()
 
 
 def memories_for_user(user: AbstractBaseUser, *, tier: str | None = None) -> QuerySet[Memory]:

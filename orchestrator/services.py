@@ -201,8 +201,7 @@ def job_submit(*, user: AbstractBaseUser, task: str, session_id: str | None = No
     if data_marker and data_marker not in task:
         raise Invalid("the task holds no data fenced by the given marker")
     chosen_persona = _persona_for(user, persona)
-    orchestrator = roles.role_config(user, roles.ORCHESTRATOR)
-    chat = roles.role_config(user, options.chat_role)
+    orchestrator, chat = roles.role_configs(user, roles.ORCHESTRATOR, options.chat_role)
     selection = context.MemorySelection(tier=options.tier or settings.CORTEX_DEFAULT_TIER,
                                         include_long=options.include_long, include_mid=options.include_mid,
                                         include_short=options.include_short)
@@ -216,12 +215,12 @@ def job_submit(*, user: AbstractBaseUser, task: str, session_id: str | None = No
             inject_datetime=role.inject_datetime, inject_mode=role.inject_mode, off_record=options.off_record,
             system_append=role.system_append, data_marker=data_marker)
 
-    with transaction.atomic():
+    with transaction.atomic(), events.batched():
         if session_id:
             session = selectors.session_for_user(user, session_id)
+            history = _history(session)
         else:
-            session = Session.objects.create(user=user, title=task[:80])
-        history = _history(session)
+            session, history = Session.objects.create(user=user, title=task[:80]), []
         job = Job(
             user=user,
             task=task,
@@ -238,9 +237,9 @@ def job_submit(*, user: AbstractBaseUser, task: str, session_id: str | None = No
             origin_max_risk=origin_max_risk or "",
             origin_detail=origin_detail or {},
         )
-        job.save()
+        # Its first event is held by the batch until the job is inserted, already counting it.
         transitions.queue(job)
-        Job.objects.filter(pk=job.pk).update(last_seq=job.last_seq)
+        job.save(force_insert=True)
     return job
 
 

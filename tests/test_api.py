@@ -5,6 +5,8 @@ import json
 import pytest
 from asgiref.sync import async_to_sync
 from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from orchestrator import services
 from orchestrator.models import ApiToken, Job
@@ -77,6 +79,18 @@ def test_it_queues_a_task_and_stores_every_field(api, owner, default_persona):
     assert job.options | {"roles": None, "history_messages": None} == {"roles": None, "history_messages": None,
                                                                       "tier": 2, "respond_with_final": False, "include_long": False, "include_mid": True,
                            "include_short": False, "chat_role": "chat", "off_record": True}
+
+
+def test_a_submission_writes_its_session_job_and_first_event_once_each(api):
+    submit(api)  # the token's first use is recorded; the next is not, within a minute
+    with CaptureQueriesContext(connection) as queries:
+        job_id = submit(api)
+    writes = [query["sql"].split(" INTO ")[1].split()[0].strip('"`') for query in queries.captured_queries
+              if query["sql"].startswith(("INSERT", "UPDATE", "DELETE"))]
+    assert writes == ["orchestrator_session", "orchestrator_job", "orchestrator_jobevent"]
+    job = Job.objects.get(pk=job_id)
+    assert job.last_seq == 1
+    assert list(job.events.values_list("seq", "type", "data__status")) == [(1, "job.status", "queued")]
 
 
 def test_respond_with_claude_is_accepted_as_the_original_name(api):

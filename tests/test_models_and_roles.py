@@ -73,6 +73,21 @@ def test_a_users_assignment_wins_over_the_site_wide_one_which_wins_over_the_envi
     assert roles.role_config(outsider, "orchestrator").system_append == "Site rules."
 
 
+def test_roles_read_together_each_take_the_users_own_assignment_else_the_site_wide_one(owner, outsider, profile,
+                                                                                      settings):
+    settings.CORTEX_CHAT_MODEL = "demo:env-chat"
+    site = services.profile_save(by=None, owner=None, name="site", provider="openai", model="site-model")
+    services.role_assign(by=None, owner=None, role="orchestrator", profile_id=site.pk)
+    services.role_assign(by=None, owner=None, role="poet", profile_id=site.pk, system_append="Site verse.")
+    services.role_assign(by=owner, owner=owner, role="poet", profile_id=profile.pk, system_append="My verse.")
+    orchestrator, poet, chat = roles.role_configs(owner, "orchestrator", "poet", "chat")
+    assert (orchestrator.model, orchestrator.label_source) == ("openai:site-model", "site-wide")
+    assert (poet.model, poet.label_source, poet.system_append) == ("openai:llama3.1", "yours", "My verse.")
+    assert (chat.model, chat.label_source) == ("demo:env-chat", "environment")
+    theirs = roles.role_configs(outsider, "poet", "orchestrator")
+    assert [(config.role, config.system_append) for config in theirs] == [("poet", "Site verse."), ("orchestrator", "")]
+
+
 def test_a_user_cannot_assign_someone_elses_profile(outsider, profile):
     with pytest.raises(services.NotFound):
         services.role_assign(by=outsider, owner=outsider, role="chat", profile_id=profile.pk)
