@@ -38,7 +38,7 @@ from django.utils import timezone
 from . import events, job_page, selectors, timeline
 from .delivery import browser
 from .models import Job, JobEvent
-from .streams import LogStream
+from .streams import LogStream, log_reader
 
 BATCH = 500
 
@@ -94,7 +94,7 @@ class HtmlStream(LogStream, AsyncWebsocketConsumer):
         # One reader at a time: the cursor and what was last sent belong to this connection.
         async with self.lock:
             try:
-                messages = await database_sync_to_async(self.render)()
+                messages = await log_reader(self.render)()
             except Http404:  # the job is gone
                 await self.close(code=4404)
                 return

@@ -17,21 +17,27 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from importlib import import_module
-from typing import Any
+from typing import Any, TypeVar
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
 from channels.utils import await_many_dispatch
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY
+from django.db import close_old_connections
 
 from . import events
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SESSION_ENDED = 4401  # the close code a signed-out or expired session's sockets get
 
@@ -49,6 +55,30 @@ def session_alive(session_key: str, user_id: Any) -> bool:
     """The session still exists, has not expired and is still this user's."""
     data = import_module(settings.SESSION_ENGINE).SessionStore(session_key).load()
     return data.get(SESSION_KEY) is not None and str(data[SESSION_KEY]) == str(user_id)
+
+
+# Sockets read the log on threads of their own, which keep their database connections between
+# reads. Through `database_sync_to_async`, every socket's reads ran one after another on the single
+# thread that the process's sync code outside a request shares, each opening a connection of its
+# own, so an event for one socket waited behind the reads of all the others.
+LOG_READERS = 2
+_readers = ThreadPoolExecutor(max_workers=LOG_READERS, thread_name_prefix="cortex-log")
+
+
+def log_reader(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """`fn` run on a log reader thread. A socket reads with one call at a time (its `read_log`
+    holds a lock), so whatever the socket keeps between reads is never touched by two threads at
+    once."""
+    return sync_to_async(functools.partial(_read, fn), thread_sensitive=False, executor=_readers)
+
+
+def _read(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    try:
+        return fn(*args, **kwargs)
+    except Exception:
+        # A broken connection must not fail the thread's next read too.
+        close_old_connections()
+        raise
 
 
 class LogStream(abc.ABC):
