@@ -53,7 +53,7 @@ def entry(event: Step, zone: tzinfo | None = None) -> str:
     return f'<li id="event-{event.seq}" {_kind(event.type)}<time datetime="{at}">{at[11:19]}</time></div>{content}</li>'
 
 
-@functools.cache
+@functools.lru_cache(maxsize=64)
 def _kind(event_type: str) -> str:
     """What an entry's start says of its type: its class and its label (a few types, all known)."""
     return (f'class="event {_attr(event_class(event_type))}"><div class="event-head">'
