@@ -17,7 +17,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-import functools
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -25,14 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import import_module
 from typing import Any, TypeVar
 
-from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
 from channels.utils import await_many_dispatch
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY
-from django.db import close_old_connections
 
 from . import events
 
@@ -57,28 +54,18 @@ def session_alive(session_key: str, user_id: Any) -> bool:
     return data.get(SESSION_KEY) is not None and str(data[SESSION_KEY]) == str(user_id)
 
 
-# Sockets read the log on threads of their own, which keep their database connections between
-# reads. Through `database_sync_to_async`, every socket's reads ran one after another on the single
-# thread that the process's sync code outside a request shares, each opening a connection of its
-# own, so an event for one socket waited behind the reads of all the others.
+# Sockets read the log on threads of their own. Through `database_sync_to_async` alone, every
+# socket's reads ran one after another on the single thread that the process's sync code outside a
+# request shares, so an event for one socket waited behind the reads of all the others.
 LOG_READERS = 2
 _readers = ThreadPoolExecutor(max_workers=LOG_READERS, thread_name_prefix="cortex-log")
 
 
 def log_reader(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
-    """`fn` run on a log reader thread. A socket reads with one call at a time (its `read_log`
-    holds a lock), so whatever the socket keeps between reads is never touched by two threads at
-    once."""
-    return sync_to_async(functools.partial(_read, fn), thread_sensitive=False, executor=_readers)
-
-
-def _read(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    try:
-        return fn(*args, **kwargs)
-    except Exception:
-        # A broken connection must not fail the thread's next read too.
-        close_old_connections()
-        raise
+    """`fn` run on a log reader thread, its database connection handled as `database_sync_to_async`
+    does. A socket reads with one call at a time (its `read_log` holds a lock), so whatever the
+    socket keeps between reads is never touched by two threads at once."""
+    return database_sync_to_async(fn, thread_sensitive=False, executor=_readers)
 
 
 class LogStream(abc.ABC):
