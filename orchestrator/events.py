@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels.layers import get_channel_layer
 from django.db import transaction
 
 from .models import Job, JobEvent
@@ -27,8 +27,6 @@ logger = logging.getLogger(__name__)
 EXECUTORS_GROUP = "cortex.executors"
 
 _loop: asyncio.AbstractEventLoop | None = None
-_ringer: asyncio.AbstractEventLoop | None = None
-_ringer_lock = threading.Lock()
 # Events appended inside `batched()` on this thread, not yet inserted.
 _held = threading.local()
 
@@ -108,14 +106,11 @@ def ring(*groups: str, message: dict[str, Any] | None = None) -> None:
 
     async def send_all() -> None:
         try:
-            await asyncio.gather(*(layer.group_send(group, message) for group in groups))
+            for group in groups:
+                await layer.group_send(group, message)
         except Exception:  # a doorbell is best effort: listeners also poll the log
             logger.warning("could not ring %s", groups, exc_info=True)
 
-    if not isinstance(layer, InMemoryChannelLayer):
-        asyncio.run_coroutine_threadsafe(send_all(), _doorbell_loop())
-        return
-    # The in-memory layer's queues belong to the loop its consumers run on.
     loop = _loop
     try:
         running = asyncio.get_running_loop()
@@ -127,19 +122,6 @@ def ring(*groups: str, message: dict[str, Any] | None = None) -> None:
         asyncio.run_coroutine_threadsafe(send_all(), loop)
     else:
         async_to_sync(send_all)()
-
-
-def _doorbell_loop() -> asyncio.AbstractEventLoop:
-    """The loop, on a thread of its own, that sends doorbells through a layer shared between
-    processes (Redis). On the loop of a busy executor a doorbell waited its turn behind every job's
-    work at each of its round trips to Redis, and reached the web a few hundred milliseconds after
-    its commit; here it waits only for Redis and for its turn at the interpreter."""
-    global _ringer
-    with _ringer_lock:
-        if _ringer is None:
-            _ringer = asyncio.new_event_loop()
-            threading.Thread(target=_ringer.run_forever, name="cortex-doorbells", daemon=True).start()
-        return _ringer
 
 
 def wake_executors(**data: Any) -> None:

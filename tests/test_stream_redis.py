@@ -10,11 +10,9 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.db import transaction
 
@@ -143,27 +141,3 @@ async def test_a_socket_streams_through_redis_stopping_and_starting_again(owner,
         await socket.disconnect()
     finally:
         events.bind_loop(None)
-
-
-def receive_on_a_loop_of_its_own(layer, channel: str, timeout: float) -> dict:
-    async def receive() -> dict:
-        async with asyncio.timeout(timeout):
-            return await layer.receive(channel)
-    return asyncio.run(receive())
-
-
-async def test_a_doorbell_through_redis_leaves_while_the_loop_that_rang_it_is_busy(redis_server):
-    """A busy executor's loop (every job's work) does not hold its doorbells back."""
-    layer = get_channel_layer()
-    channel = await layer.new_channel()
-    await layer.group_add("job.busy", channel)
-    events.bind_loop(asyncio.get_running_loop())
-    try:
-        events.ring("job.busy")
-        # This loop stays busy until the doorbell has been received elsewhere.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            message = pool.submit(receive_on_a_loop_of_its_own, layer, channel, 10).result()
-        assert message == {"type": "doorbell"}
-    finally:
-        events.bind_loop(None)
-        await layer.group_discard("job.busy", channel)
