@@ -12,7 +12,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.http import Http404
 
 from . import events, selectors
-from .streams import LogStream
+from .streams import LogStream, log_reader
 
 
 class JobEventsConsumer(LogStream, AsyncJsonWebsocketConsumer):
@@ -48,7 +48,7 @@ class JobEventsConsumer(LogStream, AsyncJsonWebsocketConsumer):
     async def read_log(self) -> None:
         async with self.lock:
             while True:
-                batch = await database_sync_to_async(_events_after)(self.job_id, self.last_seq)
+                batch = await log_reader(_events_after)(self.job_id, self.last_seq)
                 for event in batch:
                     await self.send_json(event)
                     self.last_seq = event["seq"]

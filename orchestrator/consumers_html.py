@@ -35,10 +35,10 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
-from . import events, job_page, selectors
+from . import events, job_page, selectors, timeline
 from .delivery import browser
 from .models import Job, JobEvent
-from .streams import LogStream
+from .streams import LogStream, log_reader
 
 BATCH = 500
 
@@ -94,7 +94,7 @@ class HtmlStream(LogStream, AsyncWebsocketConsumer):
         # One reader at a time: the cursor and what was last sent belong to this connection.
         async with self.lock:
             try:
-                messages = await database_sync_to_async(self.render)()
+                messages = await log_reader(self.render)()
             except Http404:  # the job is gone
                 await self.close(code=4404)
                 return
@@ -171,13 +171,12 @@ class JobPageStream(HtmlStream):
         job = selectors.job_for_user(self.user, self.job.id)
         caught_up = batch[-1].seq >= job.last_seq
         parts = []
-        entries = [render_to_string("jobs/detail.html#timeline-event", {"event": event})
-                   for event in batch if event.type not in job_page.NOT_IN_TIMELINE]
+        entries = timeline.entries(batch)
         if entries:
-            parts.append('<ol hx-swap-oob="beforeend:#timeline">' + "".join(entries) + "</ol>")
+            parts.append(f'<ol hx-swap-oob="beforeend:#timeline">{entries}</ol>')
         types = {event.type for event in batch}
         changed = ["job-answer"] if types & job_page.ANSWER_EVENTS else []
-        if types - job_page.NOT_IN_TIMELINE:
+        if types - timeline.NOT_IN_TIMELINE:
             changed += ["job-status", "job-meta", "job-actions", "job-confirmations"]
         if job.is_finished and caught_up:
             changed.append("job-stream")

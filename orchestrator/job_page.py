@@ -4,7 +4,7 @@ the live stream, so a page that is reloaded looks exactly like one that was watc
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,19 +13,17 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.paginator import Paginator
 from django.utils import timezone
 
-from . import selectors
+from . import selectors, timeline
 from .delivery import selectors as delivery_selectors
 from .forms import ArgumentsForm
 from .models import Job, JobEvent, JobStatus, ToolCall, ToolCallStatus
 from .tools.registry import Tool, registry
 
-# Streamed answer text updates the answer panel; it is not a step worth a timeline entry.
 JOBS_PER_PAGE = 20
 OUTCOME_FILTERS = [("", "All"), (JobStatus.AWAITING_CONFIRMATION, "Waiting for you"), (JobStatus.RUNNING, "Running"),
                    (JobStatus.QUEUED, "Queued"), (JobStatus.COMPLETE, "Complete"),
                    (selectors.COMPLETE_WITH_PROBLEMS, "Calls denied or failed"), (JobStatus.ERROR, "Error"),
                    (JobStatus.CANCELLED, "Cancelled")]
-NOT_IN_TIMELINE = frozenset({"answer.delta", "answer.reset"})
 # Events after which the answer panel may read differently.
 ANSWER_EVENTS = frozenset({"answer.delta", "answer.reset", "model.turn", "job.status"})
 # How long a decided card keeps its place (in the inbox and on the job page), showing the decision, before the cards
@@ -124,7 +122,7 @@ def state_context(job: Job, *, edit_forms: dict[int, ArgumentsForm] | None = Non
     }
 
 
-def page_context(job: Job, events: list[JobEvent], **state: Any) -> dict[str, Any]:
+def page_context(job: Job, events: Sequence[timeline.Step], **state: Any) -> dict[str, Any]:
     """The whole job page: its history up to a cursor, and its state.
 
     `job` must have been read after `events`, so the state shown is never older than the history.
@@ -132,7 +130,7 @@ def page_context(job: Job, events: list[JobEvent], **state: Any) -> dict[str, An
     return {
         **state_context(job, **state),
         "deliveries": list(delivery_selectors.deliveries_for_job(job.user, job)),
-        "timeline": [event for event in events if event.type not in NOT_IN_TIMELINE],
+        "timeline": timeline.entries(events),
         "cursor": events[-1].seq if events else 0,
     }
 

@@ -19,8 +19,10 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from importlib import import_module
-from typing import Any
+from typing import Any, TypeVar
 
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
@@ -32,6 +34,7 @@ from django.contrib.auth import SESSION_KEY
 from . import events
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SESSION_ENDED = 4401  # the close code a signed-out or expired session's sockets get
 
@@ -49,6 +52,20 @@ def session_alive(session_key: str, user_id: Any) -> bool:
     """The session still exists, has not expired and is still this user's."""
     data = import_module(settings.SESSION_ENGINE).SessionStore(session_key).load()
     return data.get(SESSION_KEY) is not None and str(data[SESSION_KEY]) == str(user_id)
+
+
+# Sockets read the log on threads of their own. Through `database_sync_to_async` alone, every
+# socket's reads ran one after another on the single thread that the process's sync code outside a
+# request shares, so an event for one socket waited behind the reads of all the others.
+LOG_READERS = 2
+_readers = ThreadPoolExecutor(max_workers=LOG_READERS, thread_name_prefix="cortex-log")
+
+
+def log_reader(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """`fn` run on a log reader thread, its database connection handled as `database_sync_to_async`
+    does. A socket reads with one call at a time (its `read_log` holds a lock), so whatever the
+    socket keeps between reads is never touched by two threads at once."""
+    return database_sync_to_async(fn, thread_sensitive=False, executor=_readers)
 
 
 class LogStream(abc.ABC):

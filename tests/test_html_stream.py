@@ -15,7 +15,7 @@ from django.test import Client
 from django.urls import reverse
 
 from cortex_site.asgi import application
-from orchestrator import consumers_html, events, job_page, services
+from orchestrator import consumers_html, events, job_page, services, timeline
 from orchestrator.engine import state
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -96,6 +96,34 @@ async def test_the_page_and_its_stream_show_every_event_once(owner, awaiting_job
     assert "denied</span> by alice: “not now”" in streamed
     assert f'<span id="job-{job.pk}-status" class="badge status status-running" hx-swap-oob="true">' in streamed
     assert re.search(r'<section id="job-confirmations"[^>]* hx-swap-oob="true">', streamed)
+
+
+def entries_of(html: str) -> dict[int, str]:
+    """Each timeline entry's HTML, by sequence number."""
+    found = re.findall(r'(<li id="event-(\d+)".*?</li>)(?=<li id="event-|\s*</ol>)', html, flags=re.DOTALL)
+    return {int(seq): entry for entry, seq in found}
+
+
+async def test_the_page_and_its_stream_draw_every_event_alike(owner, engine, awaiting_job):
+    """An entry reads the same whether the page was loaded after its event or watched as it
+    happened: the page and the stream draw it with the same function."""
+    job = await awaiting_job()
+    browser = await browser_for(owner)
+    socket = await open_socket(f"/ws/jobs/{job.pk}/html/?after=0", browser.headers())
+    await sync_to_async(services.job_deny)(user=owner, job_id=job.pk, reason='not <now> & "never"')
+    finished = await engine.run_until(job.pk, "complete", "error")
+    streamed = "".join(await received(socket))
+    await socket.disconnect()
+    page = await sync_to_async(browser.page)(reverse("job-detail", args=[job.pk]))
+
+    drawn = entries_of(page)
+    steps = await sync_to_async(lambda: [event.seq for event in finished.events.order_by("seq")
+                                         if event.type not in timeline.NOT_IN_TIMELINE])()
+    assert list(drawn) == steps and steps[-1] == finished.last_seq
+    assert entries_of(streamed) == drawn
+    types = {kind for kind in re.findall(r'class="event event-([a-z-]+)"', page)}
+    assert {"job-status", "model-turn", "tool-call", "tool-decided"} <= types
+    assert '<span class="decision decision-denied">denied</span> by alice: “not &lt;now&gt; &amp; "never"”' in page
 
 
 async def test_a_decided_card_keeps_its_place_on_the_job_page_briefly(owner, awaiting_job, monkeypatch):

@@ -1,13 +1,15 @@
 """The event stream: every event after `seq`, then live ones, none skipped or repeated; only for the
 job's owner; cookie sessions only from our own origin."""
 
+import threading
+
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from cortex_site.asgi import application
-from orchestrator import services
+from orchestrator import consumers, services
 from orchestrator.auth import origin_allowed
 from orchestrator.models import JobEvent
 
@@ -80,6 +82,35 @@ async def test_a_burst_of_events_arrives_complete_and_in_order(owner, token, eng
     assert [event["seq"] for event in events] == list(range(1, finished.last_seq + 1))
     assert events[-1]["data"]["status"] == "complete"
     await communicator.disconnect()
+
+
+async def test_a_slow_read_for_one_socket_holds_back_no_other(owner, token, default_persona, monkeypatch):
+    first = await sync_to_async(services.job_submit)(user=owner, task="Write a note: call mum")
+    second = await sync_to_async(services.job_submit)(user=owner, task="Write a note: call dad")
+    slow, _, _ = await connect(f"/ws/jobs/{first.pk}/?after={first.last_seq}", bearer(token))
+    quick, _, _ = await connect(f"/ws/jobs/{second.pk}/?after={second.last_seq}", bearer(token))
+    released = threading.Event()
+    read = consumers._events_after
+
+    def held_back_for_the_first_job(job, after):
+        if job.pk == first.pk:
+            released.wait(10)
+        return read(job, after)
+
+    monkeypatch.setattr(consumers, "_events_after", held_back_for_the_first_job)
+    try:
+        await sync_to_async(services.job_cancel)(user=owner, job_id=first.pk)
+        await sync_to_async(services.job_cancel)(user=owner, job_id=second.pk)
+        assert "cancelled" in statuses(await receive_all(quick))
+    finally:
+        released.set()
+    assert "cancelled" in statuses(await receive_all(slow))
+    await slow.disconnect()
+    await quick.disconnect()
+
+
+def statuses(events: list[dict]) -> list[str]:
+    return [event["data"]["status"] for event in events if event["type"] == "job.status"]
 
 
 async def test_it_refuses_another_users_job(outsider, awaiting_job):
