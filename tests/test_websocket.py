@@ -92,10 +92,10 @@ async def test_a_slow_read_for_one_socket_holds_back_no_other(owner, token, defa
     released = threading.Event()
     read = consumers._events_after
 
-    def held_back_for_the_first_job(job, after):
-        if job.pk == first.pk:
+    def held_back_for_the_first_job(job_id, after):
+        if job_id == first.pk:
             released.wait(10)
-        return read(job, after)
+        return read(job_id, after)
 
     monkeypatch.setattr(consumers, "_events_after", held_back_for_the_first_job)
     try:
