@@ -11,7 +11,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import Case, CharField, Count, F, FloatField, Func, Min, Q, QuerySet, Sum, Value, When
+from django.db.models import Case, CharField, Count, F, FloatField, Func, Q, QuerySet, Sum, Value, When
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
@@ -76,13 +76,6 @@ class Period:
     @property
     def dates(self) -> list[dt.date]:
         return [self.first_day + dt.timedelta(days=n) for n in range(self.days)]
-
-    def day_bounds(self) -> list[tuple[dt.date, dt.datetime, dt.datetime]]:
-        """Each day of the period with its first moment and the next day's, in the current time
-        zone: days of 23 or 25 hours where the clocks change."""
-        midnights = [timezone.make_aware(dt.datetime.combine(self.first_day + dt.timedelta(days=n), dt.time()))
-                     for n in range(self.days + 1)]
-        return list(zip(self.dates, midnights, midnights[1:]))
 
     def fixed_utc_offset(self) -> dt.timedelta | None:
         """The current time zone's offset from UTC when it is the same all through the period
@@ -149,23 +142,19 @@ def jobs_and_tokens_by_day(jobs: QuerySet[Job], calls: QuerySet[ToolCall], perio
 
     Tokens: input plus output (`Job.tokens`, from `Job.usage`) of every job, whatever its outcome, by the job's
     orchestrator model (usage is recorded per job, not per model, so a chat model's answer counts
-    under the job's orchestrator model). Models with the most tokens first.
-
-    Each day is its own slice of the covering index `job_activity` (a range of `created_at`
-    between two local midnights), grouped on its own, and the slices are one statement (UNION
-    ALL): the database sorts a day's jobs at a time rather than the whole period's, and never
-    works out a row's local date."""
-    grouped = (jobs.order_by().annotate(outcome=NotForIndex("status"))
-               .values("outcome", "orchestrator_model")
-               .annotate(first=Min("created_at"), number=Count("pk"), tokens=Sum("tokens"))
-               .values_list("first", "outcome", "orchestrator_model", "number", "tokens"))
-    slices = [grouped.filter(created_at__gte=start, created_at__lt=end) for _, start, end in period.day_bounds()]
-    rows = slices[0].union(*slices[1:], all=True).order_by()
+    under the job's orchestrator model). Models with the most tokens first."""
+    fixed_offset = period.fixed_utc_offset()
+    rows = (jobs.filter(created_at__gte=period.start).order_by()
+            .annotate(day=LocalDate("created_at", fixed_offset=fixed_offset), outcome=NotForIndex("status"))
+            .values("day", "outcome", "orchestrator_model")
+            .annotate(number=Count("pk"), tokens=Sum("tokens"))
+            .values_list("day", "outcome", "orchestrator_model", "number", "tokens"))
     by_outcome = {date: {outcome: 0 for outcome, _ in JOB_OUTCOMES} for date in period.dates}
     by_model: dict[dt.date, dict[str, int]] = {date: {} for date in period.dates}
     per_model: dict[str, int] = {}
-    for first, status, model, number, tokens in rows:
-        date = timezone.localdate(first)  # the day of the slice its group is from
+    for date, status, model, number, tokens in rows:
+        if date not in by_outcome:
+            continue
         if status in by_outcome[date]:
             by_outcome[date][status] += number
         if tokens:
@@ -174,7 +163,7 @@ def jobs_and_tokens_by_day(jobs: QuerySet[Job], calls: QuerySet[ToolCall], perio
     # Grouped by the job's status rather than filtered on it, so that the database starts from the
     # few error calls (index `tool_call_errors`), not from every complete job.
     troubled = (calls.filter(is_error=True, job__created_at__gte=period.start).order_by()
-                .annotate(day=LocalDate("job__created_at", fixed_offset=period.fixed_utc_offset()))
+                .annotate(day=LocalDate("job__created_at", fixed_offset=fixed_offset))
                 .values("day", "job__status").annotate(number=Count("job", distinct=True))
                 .values_list("day", "job__status", "number"))
     for date, status, number in troubled:
