@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
+from django.utils.text import capfirst
 
 from .templatetags.cortex import event_class, event_label, model_label, pretty_json, render_markdown, status_label
 
@@ -74,10 +75,6 @@ def _code(text: str, css: str = "code") -> str:
     return f'<pre class="{css}">{_text(text)}</pre>'
 
 
-def _capfirst(text: str) -> str:
-    return text[:1].upper() + text[1:]
-
-
 def _name(data: Data) -> str:
     return f"<code>{_text(data.get('name'))}</code>"
 
@@ -129,10 +126,10 @@ def _tool_call(data: Data) -> str:
     risk = str(data.get("risk") or "unknown")
     verdict = data.get("verdict")
     html = (f'<p class="event-line">{_name(data)} <span class="badge risk risk-{_attr(risk)}">'
-            f'{_text(_capfirst(risk))} risk</span> <span class="verdict verdict-{_attr(verdict)}">'
+            f'{_text(capfirst(risk))} risk</span> <span class="verdict verdict-{_attr(verdict)}">'
             f'{VERDICTS.get(verdict, "refused")}</span></p>')
     if data.get("reason"):
-        html += f'<p class="muted small">{_text(_capfirst(str(data["reason"])))}</p>'
+        html += f'<p class="muted small">{_text(capfirst(str(data["reason"])))}</p>'
     html += _code(pretty_json(data.get("args")))
     if verdict == "refuse" and data.get("result"):
         html += f'<p class="error small">{_text(data["result"])}</p>'
