@@ -12,11 +12,16 @@ class OrchestratorConfig(AppConfig):
 
     def ready(self) -> None:
         from django.contrib.auth.signals import user_logged_out
+        from django.db.models.signals import post_delete
+
+        from . import dashboard
+        from .models import Job
 
         # Importing a tool module registers its tools.
         from .tools import builtin  # noqa: F401
 
         user_logged_out.connect(_close_session_streams, dispatch_uid="cortex-close-session-streams")
+        post_delete.connect(dashboard.forget_days_of, sender=Job, dispatch_uid="cortex-forget-activity-days")
 
         # The provider SDKs take seconds to import: inside the running event loop that would stall
         # every job's heartbeat until their leases ran out. The providers of the configured models

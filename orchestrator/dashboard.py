@@ -1,22 +1,28 @@
 """The activity dashboard's figures: jobs per day by outcome, tokens per day by model, tool calls by
 tool and decision, and how long confirmations waited. Every figure is about the jobs submitted in
 the period (by `Job.created_at`, in the current time zone) or about the tool calls made in it (by
-`ToolCall.created_at`), and is aggregated in the database over the jobs and calls
-`selectors.activity_jobs` / `selectors.activity_tool_calls` let the person see; this module never
-widens that scope."""
+`ToolCall.created_at`), and is aggregated in the database over the jobs and calls of the
+person's `selectors.activity_scope`; this module never widens that scope. A day whose figures can
+no longer change is counted once and stored (`ActivityDay`), so a long period reads a row per day
+rather than every job."""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import Case, CharField, Count, F, FloatField, Func, Q, QuerySet, Sum, Value, When
+from django.db import DatabaseError, transaction
+from django.db.models import Case, CharField, Count, F, FloatField, Func, Q, QuerySet, Sum, UUIDField, Value, When
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from .models import Job, JobStatus, ToolCall, ToolCallStatus
+from . import selectors
+from .models import FINISHED_STATUSES, ActivityDay, Job, JobStatus, ToolCall, ToolCallStatus
 from .selectors import COMPLETE_WITH_PROBLEMS
+
+logger = logging.getLogger(__name__)
 
 PERIODS = (7, 30, 90)
 DEFAULT_PERIOD = 30
@@ -70,8 +76,26 @@ class Period:
     def ending_today(cls, days: int, *, now: dt.datetime | None = None) -> Period:
         today = timezone.localdate(now or timezone.now())
         first_day = today - dt.timedelta(days=days - 1)
-        start = timezone.make_aware(dt.datetime.combine(first_day, dt.time()))
-        return cls(days=days, first_day=first_day, start=start)
+        return cls(days=days, first_day=first_day, start=cls.midnight(first_day))
+
+    @staticmethod
+    def midnight(date: dt.date) -> dt.datetime:
+        """The moment `date` begins in the current time zone."""
+        return timezone.make_aware(dt.datetime.combine(date, dt.time()))
+
+    def within(self, dates: list[dt.date], field: str) -> Q:
+        """`field`'s moment falls on one of `dates`, days in order: one range per run of days."""
+        runs: list[list[dt.date]] = []
+        for date in dates:
+            if runs and runs[-1][1] + dt.timedelta(days=1) == date:
+                runs[-1][1] = date
+            else:
+                runs.append([date, date])
+        ranges = Q()
+        for first, last in runs:
+            ranges |= Q(**{f"{field}__gte": self.midnight(first),
+                           f"{field}__lt": self.midnight(last + dt.timedelta(days=1))})
+        return ranges
 
     @property
     def dates(self) -> list[dt.date]:
@@ -132,47 +156,156 @@ class Activity:
     totals: dict[str, int] = field(default_factory=dict)
 
 
-def jobs_and_tokens_by_day(jobs: QuerySet[Job], calls: QuerySet[ToolCall], period: Period
+# A day's figures are stored once it ended this long ago: a job stamped just before midnight may
+# commit after it, and another process's clock may be a little behind.
+SETTLE_MARGIN = dt.timedelta(hours=1)
+
+
+@dataclass
+class DayFigures:
+    """A day's jobs: the finished ones by outcome, their tokens by model, and the ids of those that
+    had not finished when the day was counted (`pending`), whose figures are read afresh."""
+
+    jobs: dict[str, int]
+    tokens: dict[str, int]
+    pending: list[str]
+
+    def settle(self, finished: dict[str, tuple[str, str, int]]) -> bool:
+        """Count the pending jobs that have finished since (outcome, model and tokens by id) with the
+        finished ones; whether there were any."""
+        done = [job for job in self.pending if job in finished]
+        for job in done:
+            outcome, model, tokens = finished[job]
+            self.jobs[outcome] += 1
+            if tokens:
+                self.tokens[model] = self.tokens.get(model, 0) + tokens
+        self.pending = [job for job in self.pending if job not in finished]
+        return bool(done)
+
+
+def jobs_and_tokens_by_day(scope: selectors.ActivityScope, period: Period, *, now: dt.datetime
                            ) -> tuple[dict[dt.date, dict[str, int]], dict[dt.date, dict[str, int]], list[str]]:
-    """Jobs by day and outcome, and tokens by day and model, in one pass over the jobs.
+    """Jobs by day and outcome, and tokens by day and model.
 
-    Jobs: the finished ones, by outcome. A complete job with any call that ended in an error
-    (`ToolCall.is_error`: denied, refused, failed, interrupted) is COMPLETE_WITH_PROBLEMS; those
-    are counted from the error calls (a few) rather than with a subquery per job.
+    A day that has ended is counted from its jobs once (`count_days`) and its figures are stored
+    (`ActivityDay`); after that they are read back, with the day's jobs that were still running or
+    waiting then looked at again by id. Today is always counted.
 
-    Tokens: input plus output (`Job.tokens`, from `Job.usage`) of every job, whatever its outcome, by the job's
-    orchestrator model (usage is recorded per job, not per model, so a chat model's answer counts
-    under the job's orchestrator model). Models with the most tokens first."""
-    fixed_offset = period.fixed_utc_offset()
-    rows = (jobs.filter(created_at__gte=period.start).order_by()
-            .annotate(day=LocalDate("created_at", fixed_offset=fixed_offset), outcome=NotForIndex("status"))
-            .values("day", "outcome", "orchestrator_model")
-            .annotate(number=Count("pk"), tokens=Sum("tokens"))
-            .values_list("day", "outcome", "orchestrator_model", "number", "tokens"))
-    by_outcome = {date: {outcome: 0 for outcome, _ in JOB_OUTCOMES} for date in period.dates}
-    by_model: dict[dt.date, dict[str, int]] = {date: {} for date in period.dates}
+    Tokens are input plus output (`Job.tokens`, from `Job.usage`) of every job, whatever its
+    outcome, by the job's orchestrator model (usage is recorded per job, not per model, so a chat
+    model's answer counts under the job's orchestrator model). Models with the most tokens first."""
+    zone = timezone.get_current_timezone_name()
+    stored = {row.day: row for row in scope.days.filter(zone=zone, day__gte=period.first_day,
+                                                        day__lte=period.dates[-1])}
+    figures = {date: DayFigures(row.jobs, row.tokens, row.pending) for date, row in stored.items()}
+    counted = count_days(scope, period, [date for date in period.dates if date not in stored])
+    figures.update(counted)
+    finished, unfinished = pending_jobs(scope, [job for day in figures.values() for job in day.pending])
+    changed = {date for date, day in figures.items() if day.settle(finished)}
+    _store(scope, zone, new={date: day for date, day in counted.items()
+                             if period.midnight(date + dt.timedelta(days=1)) + SETTLE_MARGIN <= now},
+           changed=[row for date, row in stored.items() if date in changed], figures=figures)
+
+    by_outcome = {date: {outcome: figures[date].jobs.get(outcome, 0) for outcome, _ in JOB_OUTCOMES}
+                  for date in period.dates}
+    tokens_by_day = {date: dict(day.tokens) for date, day in figures.items()}
+    for date, day in figures.items():
+        for model, tokens in (unfinished[job] for job in day.pending if job in unfinished):
+            tokens_by_day[date][model] = tokens_by_day[date].get(model, 0) + tokens
     per_model: dict[str, int] = {}
-    for date, status, model, number, tokens in rows:
-        if date not in by_outcome:
+    for tokens in tokens_by_day.values():
+        for model, number in tokens.items():
+            per_model[model] = per_model.get(model, 0) + number
+    models = sorted((model for model, number in per_model.items() if number),
+                    key=lambda model: (-per_model[model], model))
+    return by_outcome, {date: {model: tokens_by_day[date].get(model, 0) for model in models}
+                        for date in period.dates}, models
+
+
+def count_days(scope: selectors.ActivityScope, period: Period, dates: list[dt.date]) -> dict[dt.date, DayFigures]:
+    """The figures of `dates` (days of `period`) counted from their jobs, in one statement, so that
+    each job is either finished (and counted) or pending, never both nor neither.
+
+    A complete job with any call that ended in an error (`ToolCall.is_error`: denied, refused,
+    failed, interrupted) is COMPLETE_WITH_PROBLEMS; those are found from the error calls (a few)
+    rather than with a subquery per job."""
+    if not dates:
+        return {}
+    fixed_offset = period.fixed_utc_offset()
+    figures = {date: DayFigures({outcome: 0 for outcome, _ in JOB_OUTCOMES}, {}, []) for date in dates}
+    rows = (scope.jobs.filter(period.within(dates, "created_at")).order_by()
+            .annotate(day=LocalDate("created_at", fixed_offset=fixed_offset), outcome=NotForIndex("status"),
+                      pending=Case(When(status__in=FINISHED_STATUSES, then=Value(None)), default=F("pk"),
+                                   output_field=UUIDField()))
+            .values("day", "outcome", "orchestrator_model", "pending")
+            .annotate(number=Count("pk"), tokens=Sum("tokens"))
+            .values_list("day", "outcome", "orchestrator_model", "pending", "number", "tokens"))
+    for date, status, model, pending, number, tokens in rows:
+        if (day := figures.get(date)) is None:
             continue
-        if status in by_outcome[date]:
-            by_outcome[date][status] += number
+        if pending:
+            day.pending.append(str(pending))
+            continue
+        day.jobs[status] += number
         if tokens:
-            by_model[date][model] = by_model[date].get(model, 0) + tokens
-            per_model[model] = per_model.get(model, 0) + tokens
-    # Grouped by the job's status rather than filtered on it, so that the database starts from the
-    # few error calls (index `tool_call_errors`), not from every complete job.
-    troubled = (calls.filter(is_error=True, job__created_at__gte=period.start).order_by()
+            day.tokens[model] = day.tokens.get(model, 0) + tokens
+    pending = {job for day in figures.values() for job in day.pending}
+    # The database starts from the error calls (index `tool_call_errors`), not from every complete job.
+    troubled = (scope.calls.filter(period.within(dates, "job__created_at"), is_error=True).order_by()
                 .annotate(day=LocalDate("job__created_at", fixed_offset=fixed_offset))
-                .values("day", "job__status").annotate(number=Count("job", distinct=True))
-                .values_list("day", "job__status", "number"))
-    for date, status, number in troubled:
-        if date in by_outcome and status == JobStatus.COMPLETE:
-            by_outcome[date][JobStatus.COMPLETE] -= number
-            by_outcome[date][COMPLETE_WITH_PROBLEMS] += number
-    models = sorted(per_model, key=lambda model: (-per_model[model], model))
-    return by_outcome, {date: {model: tokens.get(model, 0) for model in models}
-                        for date, tokens in by_model.items()}, models
+                .values_list("day", "job_id", "job__status").distinct())
+    for date, job, status in troubled:
+        if (day := figures.get(date)) is not None and status == JobStatus.COMPLETE and str(job) not in pending:
+            day.jobs[JobStatus.COMPLETE] -= 1
+            day.jobs[COMPLETE_WITH_PROBLEMS] += 1
+    return figures
+
+
+def pending_jobs(scope: selectors.ActivityScope, ids: list[str]
+                 ) -> tuple[dict[str, tuple[str, str, int]], dict[str, tuple[str, int]]]:
+    """Of the jobs `ids`, those finished by now (their outcome, model and tokens) and the others
+    (their model and tokens so far). A deleted one is in neither."""
+    finished: dict[str, tuple[str, str, int]] = {}
+    unfinished: dict[str, tuple[str, int]] = {}
+    for chunk in (ids[start:start + 500] for start in range(0, len(ids), 500)):
+        rows = scope.jobs.filter(pk__in=chunk).values_list("pk", "status", "orchestrator_model", "tokens")
+        done = [pk for pk, status, *_ in rows if status in FINISHED_STATUSES]
+        troubled = set(scope.calls.filter(job_id__in=done, is_error=True).values_list("job_id", flat=True))
+        for pk, status, model, tokens in rows:
+            if status not in FINISHED_STATUSES:
+                unfinished[str(pk)] = (model, tokens or 0)
+            elif pk in done:
+                outcome = COMPLETE_WITH_PROBLEMS if status == JobStatus.COMPLETE and pk in troubled else status
+                finished[str(pk)] = (outcome, model, tokens or 0)
+    return finished, unfinished
+
+
+def _store(scope: selectors.ActivityScope, zone: str, *, new: dict[dt.date, DayFigures],
+           changed: list[ActivityDay], figures: dict[dt.date, DayFigures]) -> None:
+    """Store the figures of days counted for the first time, and of stored days whose pending jobs
+    have finished since. Two requests storing the same day store the same figures; a day not
+    stored (the database busy) is counted again the next time, so a failure here costs time, not
+    the page."""
+    for row in changed:
+        day = figures[row.day]
+        row.jobs, row.tokens, row.pending = day.jobs, day.tokens, day.pending
+    if not new and not changed:
+        return
+    try:
+        with transaction.atomic():
+            ActivityDay.objects.bulk_create(
+                [ActivityDay(zone=zone, owner=scope.owner, day=date, jobs=day.jobs, tokens=day.tokens,
+                             pending=day.pending) for date, day in new.items()], ignore_conflicts=True)
+            ActivityDay.objects.bulk_update(changed, ["jobs", "tokens", "pending"])
+    except DatabaseError:
+        logger.warning("the activity of %d days was not stored", len(new) + len(changed), exc_info=True)
+
+
+def forget_days_of(sender: type[Job], instance: Job, **kwargs: Any) -> None:
+    """When a job is deleted (`post_delete`), the stored figures of every day it may belong to, in any
+    time zone and scope, no longer hold: they are counted again the next time."""
+    utc_day = instance.created_at.astimezone(dt.UTC).date()
+    ActivityDay.objects.filter(day__range=(utc_day - dt.timedelta(days=1), utc_day + dt.timedelta(days=1))).delete()
 
 
 def _call_decision() -> Case:
@@ -244,12 +377,12 @@ def median_confirmation_wait(calls: QuerySet[ToolCall], period: Period, *, decid
     return dt.timedelta(seconds=round(sum(middle) / len(middle), 3))
 
 
-def activity(jobs: QuerySet[Job], calls: QuerySet[ToolCall], *, days: int,
-             now: dt.datetime | None = None) -> Activity:
+def activity(scope: selectors.ActivityScope, *, days: int, now: dt.datetime | None = None) -> Activity:
+    now = now or timezone.now()
     period = Period.ending_today(days, now=now)
-    by_day, tokens, models = jobs_and_tokens_by_day(jobs, calls, period)
-    by_tool, decided = calls_by_tool(calls, period)
-    median_wait = median_confirmation_wait(calls, period, decided=decided)
+    by_day, tokens, models = jobs_and_tokens_by_day(scope, period, now=now)
+    by_tool, decided = calls_by_tool(scope.calls, period)
+    median_wait = median_confirmation_wait(scope.calls, period, decided=decided)
     totals = {outcome: sum(day[outcome] for day in by_day.values()) for outcome, _ in JOB_OUTCOMES}
     totals["jobs"] = sum(totals.values())
     totals["tokens"] = sum(sum(day.values()) for day in tokens.values())

@@ -401,3 +401,30 @@ class RoleAssignment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role} → {self.profile or 'environment default'}"
+
+
+class ActivityDay(models.Model):
+    """The activity dashboard's figures for one day that has ended: its finished jobs by outcome and
+    their tokens by model, for one person (`owner`) or for everyone (no owner), with the day's
+    bounds taken in `zone`. No job is submitted on a day that has ended and a finished job no
+    longer changes, so the dashboard counts such a day once, stores it, and then reads it back
+    instead of the day's jobs, looking again only at the `pending` ones (and counting those that
+    have finished since in with the rest). Deleting a job forgets the days it could belong to
+    (`dashboard.forget_days_of`)."""
+
+    zone = models.CharField(max_length=64)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
+                              related_name="+")
+    day = models.DateField()
+    jobs = models.JSONField(default=dict)  # finished jobs by outcome: {"complete": 3, …}
+    tokens = models.JSONField(default=dict)  # their input plus output tokens by orchestrator model
+    pending = models.JSONField(default=list)  # ids of the day's jobs not finished yet when it was stored
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["zone", "owner", "day"], name="activity_day_per_owner"),
+            models.UniqueConstraint(fields=["zone", "day"], condition=Q(owner=None), name="activity_day_everyone"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} in {self.zone} ({self.owner or 'everyone'})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,6 +17,7 @@ from django.utils import timezone
 
 from . import roles
 from .models import (
+    ActivityDay,
     ApiToken,
     Job,
     JobEvent,
@@ -351,13 +353,20 @@ def activity_sees_everyone(user: AbstractBaseUser, *, site_wide: bool) -> bool:
     return site_wide and user.is_staff
 
 
-def activity_jobs(user: AbstractBaseUser, *, site_wide: bool = False) -> QuerySet[Job]:
-    """The jobs the dashboard counts: the user's own, or with `site_wide` everyone's for staff."""
-    jobs = Job.objects.all()
-    return jobs if activity_sees_everyone(user, site_wide=site_wide) else jobs.filter(user=user)
+@dataclass(frozen=True)
+class ActivityScope:
+    """What the dashboard counts for a person: their own jobs and calls, or with `site_wide`
+    everyone's for staff, and the stored day summaries of the same scope (`owner` None for
+    everyone's)."""
+
+    jobs: QuerySet[Job]
+    calls: QuerySet[ToolCall]
+    days: QuerySet[ActivityDay]
+    owner: AbstractBaseUser | None
 
 
-def activity_tool_calls(user: AbstractBaseUser, *, site_wide: bool = False) -> QuerySet[ToolCall]:
-    """The tool calls of the jobs `activity_jobs` counts."""
-    calls = ToolCall.objects.all()
-    return calls if activity_sees_everyone(user, site_wide=site_wide) else calls.filter(job__user=user)
+def activity_scope(user: AbstractBaseUser, *, site_wide: bool = False) -> ActivityScope:
+    if activity_sees_everyone(user, site_wide=site_wide):
+        return ActivityScope(Job.objects.all(), ToolCall.objects.all(), ActivityDay.objects.filter(owner=None), None)
+    return ActivityScope(Job.objects.filter(user=user), ToolCall.objects.filter(job__user=user),
+                         ActivityDay.objects.filter(owner=user), user)

@@ -56,7 +56,7 @@ def test_with_a_ttl_of_two_seconds_the_call_is_denied_as_expired_and_the_job_com
     assert decided["by"] == "the system" and decided["expired"] is True and decided["ttl_seconds"] == 2
     assert ConfirmationDeadline.objects.get(call=call).expired
     # The activity dashboard tells it apart from a person's denial.
-    figures = dashboard.activity(selectors.activity_jobs(owner), selectors.activity_tool_calls(owner), days=7)
+    figures = dashboard.activity(selectors.activity_scope(owner), days=7)
     assert figures.calls_by_tool["workspace_write"]["expired"] == 1
     assert figures.calls_by_tool["workspace_write"]["denied"] == 0
 

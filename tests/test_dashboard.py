@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import random
 import re
 import zoneinfo
 
@@ -16,7 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from orchestrator import charts, dashboard, selectors
-from orchestrator.models import Job, JobStatus, ToolCall, ToolCallStatus
+from orchestrator.models import FINISHED_STATUSES, ActivityDay, Job, JobStatus, ToolCall, ToolCallStatus
 
 pytestmark = pytest.mark.django_db
 
@@ -81,8 +82,7 @@ def activity_data(owner, outsider):
 
 
 def activity_of(user, *, days: int = 30, site_wide: bool = False) -> dashboard.Activity:
-    return dashboard.activity(selectors.activity_jobs(user, site_wide=site_wide),
-                              selectors.activity_tool_calls(user, site_wide=site_wide), days=days)
+    return dashboard.activity(selectors.activity_scope(user, site_wide=site_wide), days=days)
 
 
 def outcomes(complete=0, troubled=0, error=0, cancelled=0) -> dict[str, int]:
@@ -151,7 +151,7 @@ def test_days_begin_at_the_time_zones_midnight_also_where_the_clocks_change(owne
                       dt.datetime(2026, 10, 25, 23, 30)):
             made = Job.objects.create(user=owner, task="t", status=JobStatus.COMPLETE)
             Job.objects.filter(pk=made.pk).update(created_at=local.replace(tzinfo=berlin))
-        data = dashboard.activity(selectors.activity_jobs(owner), selectors.activity_tool_calls(owner), days=90,
+        data = dashboard.activity(selectors.activity_scope(owner), days=90,
                                   now=dt.datetime(2026, 12, 1, 12, tzinfo=berlin))
     assert data.jobs_by_day[dt.date(2026, 10, 24)]["complete"] == 1
     assert data.jobs_by_day[dt.date(2026, 10, 25)]["complete"] == 2
@@ -203,6 +203,143 @@ def test_the_site_wide_toggle_is_ignored_for_anyone_but_staff(outsider, activity
     assert ["jobs", TODAY.isoformat(), "", "complete", "1"] in rows
     assert sum(int(row[-1]) for row in rows if row[0] == "jobs") == 1
     assert "Everyone’s" not in page.get(reverse("activity"), {"everyone": "1"}).text
+
+
+# --- Days counted once ---------------------------------------------------------------------------
+
+def figures_of(data: dashboard.Activity) -> tuple:
+    return data.jobs_by_day, data.tokens_by_day, data.models, data.totals
+
+
+def counted_afresh(user, **kwargs) -> dashboard.Activity:
+    ActivityDay.objects.all().delete()
+    try:
+        return activity_of(user, **kwargs)
+    finally:
+        ActivityDay.objects.all().delete()
+
+
+def test_a_day_that_has_ended_is_counted_once_then_read_back(owner, monkeypatch):
+    three_days_ago = TODAY - dt.timedelta(days=3)
+    job(owner, three_days_ago, JobStatus.COMPLETE, tokens=(10, 2))
+    asked: list[list[dt.date]] = []
+    count_days = dashboard.count_days
+    monkeypatch.setattr(dashboard, "count_days", lambda scope, period, dates: asked.append(dates)
+                        or count_days(scope, period, dates))
+    first = activity_of(owner, days=7)
+    second = activity_of(owner, days=7)
+    assert len(asked[0]) == 7 and asked[1] == [TODAY]  # the second time, only today is counted
+    assert figures_of(second) == figures_of(first)
+    assert second.jobs_by_day[three_days_ago] == outcomes(complete=1)
+    assert second.tokens_by_day[three_days_ago] == {"demo:demo": 12}
+
+
+def test_a_day_is_stored_only_once_it_ended_an_hour_ago(owner):
+    """A job stamped just before midnight may commit just after it: the day waits an hour."""
+    job(owner, YESTERDAY, JobStatus.COMPLETE)
+    dashboard.activity(selectors.activity_scope(owner), days=7, now=at(TODAY, minutes=30))
+    assert set(ActivityDay.objects.values_list("day", flat=True)) == {TODAY - dt.timedelta(days=n) for n in range(2, 7)}
+    dashboard.activity(selectors.activity_scope(owner), days=7, now=at(TODAY, minutes=61))
+    assert ActivityDay.objects.filter(day=YESTERDAY, jobs__complete=1).exists()
+
+
+def test_a_job_that_finishes_after_its_day_was_stored_counts_when_it_finishes(owner):
+    day = TODAY - dt.timedelta(days=2)
+    job(owner, day, JobStatus.COMPLETE, tokens=(5, 5))
+    waiting = job(owner, day, JobStatus.AWAITING_CONFIRMATION, tokens=(30, 3))
+    before = activity_of(owner, days=7)
+    assert before.jobs_by_day[day] == outcomes(complete=1)
+    assert before.tokens_by_day[day] == {"demo:demo": 43}  # a waiting job's tokens count already
+
+    Job.objects.filter(pk=waiting.pk).update(status=JobStatus.COMPLETE, usage={"input_tokens": 60, "output_tokens": 6})
+    call(waiting, "write_note", verdict="ask", status=ToolCallStatus.DENIED, decision="denied", waited=9,
+         is_error=True)
+    after = activity_of(owner, days=7)
+    assert after.jobs_by_day[day] == outcomes(complete=1, troubled=1)
+    assert after.tokens_by_day[day] == {"demo:demo": 76}
+    assert ActivityDay.objects.get(owner=owner, day=day).pending == []  # counted in with the rest
+    assert figures_of(activity_of(owner, days=7)) == figures_of(after) == figures_of(counted_afresh(owner, days=7))
+
+
+def test_deleting_a_job_forgets_the_figures_stored_for_its_day(owner):
+    day = TODAY - dt.timedelta(days=3)
+    job(owner, day, JobStatus.COMPLETE, tokens=(1, 1))
+    gone = job(owner, day, JobStatus.ERROR, model="openai:gpt-4o", tokens=(5, 5))
+    assert activity_of(owner, days=7).jobs_by_day[day] == outcomes(complete=1, error=1)
+    gone.delete()
+    data = activity_of(owner, days=7)
+    assert data.jobs_by_day[day] == outcomes(complete=1)
+    assert data.models == ["demo:demo"]
+
+
+def test_deleting_a_person_takes_their_jobs_out_of_everyones_figures(staff, owner, outsider):
+    day = TODAY - dt.timedelta(days=3)
+    job(owner, day, JobStatus.COMPLETE)
+    job(outsider, day, JobStatus.ERROR)
+    assert activity_of(staff, days=7, site_wide=True).jobs_by_day[day] == outcomes(complete=1, error=1)
+    outsider.delete()
+    assert activity_of(staff, days=7, site_wide=True).jobs_by_day[day] == outcomes(complete=1)
+
+
+def test_stored_figures_are_never_shared_between_people_nor_with_everyones(staff, owner, outsider):
+    day = TODAY - dt.timedelta(days=3)
+    job(owner, day, JobStatus.COMPLETE)
+    job(outsider, day, JobStatus.ERROR)
+    assert activity_of(staff, days=7, site_wide=True).jobs_by_day[day] == outcomes(complete=1, error=1)
+    assert activity_of(owner, days=7).jobs_by_day[day] == outcomes(complete=1)
+    assert activity_of(outsider, days=7).jobs_by_day[day] == outcomes(error=1)
+    assert activity_of(staff, days=7).jobs_by_day[day] == outcomes()
+    assert activity_of(staff, days=7, site_wide=True).jobs_by_day[day] == outcomes(complete=1, error=1)
+
+
+def test_figures_stored_in_one_time_zone_are_not_read_in_another(owner):
+    """23:30 UTC is half past midnight of the next day in Berlin (UTC+1 in winter)."""
+    day = dt.date(2026, 11, 20)
+    made = Job.objects.create(user=owner, task="t", status=JobStatus.COMPLETE)
+    Job.objects.filter(pk=made.pk).update(created_at=dt.datetime(2026, 11, 20, 23, 30, tzinfo=dt.UTC))
+    now = dt.datetime(2026, 12, 1, 12, tzinfo=dt.UTC)
+    with timezone.override(dt.UTC):
+        in_utc = dashboard.activity(selectors.activity_scope(owner), days=30, now=now)
+    with timezone.override(zoneinfo.ZoneInfo("Europe/Berlin")):
+        in_berlin = dashboard.activity(selectors.activity_scope(owner), days=30, now=now)
+    assert in_utc.jobs_by_day[day] == outcomes(complete=1)
+    assert in_berlin.jobs_by_day[day] == outcomes()
+    assert in_berlin.jobs_by_day[day + dt.timedelta(days=1)] == outcomes(complete=1)
+
+
+def test_stored_figures_are_those_counted_afresh_as_jobs_come_and_go(staff, owner, outsider):
+    """Many jobs over three weeks, some of them still running or waiting; each view is read back
+    from its stored days, then some of those jobs finish and others are deleted: every figure, each
+    time, is the one counted from the jobs themselves."""
+    rng = random.Random(7)
+    statuses = [JobStatus.COMPLETE] * 5 + [JobStatus.ERROR, JobStatus.CANCELLED, JobStatus.RUNNING,
+                                           JobStatus.AWAITING_CONFIRMATION, JobStatus.QUEUED]
+    made = []
+    for _ in range(80):
+        made.append(job(rng.choice([owner, outsider, staff]), TODAY - dt.timedelta(days=rng.randrange(21)),
+                        rng.choice(statuses), model=rng.choice(["demo:demo", "openai:gpt-4o", "gemini:x"]),
+                        tokens=(rng.randrange(100), rng.randrange(10))))
+        if rng.random() < 0.3:
+            call(made[-1], "shell", verdict="refuse", status=ToolCallStatus.REFUSED, is_error=True)
+    views = [(owner, False), (outsider, False), (staff, True), (staff, False)]
+
+    def all_alike() -> None:
+        for user, site_wide in views:
+            stored = activity_of(user, site_wide=site_wide)
+            assert figures_of(activity_of(user, site_wide=site_wide)) == figures_of(stored)
+            assert figures_of(stored) == figures_of(counted_afresh(user, site_wide=site_wide)), (user, site_wide)
+            activity_of(user, site_wide=site_wide)  # stored again for the next round
+
+    all_alike()
+    for unfinished in [one for one in made if one.status not in FINISHED_STATUSES][::2]:
+        Job.objects.filter(pk=unfinished.pk).update(status=rng.choice(FINISHED_STATUSES),
+                                                    usage={"input_tokens": 500, "output_tokens": 5})
+        if rng.random() < 0.5:
+            call(unfinished, "write_note", verdict="ask", status=ToolCallStatus.DENIED, decision="denied",
+                 waited=3, is_error=True)
+    for deleted in made[::9]:
+        deleted.delete()
+    all_alike()
 
 
 # --- The page ------------------------------------------------------------------------------------

@@ -66,8 +66,7 @@ def activity(request: HttpRequest) -> HttpResponse:
     """`?period=7|30|90` (days), `?everyone=1` for staff (ignored for anyone else), `?format=csv`."""
     days = dashboard.parse_period(request.GET.get("period"))
     everyone = selectors.activity_sees_everyone(request.user, site_wide=request.GET.get("everyone") == "1")
-    data = dashboard.activity(selectors.activity_jobs(request.user, site_wide=everyone),
-                              selectors.activity_tool_calls(request.user, site_wide=everyone), days=days)
+    data = dashboard.activity(selectors.activity_scope(request.user, site_wide=everyone), days=days)
     if request.GET.get("format") == "csv":
         response = HttpResponse(content_type="text/csv; charset=utf-8")
         scope = "everyone" if everyone else "mine"
