@@ -1,6 +1,9 @@
 """The activity dashboard at size: 100,000 jobs (a fifth of them with tool calls) over the last 90
 days in a fresh SQLite database, and the time the page takes to render through Django's test
-client, as the median of several renders.
+client, as the median of several renders. Before each view's renders the stored figures of past
+days are cleared, so its first render counts every day's jobs and stores them, as on a fresh
+install, and the renders after it read them back, as every later visit does; the first is
+reported apart.
 
     python -m bench.dashboard [--jobs 100000] [--renders 7]
 
@@ -116,16 +119,19 @@ def time_renders(path: str, renders: int) -> list[float]:
     from django.contrib.auth import get_user_model
     from django.test import Client
 
+    from orchestrator.models import ActivityDay
+
     client = Client()
     client.force_login(get_user_model().objects.get(username="person0"))
+    ActivityDay.objects.all().delete()  # the first render counts every day, as on a fresh install
     times = []
-    for _ in range(renders + 1):  # the first warms the caches and is not counted
+    for _ in range(renders + 1):
         started = time.perf_counter()
         response = client.get(path)
         times.append((time.perf_counter() - started) * 1000)
         if response.status_code != 200:
             raise SystemExit(f"{path} answered {response.status_code}")
-    return times[1:]
+    return times
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,12 +158,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"in {time.perf_counter() - started:.1f} s")
         results = {}
         for name, path in VIEWS:
-            times = time_renders(path, args.renders)
+            first, *times = time_renders(path, args.renders)
             median = statistics.median(times)
             results[name] = {"median_ms": round(median, 1), "min_ms": round(min(times), 1),
-                             "max_ms": round(max(times), 1)}
+                             "max_ms": round(max(times), 1), "first_ms": round(first, 1)}
             verdict = "meets" if median <= TARGET_MS else "MISSES"
-            log(f"{name:<24} median {median:7.1f} ms  (target ≤ {TARGET_MS:.0f} ms: {verdict})")
+            log(f"{name:<24} median {median:7.1f} ms  (target ≤ {TARGET_MS:.0f} ms: {verdict}); "
+                f"the first, counting every day: {first:.1f} ms")
     print(json.dumps({"sizes": sizes, "target_ms": TARGET_MS, "renders": results}, indent=2))
     return 0
 
