@@ -456,15 +456,13 @@ def test_the_output_limit_goes_by_the_name_the_endpoint_knows() -> None:
     assert limit_parameter("http://127.0.0.1:11434/v1") == limit_parameter("http://vllm:8000/v1") == "max_tokens"
 
 
-def _completion(finish: str, arguments: object = '{"a": 1}') -> object:
-    return openai.types.chat.ChatCompletion.construct(
-        id="x", object="chat.completion", created=0, model="m",
-        choices=[openai.types.chat.chat_completion.Choice.construct(
-            index=0, finish_reason=finish, message=openai.types.chat.ChatCompletionMessage.construct(
-                role="assistant", content="Half", tool_calls=[
-                    openai.types.chat.ChatCompletionMessageToolCall.construct(
-                        id="c1", type="function", function=openai.types.chat.chat_completion_message_tool_call.Function
-                        .construct(name="calculator", arguments=arguments))]))])
+def _completion(finish: str, arguments: object = '{"a": 1}') -> dict:
+    """A completion as a server sends it."""
+    return {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+            "choices": [{"index": 0, "finish_reason": finish, "message": {
+                "role": "assistant", "content": "Half", "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "calculator", "arguments": arguments}}]}}],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}}
 
 
 @pytest.mark.parametrize(("raw", "finish"), [
@@ -478,6 +476,44 @@ def test_openai_finish_reasons_are_read(raw: str, finish: str) -> None:
 def test_openai_arguments_sent_as_an_object_are_taken_as_json() -> None:
     [call] = from_openai_completion(_completion("tool_calls", {"expression": "6*7"})).tool_calls
     assert json.loads(call.arguments) == {"expression": "6*7"}
+
+
+def test_openai_usage_is_read_from_the_answer() -> None:
+    answer = from_openai_completion(_completion("stop"))
+    assert (answer.usage.input_tokens, answer.usage.output_tokens) == (12, 3)
+
+
+@pytest.mark.parametrize("body", [
+    None, [], "text", {}, {"choices": None}, {"choices": []}, {"choices": "x"}, {"choices": [None]},
+    {"choices": [[1, 2]]}])
+def test_an_openai_answer_without_a_choice_is_a_provider_error_to_retry(body: object) -> None:
+    with pytest.raises(ProviderError, match="no choices") as failure:
+        from_openai_completion(body)
+    assert failure.value.retryable
+
+
+def test_an_openai_answer_of_odd_shapes_is_read_without_a_crash() -> None:
+    """Text and counts a server got wrong read as missing, a name or id that is not a string as its JSON
+    (so that the model is told which tool does not exist), and the rest still counts."""
+    answer = from_openai_completion({
+        "choices": [{"finish_reason": 7, "message": {"content": ["not", "text"], "tool_calls": [
+            {"id": 5, "function": {}}, {"id": "c2", "function": {"name": "calc", "arguments": None}},
+            {"id": "c3", "function": {"name": ["x"], "arguments": {"n": 1}}}]}}],
+        "usage": {"prompt_tokens": "12", "completion_tokens": True}})
+    assert (answer.text, answer.raw_finish_reason, answer.finish_reason) == ("", "", "")
+    assert [(call.id, call.name, call.arguments) for call in answer.tool_calls] == [
+        ("5", "", ""), ("c2", "calc", ""), ("c3", '["x"]', '{"n": 1}')]
+    assert (answer.usage.input_tokens, answer.usage.output_tokens) == (0, 0)
+    assert from_openai_completion({"choices": [{"message": None}]}).text == ""
+    parts = [{"type": "text", "text": "Checking "}, {"type": "image_url"}, "x", {"type": "text", "text": "the time."}]
+    assert from_openai_completion({"choices": [{"message": {"content": parts}}]}).text == "Checking the time."
+
+
+@pytest.mark.parametrize("call", [None, "call", {"id": "c", "function": "calc"}, {"id": "c"}])
+def test_an_openai_tool_call_that_cannot_be_read_asks_for_the_turn_again(call: object) -> None:
+    with pytest.raises(ProviderError, match="not an object") as failure:
+        from_openai_completion({"choices": [{"message": {"tool_calls": [call]}}]})
+    assert failure.value.retryable
 
 
 def _openai_status_error(status: int, code: str | None, kind: str) -> openai.APIStatusError:

@@ -95,14 +95,15 @@ class OpenAIProvider:
         """`POST /chat/completions` as `client.chat.completions.create` sends it, less the walk the
         SDK makes through every request to reshape typed parameters: `body` is plain JSON already
         (strings, numbers, lists and dicts), which that walk returns unchanged, and on a long
-        conversation with a dozen tool schemas it cost more than the rest of a round's work."""
+        conversation with a dozen tool schemas it cost more than the rest of a round's work. The
+        answer comes back as the server's JSON (`cast_to=object`), not as the SDK's typed objects,
+        whose construction cost about as much again; a stream's chunks are still typed."""
         options: dict[str, Any] = {"timeout": timeout, "security": {"bearer_auth": True}}
         if stream:
             return await self.client.post("/chat/completions", body={**body, "stream": True}, options=options,
                                           cast_to=openai.types.chat.ChatCompletion, stream=True,
                                           stream_cls=openai.AsyncStream[openai.types.chat.ChatCompletionChunk])
-        return await self.client.post("/chat/completions", body=body, options=options,
-                                      cast_to=openai.types.chat.ChatCompletion)
+        return await self.client.post("/chat/completions", body=body, options=options, cast_to=object)
 
     async def _stream(self, body: dict[str, Any], timeout: float | None, on_delta: DeltaCallback,
                       usage: Usage) -> ModelResponse:
@@ -166,18 +167,49 @@ def _to_openai(message: Message) -> dict[str, Any]:
 
 
 def from_openai_completion(completion: Any) -> ModelResponse:
-    if not completion.choices:
+    """A chat completion as the server sent it: plain JSON (`_post` asks the SDK for it as it is,
+    without building its typed objects), read defensively, since a server may send any shape."""
+    choices = completion.get("choices") if isinstance(completion, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise ProviderError("the model returned no choices", retryable=True)
-    choice = completion.choices[0]
-    message = choice.message
-    calls = [ModelToolCall(call.id or "", call.function.name or "", arguments_text(call.function.arguments))
-             for call in (message.tool_calls or []) if getattr(call, "function", None) is not None]
-    usage = Usage()
-    if completion.usage:
-        usage = Usage(completion.usage.prompt_tokens or 0, completion.usage.completion_tokens or 0)
-    raw = choice.finish_reason or ""
-    return ModelResponse(text=message.content or "", tool_calls=calls, usage=usage,
+    choice = choices[0]
+    message = _object(choice.get("message"))
+    calls = []
+    for call in _list(message.get("tool_calls")):
+        if not isinstance(call, dict) or not isinstance(function := call.get("function"), dict):
+            raise ProviderError("the model sent a tool call that is not an object with a function", retryable=True)
+        # A name or id that is not a string is kept as its JSON, so the model is told what it sent.
+        calls.append(ModelToolCall(arguments_text(call.get("id")), arguments_text(function.get("name")),
+                                   arguments_text(function.get("arguments"))))
+    usage = _object(completion.get("usage"))
+    raw = _text(choice.get("finish_reason"))
+    return ModelResponse(text=_content(message.get("content")), tool_calls=calls,
+                         usage=Usage(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))),
                          finish_reason=finish_reason(raw), raw_finish_reason=raw)
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _content(value: Any) -> str:
+    """The message's text: a string, or a list of parts (as the request's content may be), whose
+    text parts are joined; anything else is no text."""
+    if isinstance(value, list):
+        return "".join(_text(part.get("text")) for part in value if isinstance(part, dict) and part.get("type") == "text")
+    return _text(value)
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def finish_reason(raw: str | None) -> str:
