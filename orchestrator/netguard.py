@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
+import select
 import socket
 import ssl
 from collections.abc import Callable, Iterable
@@ -187,6 +188,63 @@ async def check_endpoint(url: str) -> None:
 
 
 
+def _readable(sock: socket.socket | None) -> bool:
+    """Whether reading `sock` would return at once: on an idle connection, that the server closed
+    it. A socket that is gone reads as closed."""
+    if sock is None or sock.fileno() < 0:
+        return True
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+@functools.cache
+def _stream_class(core: ModuleType) -> type:
+    """A connection of `core`'s (httpcore or httpcore2) that answers "has the server closed you?"
+    from its socket directly. The pool asks that of every idle connection each time it hands one
+    out or takes one back; anyio, asked the same, builds a table of the socket's attributes and
+    asks the kernel for the peer's address every time, which with a few hundred model calls in
+    flight cost more than the calls' own HTTP."""
+
+    class PolledStream(core.AsyncNetworkStream):
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+            self._socket = inner.get_extra_info("socket")
+
+        async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+            return await self._inner.read(max_bytes, timeout)
+
+        async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+            await self._inner.write(buffer, timeout)
+
+        async def aclose(self) -> None:
+            await self._inner.aclose()
+
+        async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                            timeout: float | None = None) -> Any:
+            return PolledStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+        def get_extra_info(self, info: str) -> Any:
+            return _readable(self._socket) if info == "is_readable" else self._inner.get_extra_info(info)
+
+    return PolledStream
+
+
+@functools.cache
+def _plain_backend_class(core: ModuleType) -> type:
+    """`core`'s own network backend, with connections that are cheap to ask whether they are still
+    open (`_stream_class`)."""
+
+    class PlainNetworkBackend(core.AnyIOBackend):
+        async def connect_tcp(self, *args: Any, **kwargs: Any) -> Any:
+            return _stream_class(core)(await super().connect_tcp(*args, **kwargs))
+
+        async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> Any:
+            return _stream_class(core)(await super().connect_unix_socket(*args, **kwargs))
+
+    return PlainNetworkBackend
+
+
 @functools.cache
 def _backend_class(core: ModuleType) -> type:
     """A network backend for `core` (httpcore, or httpcore2 under the provider SDKs' httpx2: the
@@ -196,7 +254,7 @@ def _backend_class(core: ModuleType) -> type:
     class CheckedNetworkBackend(core.AsyncNetworkBackend):
         def __init__(self, allow_private: bool | Callable[[], bool]) -> None:
             self._allow_private = allow_private
-            self._inner = core.AnyIOBackend()
+            self._inner = _plain_backend_class(core)()
 
         async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                               local_address: str | None = None, socket_options: Iterable[Any] | None = None):
@@ -229,16 +287,31 @@ def checked_transport(allow_private: bool | Callable[[], bool], *, http: ModuleT
     """An `http.AsyncHTTPTransport` whose every connection goes through the checked backend. A
     refused address raises `Unreachable` out of the request (an SDK may wrap it as a connection
     error). `allow_private` may be a function, asked at every connection."""
+    return _transport_with_pool(http, core, ssl_context, trust_env=False,
+                                network_backend=_backend_class(core)(allow_private),
+                                max_connections=max_connections, keepalive_expiry=keepalive_expiry)
+
+
+def _transport_with_pool(http: ModuleType, core: ModuleType, ssl_context: ssl.SSLContext | None, *,
+                         trust_env: bool, **pool: Any) -> Any:
+    """An `http.AsyncHTTPTransport` on a pool of `core`'s with the given options."""
     context = ssl_context or http.create_ssl_context()
-    transport = http.AsyncHTTPTransport(verify=context, trust_env=False, retries=0)
+    transport = http.AsyncHTTPTransport(verify=context, trust_env=trust_env, retries=0)
     # httpx offers no public hook for the network backend, so the pool it built is replaced.
     # Fail loudly if that attribute ever moves: silently keeping httpx's pool would bypass the check.
     if not isinstance(getattr(transport, "_pool", None), core.AsyncConnectionPool):
         raise RuntimeError("this httpx version does not keep its pool in _pool; the address check cannot be installed")
-    transport._pool = core.AsyncConnectionPool(
-        ssl_context=context, network_backend=_backend_class(core)(allow_private), max_connections=max_connections,
-        keepalive_expiry=keepalive_expiry, http1=True, http2=False, retries=0)
+    transport._pool = core.AsyncConnectionPool(ssl_context=context, http1=True, http2=False, retries=0, **pool)
     return transport
+
+
+def site_endpoint_transport() -> Any:
+    """The transport for the provider SDKs (httpx2) to the site's own model endpoints, which whoever
+    runs the server set, so not checked: the SDKs' own pool limits, with connections that are cheap
+    to look after (`_stream_class`)."""
+    return _transport_with_pool(httpx2, httpcore2, None, trust_env=True,
+                                network_backend=_plain_backend_class(httpcore2)(), max_connections=1000,
+                                max_keepalive_connections=100, keepalive_expiry=5.0)
 
 
 def endpoint_transport() -> Any:

@@ -61,8 +61,8 @@ class AnthropicProvider:
 
     def _new_client(self) -> anthropic.AsyncAnthropic:
         # The engine retries durably with backoff; the SDK's own retries would hide Retry-After.
-        http_client = (anthropic.DefaultAsyncHttpxClient(transport=netguard.endpoint_transport())
-                       if self._public_only else None)
+        http_client = anthropic.DefaultAsyncHttpxClient(
+            transport=netguard.endpoint_transport() if self._public_only else netguard.site_endpoint_transport())
         return anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self.base_url, max_retries=0,
                                         http_client=http_client)
 

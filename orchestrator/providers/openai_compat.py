@@ -48,8 +48,8 @@ class OpenAIProvider:
 
     def _new_client(self) -> openai.AsyncOpenAI:
         # The engine retries durably with backoff; the SDK's own retries would hide Retry-After.
-        http_client = (openai.DefaultAsyncHttpxClient(transport=netguard.endpoint_transport())
-                       if self._public_only else None)
+        http_client = openai.DefaultAsyncHttpxClient(
+            transport=netguard.endpoint_transport() if self._public_only else netguard.site_endpoint_transport())
         return openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=0,
                                   http_client=http_client)
 
