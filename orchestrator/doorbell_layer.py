@@ -82,6 +82,7 @@ class Hub:
         self.confirming: dict[str, deque[asyncio.Future]] = {}
         self.connection: aioredis.Connection | None = None
         self.connecting: asyncio.Task | None = None
+        self.lost = False
         self.reader: asyncio.Task | None = None
         self.publisher = aioredis.Redis(connection_pool=layer.new_pool())
 
@@ -109,23 +110,37 @@ class Hub:
             await self.send(self.connection, "UNSUBSCRIBE", name)
 
     async def connect(self) -> aioredis.Connection:
-        """The subscription connection; the channels joining meanwhile share one attempt."""
+        """The subscription connection; the channels joining meanwhile share one attempt to open it.
+
+        Once Redis has been lost, an attempt runs in the background and the caller hears at once
+        that there is no connection yet: a Redis that stopped answering would otherwise hold up
+        every stream's polling for as long as an attempt takes to give up."""
         if self.connection is not None:
             return self.connection
         if self.connecting is None:
             self.connecting = asyncio.ensure_future(self._open())
             self.connecting.add_done_callback(self._opened)
+        if self.lost:
+            raise ConnectionError("Redis is unreachable; connecting again")
         return await asyncio.shield(self.connecting)
 
     async def _open(self) -> aioredis.Connection:
         connection = self.layer.new_connection()
         await connection.connect()
-        self.connection = connection
+        # Connecting needs no answer from Redis; a connection is open once Redis has answered on it.
+        await connection.send_command("PING", check_health=False)
+        if await connection.read_response(timeout=self.layer.answer_seconds) is None:
+            await connection.disconnect(nowait=True)
+            raise ConnectionError(f"Redis did not answer a PING within {self.layer.answer_seconds} s")
+        self.connection, self.lost = connection, False
         self.reader = asyncio.ensure_future(self._read(connection))
+        logger.info("Redis subscription open")
         return connection
 
     def _opened(self, attempt: asyncio.Task) -> None:
         self.connecting = None
+        if attempt.cancelled() or attempt.exception() is not None:
+            self.lost = True
 
     async def send(self, connection: aioredis.Connection, *command: str) -> None:
         try:
@@ -173,6 +188,7 @@ class Hub:
         connection, self.connection = self.connection, None
         if connection is None:
             return
+        self.lost = True
         logger.warning("Redis subscription lost; streams poll the event log until it is back: %s", error)
         if self.reader is not None and self.reader is not asyncio.current_task():
             self.reader.cancel()
