@@ -10,6 +10,8 @@ log), and one that is lost only delays an event until the log is read again.
   are in, each group a Redis channel `<prefix>:<group>`, and fans every message out in the process
   to those channels. `group_send` is one PUBLISH. Channels are the process's own: there is no
   `send` to a channel of another process, and nothing in Cortex sends one.
+- `ring` publishes from any thread without waiting for an event loop: a thread of the layer's own
+  sends whatever was rung meanwhile in one round trip, each doorbell once.
 - `group_add` returns once Redis has confirmed the subscription, so whatever is published after it
   returns reaches the channel.
 - A message already waiting for a channel is not queued again: its listener reads the log anyway.
@@ -26,12 +28,17 @@ one server need prefixes of their own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import queue
+import threading
 import uuid
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
+import redis
 from channels.layers import BaseChannelLayer
 from redis import asyncio as aioredis
 
@@ -211,6 +218,45 @@ class Hub:
         await self.publisher.aclose(close_connection_pool=True)
 
 
+class Publisher:
+    """The thread that publishes what `DoorbellLayer.ring` is given.
+
+    A doorbell rung as the executor's step commits (on its database thread) used to wait for the
+    executor's busy event loop before it left: 7 ms at the median, 40 ms at p99 in the benchmark.
+    Here it leaves at once, or with the others rung while the last round trip was under way."""
+
+    def __init__(self, layer: DoorbellLayer) -> None:
+        self.layer = layer
+        self.waiting: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+        self.starting = threading.Lock()
+
+    def put(self, names: Iterable[str], payload: str) -> None:
+        with self.starting:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._serve, name="cortex-doorbells", daemon=True)
+                self.thread.start()
+        for name in names:
+            self.waiting.put((name, payload))
+
+    def _serve(self) -> None:
+        client = redis.Redis(connection_pool=redis.ConnectionPool.from_url(
+            self.layer.url, socket_timeout=self.layer.answer_seconds,
+            socket_connect_timeout=self.layer.answer_seconds))
+        while True:
+            batch = [self.waiting.get()]
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    batch.append(self.waiting.get_nowait())
+            pipeline = client.pipeline(transaction=False)
+            for name, payload in dict.fromkeys(batch):
+                pipeline.publish(name, payload)
+            try:
+                pipeline.execute()
+            except redis.RedisError:  # a doorbell is best effort: listeners also poll the log
+                logger.warning("could not ring %d doorbells", len(batch), exc_info=True)
+
+
 class DoorbellLayer(BaseChannelLayer):
     extensions = ["groups"]
 
@@ -222,6 +268,7 @@ class DoorbellLayer(BaseChannelLayer):
         self.ping_seconds = ping_seconds
         self.answer_seconds = answer_seconds
         self.hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
+        self.publisher = Publisher(self)
 
     def new_pool(self) -> aioredis.ConnectionPool:
         # RESP2: subscribed connections then answer with plain arrays, messages and PINGs alike.
@@ -279,3 +326,7 @@ class DoorbellLayer(BaseChannelLayer):
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         await self.hub().publisher.publish(self._name(group), json.dumps(message))
+
+    def ring(self, groups: Iterable[str], message: dict[str, Any]) -> None:
+        """`message` to each of `groups`, from any thread, soon; never waits for Redis."""
+        self.publisher.put((self._name(group) for group in groups), json.dumps(message))
