@@ -18,8 +18,9 @@ log), and one that is lost only delays an event until the log is read again.
 - Redis going away is noticed even when the connection stays silent (a server that stops
   answering, a network that drops packets): after `ping_seconds` without a word the subscription
   sends a PING, and without an answer within `answer_seconds` it gives up. Then every channel's
-  next `receive` fails, as channels_redis's does when Redis is down, so the streams poll the log;
-  their next `group_add` subscribes again on a new connection.
+  next `receive` fails, as channels_redis's does when Redis is down, so the streams poll the log.
+  While Redis is lost a `group_add` fails at once and a new connection is tried in the background;
+  the first `group_add` after it has opened subscribes again.
 
 Pub/sub channels are shared by every database of a Redis server: processes of different sites on
 one server need prefixes of their own.
@@ -288,8 +289,8 @@ class DoorbellLayer(BaseChannelLayer):
         return hub
 
     def _close_with(self, loop: asyncio.AbstractEventLoop, hub: Hub) -> None:
-        """Close the hub's connections when its loop closes: `async_to_sync` runs a loop of its own
-        for each call from a thread without one, and a doorbell rung there opens a hub."""
+        """Close the hub's connections when its loop closes, so that a loop that does not live as
+        long as the process (each test's, or `async_to_sync`'s) leaves no connection behind."""
         close = loop.close
 
         def close_hub_first() -> None:

@@ -4,7 +4,7 @@
   *before* it first reads the log, so an event committed in between still rings.
 - A lost doorbell delays an event but never loses it: every `catch_up_seconds` the stream re-reads
   the log anyway.
-- A channel layer that fails (Redis down, or a read timing out under load) does not end the
+- A channel layer that fails (Redis down, or silent: see doorbell_layer.py) does not end the
   socket: the stream polls the log every `poll_seconds` until the layer answers again, then
   rejoins its groups and goes back to doorbells.
 - A socket opened with a session cookie belongs to that session: signing out closes it at once
