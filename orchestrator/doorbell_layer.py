@@ -92,7 +92,7 @@ class Hub:
         self.connecting: asyncio.Task | None = None
         self.lost = False
         self.reader: asyncio.Task | None = None
-        self.publisher = aioredis.Redis(connection_pool=layer.new_pool())
+        self.client = aioredis.Redis(connection_pool=layer.new_pool())  # for group_send
 
     async def subscribe(self, name: str, channel: str) -> None:
         connection = await self.connect()
@@ -216,7 +216,7 @@ class Hub:
             self.reader.cancel()
         if self.connection is not None:
             await self.connection.disconnect(nowait=True)
-        await self.publisher.aclose(close_connection_pool=True)
+        await self.client.aclose(close_connection_pool=True)
 
 
 class Publisher:
@@ -326,7 +326,7 @@ class DoorbellLayer(BaseChannelLayer):
         await self.hub().unsubscribe(self._name(group), channel)
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
-        await self.hub().publisher.publish(self._name(group), json.dumps(message))
+        await self.hub().client.publish(self._name(group), json.dumps(message))
 
     def ring(self, groups: Iterable[str], message: dict[str, Any]) -> None:
         """`message` to each of `groups`, from any thread, soon; never waits for Redis."""

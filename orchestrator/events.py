@@ -104,7 +104,7 @@ def ring(*groups: str, message: dict[str, Any] | None = None) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    if isinstance(layer, DoorbellLayer):
+    if isinstance(layer, DoorbellLayer):  # from any thread, without waiting for an event loop
         layer.ring(groups, message)
         return
 
