@@ -462,6 +462,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, default=None,
                         help="after measuring, profile one serial Cortex run into this directory")
     parser.add_argument("--quick", action="store_true", help="a small smoke run (figures are rough)")
+    parser.add_argument("--events-only", action="store_true",
+                        help="only the event to WebSocket scenario on PostgreSQL + Redis")
     args = parser.parse_args(argv)
     quick = {"serial_jobs": 20, "concurrent_jobs": 50, "at_once": 25, "repeats": 1, "concurrent_repeats": 1,
              "parked_jobs": 100, "slow_jobs": 50, "e2e_jobs": 20, "submissions": 200, "crowd": 100,
@@ -479,8 +481,25 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def events_only(args: argparse.Namespace) -> int:
+    """The event to WebSocket scenario alone, for measuring that path without the hour of the rest."""
+    log(f"event to WebSocket on PostgreSQL + Redis: {args.event_jobs} jobs, {args.event_at_once} at once")
+    workdir = Path(tempfile.mkdtemp(prefix="cortex-bench-"))
+    try:
+        scaled = scaleout_scenario(args, side_env(workdir), workdir)
+    except (BenchError, web.WebError) as error:
+        log(f"bench failed: {error}")
+        return 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps(scaled, indent=2), flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
+    if args.events_only:
+        return events_only(args)
     serial = Scenario("serial", args.serial_jobs, 1, args.rounds)
     concurrent = Scenario("concurrent", args.concurrent_jobs, args.at_once, args.rounds)
     started = time.monotonic()

@@ -243,10 +243,11 @@ REDIS_URL = env_str("CORTEX_REDIS_URL")
 if REDIS_URL:
     if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
         raise ImproperlyConfigured(f"CORTEX_REDIS_URL must be a redis:// URL, not {REDIS_URL!r}")
+    # Doorbells over Redis pub/sub (see orchestrator/doorbell_layer.py).
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CORTEX_REDIS_PREFIX", "cortex")},
+            "BACKEND": "orchestrator.doorbell_layer.DoorbellLayer",
+            "CONFIG": {"url": REDIS_URL, "prefix": env_str("CORTEX_REDIS_PREFIX", "cortex")},
         }
     }
 else:

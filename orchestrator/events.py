@@ -19,6 +19,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
+from .doorbell_layer import DoorbellLayer
 from .models import Job, JobEvent
 from .rows import insert as insert_rows
 
@@ -102,6 +103,9 @@ def ring(*groups: str, message: dict[str, Any] | None = None) -> None:
     message = message or {"type": "doorbell"}
     layer = get_channel_layer()
     if layer is None:
+        return
+    if isinstance(layer, DoorbellLayer):  # from any thread, without waiting for an event loop
+        layer.ring(groups, message)
         return
 
     async def send_all() -> None:

@@ -4,7 +4,7 @@
   *before* it first reads the log, so an event committed in between still rings.
 - A lost doorbell delays an event but never loses it: every `catch_up_seconds` the stream re-reads
   the log anyway.
-- A channel layer that fails (Redis down, or a read timing out under load) does not end the
+- A channel layer that fails (Redis down, or silent: see doorbell_layer.py) does not end the
   socket: the stream polls the log every `poll_seconds` until the layer answers again, then
   rejoins its groups and goes back to doorbells.
 - A socket opened with a session cookie belongs to that session: signing out closes it at once
@@ -17,10 +17,13 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import contextvars
+import functools
 import hashlib
 import logging
+import queue
+import threading
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from importlib import import_module
 from typing import Any, TypeVar
 
@@ -30,6 +33,7 @@ from channels.layers import get_channel_layer
 from channels.utils import await_many_dispatch
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY
+from django.db import connections
 
 from . import events
 
@@ -54,18 +58,71 @@ def session_alive(session_key: str, user_id: Any) -> bool:
     return data.get(SESSION_KEY) is not None and str(data[SESSION_KEY]) == str(user_id)
 
 
-# Sockets read the log on threads of their own. Through `database_sync_to_async` alone, every
-# socket's reads ran one after another on the single thread that the process's sync code outside a
-# request shares, so an event for one socket waited behind the reads of all the others.
-LOG_READERS = 2
-_readers = ThreadPoolExecutor(max_workers=LOG_READERS, thread_name_prefix="cortex-log")
+class LogReaders:
+    """The threads on which sockets read the event log.
+
+    Through `database_sync_to_async` alone, every socket's reads ran one after another on the single
+    thread that the process's sync code outside a request shares, so an event for one socket waited
+    behind the reads of all the others. And a read there opens a database connection and closes it
+    again, which on PostgreSQL under load took most of the read (15 ms of 25), so reads queued up
+    behind each other. A thread here keeps its connection while reads keep coming, and closes it
+    once none has come for `linger_seconds`: busy streams share a few connections, and no
+    connection outlives a burst of reads for long (a test's database must be droppable once its
+    sockets are gone)."""
+
+    linger_seconds = 0.05
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.work: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+        self.starting = threading.Lock()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on a reader thread, in the caller's context, as `sync_to_async` runs it."""
+        self._start()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.work.put((loop, future, contextvars.copy_context(), fn, args))
+        return await future
+
+    def _start(self) -> None:
+        with self.starting:
+            while len(self.threads) < self.count:
+                thread = threading.Thread(target=self._serve, name=f"cortex-log-{len(self.threads)}", daemon=True)
+                thread.start()
+                self.threads.append(thread)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                item = self.work.get(timeout=self.linger_seconds)
+            except queue.Empty:
+                connections.close_all()
+                item = self.work.get()
+            loop, future, context, fn, args = item
+            try:
+                outcome = functools.partial(future.set_result, context.run(fn, *args))
+            except Exception as error:
+                connections.close_all()  # a broken connection must not fail the next read too
+                outcome = functools.partial(future.set_exception, error)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting
+                loop.call_soon_threadsafe(_settle, future, outcome)
+
+
+def _settle(future: asyncio.Future, outcome: Callable[[], None]) -> None:
+    if not future.done():  # not cancelled: the socket still waits
+        outcome()
+
+
+_readers = LogReaders(2)
 
 
 def log_reader(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
-    """`fn` run on a log reader thread, its database connection handled as `database_sync_to_async`
-    does. A socket reads with one call at a time (its `read_log` holds a lock), so whatever the
-    socket keeps between reads is never touched by two threads at once."""
-    return database_sync_to_async(fn, thread_sensitive=False, executor=_readers)
+    """`fn` run on a log reader thread. A socket reads with one call at a time (its `read_log`
+    holds a lock), so whatever the socket keeps between reads is never touched by two threads at
+    once."""
+    return functools.partial(_readers.run, fn)
 
 
 class LogStream(abc.ABC):

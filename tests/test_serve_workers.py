@@ -102,7 +102,7 @@ def test_a_worker_does_not_outlive_a_killed_server(fake, owner, default_persona,
         stop_process(server)
 
 
-REDIS_LAYER = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": []}}}
+REDIS_LAYER = {"default": {"BACKEND": "orchestrator.doorbell_layer.DoorbellLayer"}}
 MEMORY_LAYER = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 

@@ -58,8 +58,8 @@ def redis_server(settings) -> Iterator[RedisServer]:
         pytest.fail("redis-server and redis-cli are needed for the scale-out tests (Debian's redis-server)")
     server = RedisServer()
     server.start()
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                                           "CONFIG": {"hosts": [server.url], "prefix": "cortex-outage"}}}
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "orchestrator.doorbell_layer.DoorbellLayer",
+                                           "CONFIG": {"url": server.url, "prefix": "cortex-outage"}}}
     try:
         yield server
     finally:
