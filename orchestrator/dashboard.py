@@ -19,7 +19,7 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from . import selectors
-from .models import FINISHED_STATUSES, ActivityDay, Job, JobStatus, ToolCall, ToolCallStatus
+from .models import ACTIVE_STATUSES, FINISHED_STATUSES, ActivityDay, Job, JobStatus, ToolCall, ToolCallStatus
 from .selectors import COMPLETE_WITH_PROBLEMS
 
 logger = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def jobs_and_tokens_by_day(scope: selectors.ActivityScope, period: Period, *, no
     figures = {date: DayFigures(row.jobs, row.tokens, row.pending) for date, row in stored.items()}
     counted = count_days(scope, period, [date for date in period.dates if date not in stored])
     figures.update(counted)
-    finished, unfinished = pending_jobs(scope, [job for day in figures.values() for job in day.pending])
+    finished, unfinished = pending_jobs(scope, period, [job for day in figures.values() for job in day.pending])
     changed = {date for date, day in figures.items() if day.settle(finished)}
     _store(scope, zone, new={date: day for date, day in counted.items()
                              if period.midnight(date + dt.timedelta(days=1)) + SETTLE_MARGIN <= now},
@@ -261,22 +261,30 @@ def count_days(scope: selectors.ActivityScope, period: Period, dates: list[dt.da
     return figures
 
 
-def pending_jobs(scope: selectors.ActivityScope, ids: list[str]
+def pending_jobs(scope: selectors.ActivityScope, period: Period, ids: list[str]
                  ) -> tuple[dict[str, tuple[str, str, int]], dict[str, tuple[str, int]]]:
-    """Of the jobs `ids`, those finished by now (their outcome, model and tokens) and the others
-    (their model and tokens so far). A deleted one is in neither."""
+    """Of the jobs `ids` (submitted in `period`), those finished by now (their outcome, model and
+    tokens) and the others (their model and tokens so far). A deleted one is in neither.
+
+    The period's unfinished jobs are few and indexed by status, so they are read whole; only the
+    pending jobs not among them, which have finished since they were last looked at (and are then
+    counted in for good), are read by id."""
+    if not ids:
+        return {}, {}
+    wanted = set(ids)
+    unfinished = {str(pk): (model, tokens or 0) for pk, model, tokens in
+                  scope.jobs.filter(status__in=ACTIVE_STATUSES, created_at__gte=period.start)
+                  .values_list("pk", "orchestrator_model", "tokens") if str(pk) in wanted}
     finished: dict[str, tuple[str, str, int]] = {}
-    unfinished: dict[str, tuple[str, int]] = {}
-    for chunk in (ids[start:start + 500] for start in range(0, len(ids), 500)):
-        rows = scope.jobs.filter(pk__in=chunk).values_list("pk", "status", "orchestrator_model", "tokens")
-        done = [pk for pk, status, *_ in rows if status in FINISHED_STATUSES]
-        troubled = set(scope.calls.filter(job_id__in=done, is_error=True).values_list("job_id", flat=True))
+    rest = [job for job in ids if job not in unfinished]
+    for chunk in (rest[start:start + 500] for start in range(0, len(rest), 500)):
+        rows = [row for row in scope.jobs.filter(pk__in=chunk).values_list("pk", "status", "orchestrator_model", "tokens")
+                if row[1] in FINISHED_STATUSES]
+        troubled = set(scope.calls.filter(job_id__in=[pk for pk, *_ in rows], is_error=True)
+                       .values_list("job_id", flat=True))
         for pk, status, model, tokens in rows:
-            if status not in FINISHED_STATUSES:
-                unfinished[str(pk)] = (model, tokens or 0)
-            elif pk in done:
-                outcome = COMPLETE_WITH_PROBLEMS if status == JobStatus.COMPLETE and pk in troubled else status
-                finished[str(pk)] = (outcome, model, tokens or 0)
+            outcome = COMPLETE_WITH_PROBLEMS if status == JobStatus.COMPLETE and pk in troubled else status
+            finished[str(pk)] = (outcome, model, tokens or 0)
     return finished, unfinished
 
 
