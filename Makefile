@@ -15,8 +15,12 @@ run: setup
 SCALEOUT_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 SCALEOUT_REDIS_URL ?= redis://127.0.0.1:6379/0
 
+# The SQLite part runs on every core (pytest-xdist, a module per worker at a time); TEST_WORKERS=0
+# runs it in one process.
+TEST_WORKERS ?= auto
+
 test: setup
-	$(PY) -m pytest -m "not scaleout"
+	$(PY) -m pytest -m "not scaleout" -n $(TEST_WORKERS)
 	CORTEX_DATABASE_URL=$(SCALEOUT_DATABASE_URL) CORTEX_REDIS_URL=$(SCALEOUT_REDIS_URL) \
 		$(PY) -m pytest -m scaleout
 

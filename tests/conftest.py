@@ -202,3 +202,18 @@ def default_persona(transactional_db):
 
     return Persona.objects.get_or_create(owner=None, name="assistant",
                                          defaults={"prompt": "You are Cortex.", "is_default": True})[0]
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under `pytest -n` with `--dist loadfile` (pytest.ini), a module runs whole on one worker, and
+    the browser modules all on the same one: one Chromium and one app server at a time, beside the
+    other tests, rather than one on every core."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class BrowserModulesTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "tests/browser" if nodeid.startswith("tests/browser/") else super()._split_scope(nodeid)
+
+    return BrowserModulesTogether(config, log)
