@@ -188,8 +188,8 @@ def jobs_and_tokens_by_day(scope: selectors.ActivityScope, period: Period, *, no
     """Jobs by day and outcome, and tokens by day and model.
 
     A day that has ended is counted from its jobs once (`count_days`) and its figures are stored
-    (`ActivityDay`); after that they are read back, with the day's jobs that were still running or
-    waiting then looked at again by id. Today is always counted.
+    (`ActivityDay`); after that they are read back, and only the day's jobs that were still running
+    or waiting then are looked at again (`pending_jobs`). Today is always counted.
 
     Tokens are input plus output (`Job.tokens`, from `Job.usage`) of every job, whatever its
     outcome, by the job's orchestrator model (usage is recorded per job, not per model, so a chat
