@@ -298,9 +298,10 @@ def _transport_with_pool(http: ModuleType, core: ModuleType, ssl_context: ssl.SS
     context = ssl_context or http.create_ssl_context()
     transport = http.AsyncHTTPTransport(verify=context, trust_env=trust_env, retries=0)
     # httpx offers no public hook for the network backend, so the pool it built is replaced.
-    # Fail loudly if that attribute ever moves: silently keeping httpx's pool would bypass the check.
+    # Fail loudly if that attribute ever moves: silently keeping httpx's pool would bypass the
+    # address check of `checked_transport`.
     if not isinstance(getattr(transport, "_pool", None), core.AsyncConnectionPool):
-        raise RuntimeError("this httpx version does not keep its pool in _pool; the address check cannot be installed")
+        raise RuntimeError("this httpx version does not keep its pool in _pool; the network backend cannot be installed")
     transport._pool = core.AsyncConnectionPool(ssl_context=context, http1=True, http2=False, retries=0, **pool)
     return transport
 
