@@ -250,7 +250,12 @@ if REDIS_URL:
             "CONFIG": {"url": REDIS_URL, "prefix": env_str("CORTEX_REDIS_PREFIX", "cortex")},
         }
     }
+elif DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # Every process sharing a SQLite file runs on this machine: doorbells over Unix datagram
+    # sockets beside the file (see orchestrator/local_layer.py).
+    CHANNEL_LAYERS = {"default": {"BACKEND": "orchestrator.local_layer.LocalDoorbellLayer"}}
 else:
+    # PostgreSQL without Redis: processes may be on other machines, so doorbells stay in-process.
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 AUTH_PASSWORD_VALIDATORS = [

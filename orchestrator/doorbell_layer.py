@@ -43,37 +43,9 @@ import redis
 from channels.layers import BaseChannelLayer
 from redis import asyncio as aioredis
 
+from .layer_parts import Inbox, close_with
+
 logger = logging.getLogger(__name__)
-
-
-class Inbox:
-    """The messages waiting for one channel, and the failure its next `receive` must report."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.messages: deque[dict[str, Any]] = deque()
-        self.error: Exception | None = None
-        self.ready = asyncio.Event()
-
-    def put(self, message: dict[str, Any]) -> None:
-        if message in self.messages or len(self.messages) >= self.capacity:
-            return
-        self.messages.append(message)
-        self.ready.set()
-
-    def fail(self, error: Exception) -> None:
-        self.error = error
-        self.ready.set()
-
-    async def get(self) -> dict[str, Any]:
-        while True:
-            if self.error is not None:
-                error, self.error = self.error, None
-                raise error
-            if self.messages:
-                return self.messages.popleft()
-            self.ready.clear()
-            await self.ready.wait()
 
 
 class Hub:
@@ -285,21 +257,13 @@ class DoorbellLayer(BaseChannelLayer):
         hub = self.hubs.get(loop)
         if hub is None:
             hub = self.hubs[loop] = Hub(self)
-            self._close_with(loop, hub)
+
+            async def forget() -> None:
+                del self.hubs[loop]
+                await hub.close()
+
+            close_with(loop, forget)
         return hub
-
-    def _close_with(self, loop: asyncio.AbstractEventLoop, hub: Hub) -> None:
-        """Close the hub's connections when its loop closes, so that a loop that does not live as
-        long as the process (each test's, or `async_to_sync`'s) leaves no connection behind."""
-        close = loop.close
-
-        def close_hub_first() -> None:
-            loop.close = close
-            del self.hubs[loop]
-            loop.run_until_complete(hub.close())
-            close()
-
-        loop.close = close_hub_first
 
     def _name(self, group: str) -> str:
         return f"{self.prefix}:{group}"

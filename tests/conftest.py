@@ -3,8 +3,10 @@ tokens, a running Cortex server process, and the engine driven in-process."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -217,3 +219,26 @@ def pytest_xdist_make_scheduler(config, log):
             return "tests/browser" if nodeid.startswith("tests/browser/") else super()._split_scope(nodeid)
 
     return BrowserModulesTogether(config, log)
+
+
+_test_databases: set[str] = set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_database_name(django_db_setup):
+    """Remember the test database's file, for `pytest_sessionfinish` to clear what lies beside it."""
+    database = settings.DATABASES["default"]
+    if database["ENGINE"].endswith("sqlite3"):
+        _test_databases.add(str(database["NAME"]))
+    yield
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A SQLite test database's doorbell directory (orchestrator/local_layer.py) and, where a
+    connection was still open as it was destroyed, its -wal and -shm files."""
+    for name in _test_databases:
+        shutil.rmtree(f"{name}.doorbells", ignore_errors=True)
+        if not os.path.exists(name):
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name + suffix)

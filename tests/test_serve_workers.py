@@ -3,12 +3,15 @@ with itself, and never leaves one behind, even when it is killed outright."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import time
 
 import httpx
 import pytest
+import websockets
 
 from orchestrator import services
 from orchestrator.models import Job
@@ -104,13 +107,16 @@ def test_a_worker_does_not_outlive_a_killed_server(fake, owner, default_persona,
 
 REDIS_LAYER = {"default": {"BACKEND": "orchestrator.doorbell_layer.DoorbellLayer"}}
 MEMORY_LAYER = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+LOCAL_LAYER = {"default": {"BACKEND": "orchestrator.local_layer.LocalDoorbellLayer"}}
 
 
 @pytest.mark.parametrize(("layers", "cores", "configured", "expected"), [
-    (MEMORY_LAYER, 8, "auto", 0),  # no doorbells between processes: jobs run in the web process
+    (MEMORY_LAYER, 8, "auto", 0),  # PostgreSQL without Redis: jobs run in the web process
     (REDIS_LAYER, 1, "auto", 0),  # no core to spare
     (REDIS_LAYER, 2, "auto", 1),
     (REDIS_LAYER, 64, "auto", 4),  # never more than a few
+    (LOCAL_LAYER, 2, "auto", 1),  # SQLite: doorbells over Unix sockets
+    (LOCAL_LAYER, 1, "auto", 0),
     (MEMORY_LAYER, 2, "3", 3),  # an explicit number is taken as it is
 ])
 def test_how_many_workers_serve_starts_by_default(settings, monkeypatch, layers, cores, configured, expected):
@@ -120,3 +126,63 @@ def test_how_many_workers_serve_starts_by_default(settings, monkeypatch, layers,
     settings.CORTEX_WEB_WORKERS = configured
     monkeypatch.setattr(serve.os, "cpu_count", lambda: cores)
     assert serve.default_workers() == expected
+
+
+def serve_on_sqlite_polling_rarely(fake, tmp_path):
+    """`serve` with one worker on this run's SQLite database, doorbells over Unix sockets, and
+    polls (the executor's for work, a socket's catch-up) far apart: whatever happens within a few
+    seconds happened because a doorbell crossed between the processes."""
+    port = free_port()
+    env = process_env(CORTEX_POLL_SECONDS="300", OPENAI_BASE_URL=fake.base_url, OPENAI_API_KEY="sk-test",
+                      CORTEX_ORCHESTRATOR_MODEL="openai:test-model")
+    server = start_process(["serve", "--port", str(port), "--workers", "1"], env, tmp_path / "serve.log")
+    wait_for_port(port, process=server)
+    wait_until(lambda: (tmp_path / "serve.log").read_text().count("running up to"), what="the worker to run")
+    return server, port
+
+
+def test_on_sqlite_a_worker_hears_of_new_work_and_the_web_of_its_events_at_once(fake, owner, default_persona,
+                                                                                tmp_path):
+    fake.script_delay(2)  # the socket is open before the job's model call ends
+    server, port = serve_on_sqlite_polling_rarely(fake, tmp_path)
+    token = services.token_create(user=owner, name="tests")[1]
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async def follow_one_job() -> list[dict]:
+        async with httpx.AsyncClient() as client:
+            answer = await client.post(f"http://127.0.0.1:{port}/orchestrate", headers=headers,
+                                       json={"task": "hello", "respond_with_final": False})
+        assert answer.status_code == 202
+        received = []
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws/jobs/{answer.json()['job_id']}/?after=0",
+                                      additional_headers=headers) as socket:
+            while not received or received[-1]["data"].get("status") not in ("complete", "error"):
+                # Well within a socket's catch-up (15 s) and the worker's poll (300 s).
+                received.append(json.loads(await asyncio.wait_for(socket.recv(), 12)))
+        return received
+
+    try:
+        streamed = asyncio.run(follow_one_job())
+    finally:
+        stop_process(server, timeout=30)
+    assert [event["seq"] for event in streamed] == list(range(1, len(streamed) + 1))
+    assert streamed[-1]["data"]["status"] == "complete"
+
+
+def test_on_sqlite_a_cancel_on_the_web_reaches_a_model_call_in_the_worker(fake, owner, default_persona, tmp_path):
+    fake.script_delay(120)
+    server, port = serve_on_sqlite_polling_rarely(fake, tmp_path)
+    try:
+        token = services.token_create(user=owner, name="tests")[1]
+        headers = {"Authorization": f"Bearer {token}"}
+        answer = httpx.post(f"http://127.0.0.1:{port}/orchestrate", json={"task": "Think for two minutes"},
+                            headers=headers, timeout=30)
+        job_id = answer.json()["job_id"]
+        wait_until(lambda: fake.call_count >= 1, what="the model call")
+        assert httpx.post(f"http://127.0.0.1:{port}/orchestrate/{job_id}/cancel", headers=headers,
+                          timeout=30).status_code == 200
+        # The worker hangs up on the model long before its poll or the call itself would end.
+        wait_until(lambda: fake.disconnects >= 1, timeout=20, what="the worker to hang up")
+    finally:
+        stop_process(server, timeout=30)
+    assert Job.objects.get(pk=job_id).status == "cancelled"

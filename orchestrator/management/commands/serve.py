@@ -2,9 +2,10 @@
 process, on the web's own event loop (`--workers 0`).
 
 With executors in their own processes, web requests never wait behind the engine's work for a
-core or for the event loop. They need a channel layer shared between processes (Redis) for their
-doorbells (new work for the executors, new events for the web's WebSockets), so by default they
-are used only where one is configured and the machine has a core to spare for them.
+core or for the event loop. They need a channel layer shared between processes for their doorbells
+(new work for the executors, new events for the web's WebSockets): Redis, or on SQLite Unix sockets
+beside the database (orchestrator/local_layer.py). So by default they are used wherever there is
+one (everywhere but PostgreSQL without Redis) and the machine has a core to spare for them.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ MAX_AUTO_WORKERS = 4  # `auto` never starts more than this many workers, however
 
 def default_workers() -> int:
     """`CORTEX_WEB_WORKERS`, or where it is `auto`: one `runjobs` process per core beyond the
-    first (at most MAX_AUTO_WORKERS) when a shared channel layer carries the doorbells between
-    processes, else none."""
+    first (at most MAX_AUTO_WORKERS) when a channel layer carries the doorbells between processes
+    (Redis, or Unix sockets on SQLite), else none."""
     configured = settings.CORTEX_WEB_WORKERS
     if configured != "auto":
         return int(configured)
