@@ -45,6 +45,10 @@ class Outcome:
     seconds: float  # wall time, first job submitted to last job complete
     cpu_seconds: float  # this process's user + system time over the same span
     peak_rss_mb: float  # this process's peak resident memory over its whole life
+    # Cortex, where jobs are submitted from a process of their own (as the web submits them):
+    # that process's CPU time over the span, and its peak resident memory.
+    submitter_cpu_seconds: float | None = None
+    submitter_peak_rss_mb: float | None = None
 
     def emit(self) -> None:
         print(RESULT_PREFIX + json.dumps(asdict(self)), flush=True)

@@ -1,5 +1,8 @@
 """Cortex's side: jobs submitted through `services.job_submit` and driven by the real `Executor`
-against a real SQLite database, in this one process.
+against a real SQLite database. The executor runs in this process; the jobs are submitted from a
+process of their own, as the web submits them where `serve` runs jobs in a `runjobs` child (its
+default on SQLite and with Redis, on a machine with a core to spare), their doorbells crossing over
+the channel layer; `--submit-in-process` submits from a thread of this process instead.
 
     python -m bench.cortex prepare --conversation FILE      # migrate, create the user, record the request
     python -m bench.cortex run --jobs 200 --at-once 1 --rounds 5 [--profile DIR]
@@ -16,12 +19,14 @@ import asyncio
 import cProfile
 import gc
 import json
+import multiprocessing
 import os
 import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor as Executor_
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -95,24 +100,32 @@ def prepare(conversation_path: Path) -> None:
 
 # --- run ---------------------------------------------------------------------------------------
 
+def _submit(user_id: int, count: int) -> list[str]:
+    user = get_user_model().objects.get(pk=user_id)
+    return [str(services.job_submit(user=user, task=TASK, options=OPTIONS).id) for _ in range(count)]
+
+
 class Submitter:
-    """Submits jobs through `services.job_submit` from a thread of its own, as a web worker would,
-    keeping its database connection open between submissions as a web worker does."""
+    """Submits jobs through `services.job_submit`, as the web does, keeping its database connection
+    open between submissions as a web worker does: from a process of its own by default, as
+    `serve` runs the web apart from the executor (a `runjobs` child) on SQLite and with Redis,
+    its doorbells reaching the executor over the channel layer; or (`in_process`) from a thread of
+    the executor's process, as `serve --workers 0` runs both."""
 
-    def __init__(self, user: Any) -> None:
+    def __init__(self, user: Any, *, in_process: bool = False) -> None:
         self.user = user
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-submit")
-
-    def _submit(self, count: int) -> list[str]:
-        return [str(services.job_submit(user=self.user, task=TASK, options=OPTIONS).id) for _ in range(count)]
+        self.in_process = in_process
+        self.reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-read")
+        self.pool: Executor_ = (self.reads if in_process else ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn")))
 
     async def submit(self, count: int) -> list[str]:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, self._submit, count)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, _submit, self.user.pk, count)
 
     async def unfinished(self, ids: list[str]) -> int:
         def count() -> int:
             return Job.objects.filter(id__in=ids, status__in=ACTIVE_STATUSES).count()
-        return await asyncio.get_running_loop().run_in_executor(self.pool, count)
+        return await asyncio.get_running_loop().run_in_executor(self.reads, count)
 
     async def waiting(self, ids: list[str]) -> dict[str, int]:
         """How many of the jobs are in each status, counting as waiting only those no executor holds."""
@@ -120,11 +133,25 @@ class Submitter:
             rows = (Job.objects.filter(id__in=ids).exclude(status=JobStatus.AWAITING_CONFIRMATION, lease_owner__gt="")
                     .order_by().values_list("status").annotate(n=Count("id")))
             return dict(rows)
-        return await asyncio.get_running_loop().run_in_executor(self.pool, count)
+        return await asyncio.get_running_loop().run_in_executor(self.reads, count)
+
+    async def cpu_seconds(self) -> float | None:
+        """The submitting process's CPU time so far (None when it is this process)."""
+        if self.in_process:
+            return None
+        return await asyncio.get_running_loop().run_in_executor(self.pool, cpu_seconds)
+
+    def peak_rss_mb(self) -> float | None:
+        """The submitting process's peak resident memory (None when it is this process)."""
+        if self.in_process:
+            return None
+        return self.pool.submit(peak_rss_mb).result()
 
     def close(self) -> None:
-        self.pool.submit(connections.close_all).result()
-        self.pool.shutdown()
+        self.reads.submit(connections.close_all).result()
+        self.reads.shutdown()
+        if not self.in_process:
+            self.pool.shutdown()
 
 
 async def one_at_a_time(executor: Executor, submitter: Submitter, count: int) -> list[str]:
@@ -238,7 +265,7 @@ def query_shape(sql: str) -> str:
 
 async def run(args: argparse.Namespace) -> Outcome:
     user = await asyncio.to_thread(lambda: get_user_model().objects.get(username=USERNAME))
-    submitter = Submitter(user)
+    submitter = Submitter(user, in_process=args.submit_in_process)
     batch = one_at_a_time if args.at_once == 1 else all_at_once
     executor = Executor(concurrency=args.at_once)
     running = asyncio.create_task(executor.run())
@@ -248,18 +275,23 @@ async def run(args: argparse.Namespace) -> Outcome:
         profiler = Profiler(args.profile) if args.profile else None
         if profiler:
             await profiler.start(executor)
+        submitter_cpu = await submitter.cpu_seconds()
         started, cpu_started = time.perf_counter(), cpu_seconds()
         ids = await batch(executor, submitter, args.jobs)
         seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
+        if submitter_cpu is not None:
+            submitter_cpu = await submitter.cpu_seconds() - submitter_cpu
         if profiler:
             await profiler.stop(executor, jobs=args.jobs, rounds=args.rounds)
+        submitter_peak = submitter.peak_rss_mb()
     finally:
         await executor.stop()
         await running
         submitter.close()
     await asyncio.to_thread(verify_and_close, ids, args.rounds)
     return Outcome(side="cortex", jobs=args.jobs, rounds=args.rounds, at_once=args.at_once, seconds=seconds,
-                   cpu_seconds=cpu, peak_rss_mb=peak_rss_mb())
+                   cpu_seconds=cpu, peak_rss_mb=peak_rss_mb(), submitter_cpu_seconds=submitter_cpu,
+                   submitter_peak_rss_mb=submitter_peak)
 
 
 async def park(args: argparse.Namespace) -> dict[str, Any]:
@@ -268,7 +300,7 @@ async def park(args: argparse.Namespace) -> dict[str, Any]:
     executor task and no memory: compares the process's resident memory before the jobs are
     submitted with after they have all stopped to wait (both after a collection)."""
     user = await asyncio.to_thread(_ask_before_current_time)
-    submitter = Submitter(user)
+    submitter = Submitter(user, in_process=True)
     executor = Executor(concurrency=args.at_once)
     running = asyncio.create_task(executor.run())
     await asyncio.sleep(0)
@@ -315,7 +347,7 @@ async def page(args: argparse.Namespace) -> dict[str, Any]:
     (the whole request: middleware, session, view, template), median of `renders` after one
     untimed render."""
     user = await asyncio.to_thread(lambda: get_user_model().objects.get(username=USERNAME))
-    submitter = Submitter(user)
+    submitter = Submitter(user, in_process=True)
     executor = Executor(concurrency=1)
     running = asyncio.create_task(executor.run())
     await asyncio.sleep(0)
@@ -372,6 +404,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     go.add_argument("--at-once", type=int, default=1, help="the executor's concurrency")
     go.add_argument("--rounds", type=int, default=5)
     go.add_argument("--profile", type=Path, default=None, help="write cProfile stats and a query count here")
+    go.add_argument("--submit-in-process", action="store_true",
+                    help="submit from a thread of the executor's process (as `serve --workers 0` runs), "
+                         "not from a process of its own (as `serve` runs by default)")
     parked = commands.add_parser("park")
     parked.add_argument("--jobs", type=int, required=True)
     parked.add_argument("--at-once", type=int, default=250, help="the executor's concurrency")

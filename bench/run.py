@@ -128,8 +128,10 @@ class Scenario:
 class Sides:
     """Runs a measurement of either side in its own process and reads back its figures."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], conversation: Path, template: Path) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str], conversation: Path, template: Path, *,
+                 submit_in_process: bool = False) -> None:
         self.workdir, self.env, self.conversation, self.template = workdir, env, conversation, template
+        self.submit_in_process = submit_in_process
         self.cortex_runs = 0
 
     def _child(self, argv: list[str], env: dict[str, str]) -> Outcome:
@@ -160,6 +162,8 @@ class Sides:
                 "--rounds", str(scenario.rounds)]
         if profile is not None:
             argv += ["--profile", str(profile)]
+        if self.submit_in_process:
+            argv.append("--submit-in-process")
         try:
             return self._child(argv, env)
         finally:
@@ -229,7 +233,10 @@ def alternate(sides: Sides, scenario: Scenario, base_url: str, repeats: int) -> 
 def describe(outcome: Outcome) -> str:
     return (f"{outcome.jobs} jobs in {outcome.seconds:.2f} s: {per_round_ms(outcome):.2f} ms/round, "
             f"{outcome.jobs / outcome.seconds:.1f} jobs/s, cpu {cpu_ms_per_round(outcome):.2f} ms/round, "
-            f"peak {outcome.peak_rss_mb:.0f} MiB")
+            f"peak {outcome.peak_rss_mb:.0f} MiB"
+            + (f"; submitting process cpu {outcome.submitter_cpu_seconds * 1000 / (outcome.jobs * outcome.rounds):.2f}"
+               f" ms/round, peak {outcome.submitter_peak_rss_mb:.0f} MiB"
+               if outcome.submitter_cpu_seconds is not None and outcome.submitter_peak_rss_mb is not None else ""))
 
 
 # --- figures -----------------------------------------------------------------------------------
@@ -462,6 +469,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, default=None,
                         help="after measuring, profile one serial Cortex run into this directory")
     parser.add_argument("--quick", action="store_true", help="a small smoke run (figures are rough)")
+    parser.add_argument("--submit-in-process", action="store_true",
+                        help="Cortex's engine scenarios submit from a thread of the executor's process "
+                             "(as `serve --workers 0` runs) instead of a process of their own")
     parser.add_argument("--events-only", action="store_true",
                         help="only the event to WebSocket scenario on PostgreSQL + Redis")
     args = parser.parse_args(argv)
@@ -506,7 +516,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="cortex-bench-"))
     try:
         env = side_env(workdir)
-        sides = Sides(workdir, env, workdir / "conversation.json", workdir / "template")
+        sides = Sides(workdir, env, workdir / "conversation.json", workdir / "template",
+                      submit_in_process=args.submit_in_process)
         (workdir / "template").mkdir()
         sides.prepare()
         log(f"serial: {serial.jobs} jobs of {serial.rounds} rounds, one at a time, no model latency")
