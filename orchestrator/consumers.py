@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
@@ -12,7 +11,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.http import Http404
 
 from . import events, selectors
-from .streams import LogStream, log_reader
+from .streams import EVENTS_PER_READ, LogStream, events_after
 
 
 class JobEventsConsumer(LogStream, AsyncJsonWebsocketConsumer):
@@ -48,16 +47,12 @@ class JobEventsConsumer(LogStream, AsyncJsonWebsocketConsumer):
     async def read_log(self) -> None:
         async with self.lock:
             while True:
-                batch = await log_reader(_events_after)(self.job_id, self.last_seq)
+                batch = await events_after(self.job_id, self.last_seq)
                 for event in batch:
                     await self.send_json(event)
                     self.last_seq = event["seq"]
-                if len(batch) < 500:
+                if len(batch) < EVENTS_PER_READ:
                     return
-
-
-def _events_after(job_id: uuid.UUID, after: int) -> list[dict]:
-    return [event.as_dict() for event in selectors.job_events_after(job_id, after)]
 
 
 def _after(scope: dict) -> int:

@@ -34,8 +34,10 @@ from channels.utils import await_many_dispatch
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY
 from django.db import connections
+from django.db.models import Q
 
 from . import events
+from .models import JobEvent
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -93,21 +95,85 @@ class LogReaders:
                 thread.start()
                 self.threads.append(thread)
 
+    async def events_after(self, job_id: Any, after: int) -> list[dict[str, Any]]:
+        """The job's events after `after` (at most EVENTS_PER_READ), as the JSON stream sends them.
+        The reads of every socket waiting at that moment are made in one query (`_read_events`)."""
+        return await self.run(_EVENTS, job_id, after)
+
     def _serve(self) -> None:
+        later: list[tuple] = []
         while True:
-            try:
-                item = self.work.get(timeout=self.linger_seconds)
-            except queue.Empty:
-                connections.close_all()
-                item = self.work.get()
-            loop, future, context, fn, args = item
-            try:
-                outcome = functools.partial(future.set_result, context.run(fn, *args))
-            except Exception as error:
-                connections.close_all()  # a broken connection must not fail the next read too
-                outcome = functools.partial(future.set_exception, error)
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting
-                loop.call_soon_threadsafe(_settle, future, outcome)
+            if later:
+                item = later.pop(0)
+            else:
+                try:
+                    item = self.work.get(timeout=self.linger_seconds)
+                except queue.Empty:
+                    connections.close_all()
+                    item = self.work.get()
+            if item[3] is _EVENTS:
+                self._events(item, later)
+            else:
+                self._one(item)
+
+    def _one(self, item: tuple) -> None:
+        loop, future, context, fn, args = item
+        try:
+            outcome = functools.partial(future.set_result, context.run(fn, *args))
+        except Exception as error:
+            connections.close_all()  # a broken connection must not fail the next read too
+            outcome = functools.partial(future.set_exception, error)
+        _hand_over(loop, future, outcome)
+
+    def _events(self, first: tuple, later: list[tuple]) -> None:
+        """`first`, an event read, with every other event read already waiting, in one query; the
+        other work taken from the queue meanwhile is left in `later`, in its order."""
+        reads = [first]
+        with contextlib.suppress(queue.Empty):
+            while True:
+                item = self.work.get_nowait()
+                (reads if item[3] is _EVENTS else later).append(item)
+        try:
+            found = _read_events([item[4] for item in reads])
+        except Exception as error:
+            connections.close_all()
+            for loop, future, *_ in reads:
+                _hand_over(loop, future, functools.partial(future.set_exception, error))
+            return
+        for loop, future, _, _, (job_id, after) in reads:
+            _hand_over(loop, future, functools.partial(future.set_result, found(job_id, after)))
+
+
+def _EVENTS(job_id: Any, after: int) -> list[dict[str, Any]]:  # noqa: N802  (a marker, never called)
+    raise RuntimeError("event reads are made by LogReaders._events")
+
+
+EVENTS_PER_READ = 500
+
+
+def _read_events(reads: list[tuple[Any, int]]) -> Callable[[Any, int], list[dict[str, Any]]]:
+    """One query for the events each (job id, after) read asks for; returns the lookup of each
+    read's own: its job's events after its `after`, at most EVENTS_PER_READ of them, in order."""
+    from .models import JobEvent
+
+    wanted = Q()
+    for job_id, after in set(reads):
+        wanted |= Q(job_id=job_id, seq__gt=after, seq__lte=after + EVENTS_PER_READ)
+    by_job: dict[str, list[dict[str, Any]]] = {}
+    for job_id, seq, kind, at, data in (JobEvent.objects.filter(wanted).order_by("job_id", "seq")
+                                        .values_list("job_id", "seq", "type", "at", "data")):
+        by_job.setdefault(str(job_id), []).append({"seq": seq, "type": kind, "at": at.isoformat(), "data": data})
+
+    def found(job_id: Any, after: int) -> list[dict[str, Any]]:
+        return [event for event in by_job.get(str(job_id), ())
+                if after < event["seq"] <= after + EVENTS_PER_READ]
+
+    return found
+
+
+def _hand_over(loop: asyncio.AbstractEventLoop, future: asyncio.Future, outcome: Callable[[], None]) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting
+        loop.call_soon_threadsafe(_settle, future, outcome)
 
 
 def _settle(future: asyncio.Future, outcome: Callable[[], None]) -> None:
@@ -116,6 +182,11 @@ def _settle(future: asyncio.Future, outcome: Callable[[], None]) -> None:
 
 
 _readers = LogReaders(2)
+
+
+def events_after(job_id: Any, after: int) -> Awaitable[list[dict[str, Any]]]:
+    """The job's events after `after`, read on a log reader thread, with other sockets' reads."""
+    return _readers.events_after(job_id, after)
 
 
 def log_reader(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:

@@ -1,6 +1,7 @@
 """The event stream: every event after `seq`, then live ones, none skipped or repeated; only for the
 job's owner; cookie sessions only from our own origin."""
 
+import asyncio
 import threading
 
 import pytest
@@ -9,7 +10,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from cortex_site.asgi import application
-from orchestrator import consumers, services
+from orchestrator import services, streams
 from orchestrator.auth import origin_allowed
 from orchestrator.models import JobEvent
 
@@ -89,17 +90,19 @@ async def test_a_slow_read_for_one_socket_holds_back_no_other(owner, token, defa
     second = await sync_to_async(services.job_submit)(user=owner, task="Write a note: call dad")
     slow, _, _ = await connect(f"/ws/jobs/{first.pk}/?after={first.last_seq}", bearer(token))
     quick, _, _ = await connect(f"/ws/jobs/{second.pk}/?after={second.last_seq}", bearer(token))
-    released = threading.Event()
-    read = consumers._events_after
+    held, released = threading.Event(), threading.Event()
+    read = streams._read_events
 
-    def held_back_for_the_first_job(job_id, after):
-        if job_id == first.pk:
+    def held_back_with_the_first_job(reads):
+        if any(job_id == first.pk for job_id, _ in reads):
+            held.set()
             released.wait(10)
-        return read(job_id, after)
+        return read(reads)
 
-    monkeypatch.setattr(consumers, "_events_after", held_back_for_the_first_job)
+    monkeypatch.setattr(streams, "_read_events", held_back_with_the_first_job)
     try:
         await sync_to_async(services.job_cancel)(user=owner, job_id=first.pk)
+        assert await asyncio.to_thread(held.wait, 10)  # the first socket's read is under way, and stuck
         await sync_to_async(services.job_cancel)(user=owner, job_id=second.pk)
         assert "cancelled" in statuses(await receive_all(quick))
     finally:
@@ -206,3 +209,48 @@ async def test_events_are_appended_with_the_change_they_describe(owner, awaiting
     await sync_to_async(services.job_cancel)(user=owner, job_id=job.pk)
     types = await sync_to_async(lambda: list(JobEvent.objects.filter(job=job).values_list("type", flat=True)))()
     assert types[-2:] == ["tool.finished", "job.status"]
+
+
+async def test_reads_of_sockets_waiting_together_are_one_query_and_each_gets_its_own_events(owner, outsider,
+                                                                                           default_persona):
+    """The sockets' event reads waiting for a reader at the same moment are made in one query
+    (`streams._read_events`); every socket gets its own job's events after its own position, and
+    nothing of another's, whoever owns the jobs."""
+    jobs = []
+    for user, task in ((owner, "Write a note: one"), (outsider, "Write a note: two"), (owner, "Write a note: three")):
+        job = await sync_to_async(services.job_submit)(user=user, task=task)
+        await sync_to_async(services.job_cancel)(user=user, job_id=job.pk)  # a second event, and a third
+        jobs.append(job)
+    logs = {job.pk: await sync_to_async(lambda job=job: [e.as_dict() for e in job.events.order_by("seq")])()
+            for job in jobs}
+    assert all(len(log) >= 2 for log in logs.values())
+
+    readers = streams.LogReaders(1)
+    batches = []
+    read = streams._read_events
+
+    def recorded(reads):
+        batches.append(list(reads))
+        return read(reads)
+
+    busy, release = threading.Event(), threading.Event()
+
+    def hold_the_only_reader():
+        busy.set()
+        release.wait(10)
+        return "held"
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(streams, "_read_events", recorded)
+        holding = asyncio.ensure_future(readers.run(hold_the_only_reader))
+        assert await asyncio.to_thread(busy.wait, 10)
+        asked = [(jobs[0].pk, 0), (jobs[1].pk, 1), (jobs[2].pk, 0), (jobs[0].pk, 1)]
+        waiting = [asyncio.ensure_future(readers.events_after(job_id, after)) for job_id, after in asked]
+        other = asyncio.ensure_future(readers.run(lambda: "other work"))
+        await asyncio.sleep(0.1)
+        release.set()
+        answers = await asyncio.gather(*waiting)
+        assert await holding == "held" and await other == "other work"
+    assert [len(batch) for batch in batches] == [4]
+    for (job_id, after), answer in zip(asked, answers, strict=True):
+        assert answer == [event for event in logs[job_id] if event["seq"] > after]
