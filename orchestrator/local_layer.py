@@ -22,6 +22,7 @@ once, as they do over Redis (doorbell_layer.py), instead of at the next poll.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import errno
 import hashlib
@@ -69,6 +70,33 @@ def _make_directory(path: Path) -> None:
     path.chmod(0o700)
 
 
+def _clear_left_behind(path: Path) -> None:
+    """Remove the sockets of processes that ended without removing theirs (killed, or a server
+    whose loop never closed). A socket's name starts with its process's id."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(path):
+            pid = name.partition("-")[0]
+            if not (name.endswith(SUFFIX) and pid.isdigit()) or int(pid) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                with contextlib.suppress(OSError):
+                    (path / name).unlink()
+            except PermissionError:  # alive, another user's: not ours to judge
+                continue
+
+
+_bound: set[Path] = set()  # this process's sockets, removed at exit if their loop never closed
+
+
+@atexit.register
+def _remove_bound() -> None:
+    for path in list(_bound):
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
 class Hub:
     """One event loop's socket and channels."""
 
@@ -77,12 +105,14 @@ class Hub:
         self.inboxes: dict[str, Inbox] = {}
         self.members: dict[str, set[str]] = {}
         _make_directory(directory)
+        _clear_left_behind(directory)
         self.path = directory / f"{os.getpid()}-{uuid.uuid4().hex[:12]}{SUFFIX}"
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.socket.setblocking(False)
         with contextlib.suppress(OSError):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         self.socket.bind(str(self.path))
+        _bound.add(self.path)
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(self.socket.fileno(), self._read)
 
@@ -119,6 +149,7 @@ class Hub:
         with contextlib.suppress(Exception):
             self.loop.remove_reader(self.socket.fileno())
         self.socket.close()
+        _bound.discard(self.path)
         with contextlib.suppress(OSError):
             self.path.unlink()
 

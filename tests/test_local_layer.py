@@ -146,3 +146,17 @@ async def test_by_default_the_sockets_lie_beside_the_database_in_use(settings):
 
     layer = LocalDoorbellLayer()
     assert layer.directory() == local_layer.directory_for(str(connections["default"].settings_dict["NAME"]))
+
+
+async def test_sockets_of_processes_that_ended_are_cleared_when_a_loop_starts_listening(tmp_path):
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    left = tmp_path / f"{ended.pid}-0123456789ab{local_layer.SUFFIX}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as dead:
+        dead.bind(str(left))
+    alive = tmp_path / f"{os.getpid()}-ba9876543210{local_layer.SUFFIX}"  # this process lives on
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as ours:
+        ours.bind(str(alive))
+    layer = LocalDoorbellLayer(directory=str(tmp_path))
+    await layer.new_channel()
+    assert not left.exists() and alive.exists()

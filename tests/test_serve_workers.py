@@ -13,7 +13,9 @@ import httpx
 import pytest
 import websockets
 
-from orchestrator import services
+from django.conf import settings
+
+from orchestrator import local_layer, services
 from orchestrator.models import Job
 from tests.conftest import free_port, process_env, start_process, stop_process, wait_for_port
 from tests.fakes.openai_fake import OpenAIFake
@@ -162,11 +164,16 @@ def test_on_sqlite_a_worker_hears_of_new_work_and_the_web_of_its_events_at_once(
         return received
 
     try:
+        [worker] = children_of(server.pid)
         streamed = asyncio.run(follow_one_job())
     finally:
         stop_process(server, timeout=30)
     assert [event["seq"] for event in streamed] == list(range(1, len(streamed) + 1))
     assert streamed[-1]["data"]["status"] == "complete"
+    # Both processes removed their sockets as they stopped.
+    wait_until(lambda: not alive(worker), timeout=15, what="the worker to stop with the server")
+    bells = local_layer.directory_for(str(settings.DATABASES["default"]["NAME"]))
+    assert not [name for name in os.listdir(bells) if name.split("-")[0] in (str(server.pid), str(worker))]
 
 
 def test_on_sqlite_a_cancel_on_the_web_reaches_a_model_call_in_the_worker(fake, owner, default_persona, tmp_path):
