@@ -34,16 +34,14 @@ import json
 import logging
 import queue
 import threading
-import uuid
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
 import redis
-from channels.layers import BaseChannelLayer
 from redis import asyncio as aioredis
 
-from .layer_parts import Inbox, close_with
+from .layer_parts import Inbox, PerLoopLayer
 
 logger = logging.getLogger(__name__)
 
@@ -230,9 +228,7 @@ class Publisher:
                 logger.warning("could not ring %d doorbells", len(batch), exc_info=True)
 
 
-class DoorbellLayer(BaseChannelLayer):
-    extensions = ["groups"]
-
+class DoorbellLayer(PerLoopLayer):
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "cortex", capacity: int = 100,
                  ping_seconds: float = 1.0, answer_seconds: float = 2.0) -> None:
         super().__init__(capacity=capacity)
@@ -240,7 +236,6 @@ class DoorbellLayer(BaseChannelLayer):
         self.prefix = prefix
         self.ping_seconds = ping_seconds
         self.answer_seconds = answer_seconds
-        self.hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
         self.publisher = Publisher(self)
 
     def new_pool(self) -> aioredis.ConnectionPool:
@@ -252,34 +247,11 @@ class DoorbellLayer(BaseChannelLayer):
         pool = self.new_pool()
         return pool.connection_class(**pool.connection_kwargs)
 
-    def hub(self) -> Hub:
-        loop = asyncio.get_running_loop()
-        hub = self.hubs.get(loop)
-        if hub is None:
-            hub = self.hubs[loop] = Hub(self)
-
-            async def forget() -> None:
-                del self.hubs[loop]
-                await hub.close()
-
-            close_with(loop, forget)
-        return hub
+    def make_hub(self) -> Hub:
+        return Hub(self)
 
     def _name(self, group: str) -> str:
         return f"{self.prefix}:{group}"
-
-    async def new_channel(self, prefix: str = "specific.") -> str:
-        channel = f"{prefix}{uuid.uuid4().hex}"
-        self.hub().inboxes[channel] = Inbox(self.capacity)
-        return channel
-
-    async def receive(self, channel: str) -> dict[str, Any]:
-        hub = self.hub()
-        try:
-            return await hub.inboxes[channel].get()
-        except asyncio.CancelledError:  # the consumer is leaving: nothing will read this channel again
-            hub.inboxes.pop(channel, None)
-            raise
 
     async def group_add(self, group: str, channel: str) -> None:
         hub = self.hub()

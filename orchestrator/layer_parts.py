@@ -9,9 +9,12 @@ a channel that falls behind loses nothing by dropping the rest: its listener rea
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
+
+from channels.layers import BaseChannelLayer
 
 
 class Inbox:
@@ -57,3 +60,53 @@ def close_with(loop: asyncio.AbstractEventLoop, closing: Callable[[], Awaitable[
             close()
 
     loop.close = close_after
+
+
+class Hub(Protocol):
+    inboxes: dict[str, Inbox]
+
+    async def close(self) -> None: ...
+
+
+class PerLoopLayer(BaseChannelLayer):
+    """A layer whose channels are the process's own: each event loop has a hub (`make_hub`) holding
+    its channels' inboxes and whatever connection brings their messages, closed with the loop."""
+
+    extensions = ["groups"]
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity=capacity)
+        self.hubs: dict[asyncio.AbstractEventLoop, Any] = {}
+
+    def make_hub(self) -> Any:
+        raise NotImplementedError
+
+    def left(self, hub: Any, channel: str) -> None:
+        """`channel` will not be read again: forget what the hub keeps for it beyond its inbox."""
+
+    def hub(self) -> Any:
+        loop = asyncio.get_running_loop()
+        hub = self.hubs.get(loop)
+        if hub is None:
+            hub = self.hubs[loop] = self.make_hub()
+
+            async def forget() -> None:
+                self.hubs.pop(loop, None)
+                await hub.close()
+
+            close_with(loop, forget)
+        return hub
+
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        channel = f"{prefix}{uuid.uuid4().hex}"
+        self.hub().inboxes[channel] = Inbox(self.capacity)
+        return channel
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        hub = self.hub()
+        try:
+            return await hub.inboxes[channel].get()
+        except asyncio.CancelledError:  # the consumer is leaving: nothing will read this channel again
+            hub.inboxes.pop(channel, None)
+            self.left(hub, channel)
+            raise

@@ -40,10 +40,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from channels.layers import BaseChannelLayer
 from django.db import connections
 
-from .layer_parts import Inbox, close_with
+from .layer_parts import Inbox, PerLoopLayer
 
 logger = logging.getLogger(__name__)
 
@@ -309,50 +308,25 @@ def _datagrams(items: list[Any]) -> Iterable[bytes]:
 _sender = Sender()
 
 
-class LocalDoorbellLayer(BaseChannelLayer):
+class LocalDoorbellLayer(PerLoopLayer):
     """`directory`: where the sockets live; by default beside the SQLite database in use (read at
     each use, so a test database's processes share theirs and nobody else's)."""
-
-    extensions = ["groups"]
 
     def __init__(self, directory: str | None = None, capacity: int = 100, patience_seconds: float = 1.0) -> None:
         super().__init__(capacity=capacity)
         self.configured = Path(directory) if directory else None
         self.patience_seconds = patience_seconds
-        self.hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
 
     def directory(self) -> Path:
         if self.configured is not None:
             return self.configured
         return directory_for(str(connections["default"].settings_dict["NAME"]))
 
-    def hub(self) -> Hub:
-        loop = asyncio.get_running_loop()
-        hub = self.hubs.get(loop)
-        if hub is None:
-            hub = self.hubs[loop] = Hub(self, self.directory())
+    def make_hub(self) -> Hub:
+        return Hub(self, self.directory())
 
-            async def forget() -> None:
-                self.hubs.pop(loop, None)
-                await hub.close()
-
-            close_with(loop, forget)
-        return hub
-
-    async def new_channel(self, prefix: str = "specific.") -> str:
-        channel = f"{prefix}{uuid.uuid4().hex}"
-        self.hub().inboxes[channel] = Inbox(self.capacity)
-        return channel
-
-    async def receive(self, channel: str) -> dict[str, Any]:
-        hub = self.hub()
-        try:
-            return await hub.inboxes[channel].get()
-        except asyncio.CancelledError:  # the consumer is leaving: nothing will read this channel again
-            hub.inboxes.pop(channel, None)
-            hub.members = {group: members - {channel} for group, members in hub.members.items()
-                           if members - {channel}}
-            raise
+    def left(self, hub: Hub, channel: str) -> None:
+        hub.members = {group: members - {channel} for group, members in hub.members.items() if members - {channel}}
 
     async def group_add(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)

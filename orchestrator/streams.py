@@ -154,8 +154,6 @@ EVENTS_PER_READ = 500
 def _read_events(reads: list[tuple[Any, int]]) -> Callable[[Any, int], list[dict[str, Any]]]:
     """One query for the events each (job id, after) read asks for; returns the lookup of each
     read's own: its job's events after its `after`, at most EVENTS_PER_READ of them, in order."""
-    from .models import JobEvent
-
     wanted = Q()
     for job_id, after in set(reads):
         wanted |= Q(job_id=job_id, seq__gt=after, seq__lte=after + EVENTS_PER_READ)
