@@ -125,6 +125,10 @@ def sqlite_database(path: Path) -> dict:
             "transaction_mode": "IMMEDIATE",
             "timeout": 30,
         },
+        # A request's thread is kept from one request to the next (orchestrator/handler.py), and
+        # so is its connection: no connection opened, set up and closed for every request.
+        "CONN_MAX_AGE": 600,
+        "CONN_HEALTH_CHECKS": True,
         # A file (not memory) so test servers in other processes share it; one per test run.
         "TEST": {"NAME": str(path.with_name(f"{path.stem}-test-{os.getpid()}.sqlite3"))},
     }

@@ -25,6 +25,7 @@ import asyncio
 import atexit
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -53,6 +54,7 @@ BATCH_BYTES = 60_000  # a datagram's payload at most; a bigger batch is sent in 
 RECENT_SECONDS = 0.1  # a directory changed this recently is listed again whatever its mtime says
 
 
+@functools.lru_cache(maxsize=64)
 def directory_for(database: str) -> Path:
     """Where the sockets of the processes sharing the SQLite file `database` live."""
     beside = Path(f"{database}.doorbells")

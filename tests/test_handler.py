@@ -1,0 +1,68 @@
+"""The web's ASGI handler keeps each request's thread, and with it its database connection, for
+the requests after it (orchestrator/handler.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import pytest
+from asgiref.testing import ApplicationCommunicator
+from django.db.backends.signals import connection_created
+
+from orchestrator import services
+from orchestrator.handler import PooledThreadsASGIHandler
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def get(app, path: str, token: str) -> tuple[int, dict]:
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"127.0.0.1"), (b"authorization", f"Bearer {token}".encode())],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
+    communicator = ApplicationCommunicator(app, scope)
+    await communicator.send_input({"type": "http.request", "body": b"", "more_body": False})
+    start = await communicator.receive_output(10)
+    body = await communicator.receive_output(10)
+    await communicator.wait(10)
+    return start["status"], json.loads(body["body"])
+
+
+async def test_requests_one_after_another_share_a_thread_and_its_database_connection(owner, default_persona):
+    job = await asyncio.to_thread(services.job_submit, user=owner, task="hello")
+    token = (await asyncio.to_thread(services.token_create, user=owner))[1]
+    app = PooledThreadsASGIHandler()
+    opened = []
+
+    def count(sender, connection, **kwargs):
+        opened.append(threading.current_thread().name)
+
+    connection_created.connect(count)
+    try:
+        for _ in range(5):
+            status, body = await get(app, f"/orchestrate/{job.pk}", token)
+            assert status == 200 and body["job_id"] == str(job.pk)
+    finally:
+        connection_created.disconnect(count)
+    assert app.threads.made == 1
+    assert len(opened) == 1 and opened[0].startswith("cortex-request-")
+
+
+async def test_requests_at_the_same_time_each_have_a_thread_of_their_own(owner, default_persona, monkeypatch):
+    job = await asyncio.to_thread(services.job_submit, user=owner, task="hello")
+    token = (await asyncio.to_thread(services.token_create, user=owner))[1]
+    app = PooledThreadsASGIHandler()
+    both_in, names = threading.Barrier(2, timeout=10), []
+    authenticate = services.token_authenticate
+
+    def meet_the_other_request(*, raw):
+        names.append(threading.current_thread().name)
+        both_in.wait()  # only returns if the other request runs at the same time, on another thread
+        return authenticate(raw=raw)
+
+    monkeypatch.setattr(services, "token_authenticate", meet_the_other_request)
+    answers = await asyncio.gather(get(app, f"/orchestrate/{job.pk}", token), get(app, f"/orchestrate/{job.pk}", token))
+    assert [status for status, _ in answers] == [200, 200]
+    assert len(set(names)) == 2 and app.threads.made == 2
