@@ -18,8 +18,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.transaction import TransactionManagementError
 from django.db.backends.base.operations import BaseDatabaseOperations
 from django.db.models import Field, Model
+from django.db.models.query import DEFAULT_FETCH_MODE
 
 # A field's `pre_save` that only reads the attribute (no `auto_now` and the like to apply).
 _PLAIN_PRE_SAVE = Field.pre_save
@@ -79,6 +81,18 @@ def update(instance: Model, names: Iterable[str], *, where: Mapping[str, Any] | 
         return cursor.rowcount
 
 
+def update_values(model: type[Model], pk: Any, values: Mapping[str, Any]) -> int:
+    """`model.objects.filter(pk=pk).update(**values)` for plain values (no expressions): each is
+    converted by its field's `get_db_prep_save` as there, with no `auto_now` applied."""
+    connection = connections[DEFAULT_DB_ALIAS]
+    sql, written, key, _ = _update_statement(connection, model, tuple(values), ())
+    params = [field.get_db_prep_save(value, connection) for (_, field), value in zip(written, values.values(), strict=True)]
+    params.append(key.get_db_prep_value(pk, connection))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
+
+
 # (vendor, model, returning ids) → (INSERT ... VALUES up to the columns, one row's placeholders,
 # the RETURNING clause or "", [(read, field)], rows per statement: 0 for no limit, None to ask
 # the database's operations each time)
@@ -128,3 +142,167 @@ def insert(objects: Sequence[Model], *, ids: bool = False) -> None:
                 for obj, (pk,) in zip(batch, cursor.fetchall(), strict=True):
                     obj.pk = pk
                     obj._state.adding, obj._state.db = False, connection.alias
+
+
+
+# (vendor, model, fields read, ((field matched, shape), ...), order, limited, lock) → (SQL,
+# [(converters, column)] for the fields read, the fields matched, whether it locks rows)
+_Select = tuple[str, list[tuple[list[Callable[..., Any]], Any]], list[Field], bool]
+_selects: dict[tuple[Any, ...], _Select] = {}
+
+
+def _shape(value: Any) -> tuple[bool, int]:
+    """(matches NULL, how many values it is compared with; -1 for one, with =) of a `where` value."""
+    if value is None:
+        return True, 0
+    if isinstance(value, tuple):
+        return None in value, sum(1 for v in value if v is not None)
+    return False, -1
+
+
+def _field(meta: Any, name: str) -> Field:
+    return meta.pk if name == "pk" else meta.get_field(name)
+
+
+def _select_statement(connection: Any, model: type[Model], names: tuple[str, ...],
+                      matched: tuple[tuple[str, tuple[bool, int]], ...], order_by: tuple[str, ...],
+                      limited: bool, lock: str, related: tuple[str, ...]) -> _Select:
+    key = (connection.vendor, model, names, matched, order_by, limited, lock, related)
+    found = _selects.get(key)
+    if found is not None:
+        return found
+    meta = model._meta
+    quote = connection.ops.quote_name
+    table = quote(meta.db_table)
+    read, joins = [], []
+    for name in names:
+        read.append(_field(meta, name).get_col(meta.db_table))
+    for name in related:
+        # As `select_related(name)` joins it: inner when the key may not be NULL, else left outer.
+        field = meta.get_field(name)
+        other = field.related_model._meta
+        join = "LEFT OUTER JOIN" if field.null else "INNER JOIN"
+        joins.append(f" {join} {quote(other.db_table)} ON ({table}.{quote(field.column)} = "
+                     f"{quote(other.db_table)}.{quote(field.target_field.column)})")
+        read.extend(related_field.get_col(other.db_table) for related_field in other.concrete_fields)
+    read = [(connection.ops.get_db_converters(column) + column.get_db_converters(connection), column)
+            for column in read]
+    conditions, where_fields = [], []
+    for name, (null, count) in matched:
+        field = _field(meta, name)
+        where_fields.append(field)
+        column = f"{table}.{quote(field.column)}"
+        if count < 0:
+            conditions.append(f"{column} = %s")
+            continue
+        either = [f"{column} IS NULL"] if null else []
+        if count:
+            either.append(f"{column} IN ({', '.join(['%s'] * count)})")
+        conditions.append(either[0] if len(either) == 1 else f"({' OR '.join(either)})")
+    ordering = []
+    for spec in order_by:
+        name, _, nulls = spec.partition(" ")
+        column = f"{table}.{quote(_field(meta, name.lstrip('-')).column)}"
+        direction = "DESC" if name.startswith("-") else "ASC"
+        if nulls == "nulls last":
+            if connection.features.supports_order_by_nulls_modifier:
+                ordering.append(f"{column} {direction} NULLS LAST")
+            else:
+                ordering.append(f"{column} IS NULL, {column} {direction}")
+        else:
+            ordering.append(f"{column} {direction}")
+    sql = (f"SELECT {', '.join(f'{quote(column.alias)}.{quote(column.target.column)}' for _, column in read)} "
+           f"FROM {table}{''.join(joins)}")
+    if conditions:
+        sql += f" WHERE {' AND '.join(conditions)}"
+    if ordering:
+        sql += f" ORDER BY {', '.join(ordering)}"
+    if limited:
+        sql += " LIMIT %s"
+    if lock and connection.features.has_select_for_update:
+        sql += " " + connection.ops.for_update_sql(skip_locked=lock == "skip locked")
+    else:
+        lock = ""
+    found = _selects[key] = (sql, read, where_fields, bool(lock))
+    return found
+
+
+def select(model: type[Model], names: Sequence[str], where: Mapping[str, Any] | None = None, *,
+           order_by: Sequence[str] = (), limit: int | None = None, lock: str = "",
+           related: Sequence[str] = ()) -> list[tuple[Any, ...]]:
+    """The fields `names` of the rows of `model` that match `where`, as `values_list(*names)`
+    would read them (each value converted as the ORM converts it).
+
+    `where`: field name → a value (=), None (IS NULL) or a tuple of values (IN; a None among them
+    also matches NULL). `order_by`: field names, "-name" for descending, "name nulls last" as
+    `F(name).asc(nulls_last=True)`. `lock`: "update" or "skip locked", as `select_for_update()`
+    (with `skip_locked=True`), which locks nothing on a database without row locks (SQLite).
+    `related`: foreign keys whose rows are joined as `select_related` joins them, each adding all
+    its model's concrete fields after `names`."""
+    connection = connections[DEFAULT_DB_ALIAS]
+    where = where or {}
+    if any(value == () for value in where.values()):
+        return []  # IN of nothing matches nothing: the ORM does not ask the database either
+    sql, read, where_fields, locks = _select_statement(
+        connection, model, tuple(names), tuple((name, _shape(value)) for name, value in where.items()),
+        tuple(order_by), limit is not None, lock, tuple(related))
+    if locks and connection.get_autocommit():
+        raise TransactionManagementError("select_for_update cannot be used outside of a transaction.")
+    params: list[Any] = []
+    for field, value in zip(where_fields, where.values(), strict=True):
+        for v in value if isinstance(value, tuple) else (value,):
+            if v is not None:
+                params.append(field.get_db_prep_value(v, connection))
+    if limit is not None:
+        params.append(limit)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        found = cursor.fetchall()
+    converting = [(i, converters, column) for i, (converters, column) in enumerate(read) if converters]
+    if not converting:
+        return [tuple(row) for row in found]
+    result = []
+    for row in found:
+        values = list(row)
+        for i, converters, column in converting:
+            value = values[i]
+            for converter in converters:
+                value = converter(value, column, connection)
+            values[i] = value
+        result.append(tuple(values))
+    return result
+
+
+def instances(model: type[Model], where: Mapping[str, Any] | None = None, *, order_by: Sequence[str] = (),
+              limit: int | None = None, lock: str = "", related: Sequence[str] = ()) -> list[Model]:
+    """The rows of `model` that match `where` (see `select`) as instances, as the ORM builds them
+    from a queryset's rows (`from_db`, every concrete field loaded), with the rows of the foreign
+    keys `related` joined and cached on them as `select_related` does (None for a NULL key)."""
+    names = _attnames(model)
+    joined = [(model._meta.get_field(name), _attnames(model._meta.get_field(name).related_model)) for name in related]
+    alias, built = DEFAULT_DB_ALIAS, []
+    for values in select(model, names, where, order_by=order_by, limit=limit, lock=lock, related=related):
+        instance = model.from_db(alias, names, values[:len(names)], fetch_mode=DEFAULT_FETCH_MODE)
+        start = len(names)
+        for field, related_names in joined:
+            row = values[start:start + len(related_names)]
+            start += len(related_names)
+            other = field.related_model
+            pk_at = related_names.index(other._meta.pk.attname)
+            found = None if row[pk_at] is None else other.from_db(alias, related_names, row,
+                                                                   fetch_mode=DEFAULT_FETCH_MODE)
+            field.set_cached_value(instance, found)
+            if found is not None and field.unique:  # a one-to-one knows its way back
+                field.remote_field.set_cached_value(found, instance)
+        built.append(instance)
+    return built
+
+
+_concrete: dict[type[Model], tuple[str, ...]] = {}
+
+
+def _attnames(model: type[Model]) -> tuple[str, ...]:
+    names = _concrete.get(model)
+    if names is None:
+        names = _concrete[model] = tuple(field.attname for field in model._meta.concrete_fields)
+    return names
