@@ -15,6 +15,7 @@ wrappers and query logging see each one.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections
@@ -149,14 +150,27 @@ def insert(objects: Sequence[Model], *, ids: bool = False) -> None:
 # [(converters, column)] for the fields read, the fields matched, whether it locks rows)
 _Select = tuple[str, list[tuple[list[Callable[..., Any]], Any]], list[Field], bool]
 _selects: dict[tuple[Any, ...], _Select] = {}
+_MAX_KEPT = 2000
 
 
-def _shape(value: Any) -> tuple[bool, int]:
-    """(matches NULL, how many values it is compared with; -1 for one, with =) of a `where` value."""
+@dataclass(frozen=True)
+class Below:
+    """A `where` value: less than `value` (`or_equal`: or equal to it); `or_null`: or NULL."""
+
+    value: Any
+    or_equal: bool = False
+    or_null: bool = False
+
+
+def _shape(value: Any) -> tuple[bool, int | str]:
+    """(matches NULL, how many values it is compared with: -1 for one, with =, or the operator
+    it is compared with) of a `where` value."""
     if value is None:
         return True, 0
     if isinstance(value, tuple):
         return None in value, sum(1 for v in value if v is not None)
+    if isinstance(value, Below):
+        return value.or_null, "<=" if value.or_equal else "<"
     return False, -1
 
 
@@ -165,7 +179,7 @@ def _field(meta: Any, name: str) -> Field:
 
 
 def _select_statement(connection: Any, model: type[Model], names: tuple[str, ...],
-                      matched: tuple[tuple[str, tuple[bool, int]], ...], order_by: tuple[str, ...],
+                      matched: tuple[tuple[str, tuple[bool, int | str]], ...], order_by: tuple[str, ...],
                       limited: bool, lock: str, related: tuple[str, ...]) -> _Select:
     key = (connection.vendor, model, names, matched, order_by, limited, lock, related)
     found = _selects.get(key)
@@ -192,11 +206,13 @@ def _select_statement(connection: Any, model: type[Model], names: tuple[str, ...
         field = _field(meta, name)
         where_fields.append(field)
         column = f"{table}.{quote(field.column)}"
-        if count < 0:
+        if count == -1:
             conditions.append(f"{column} = %s")
             continue
         either = [f"{column} IS NULL"] if null else []
-        if count:
+        if isinstance(count, str):
+            either.append(f"{column} {count} %s")
+        elif count:
             either.append(f"{column} IN ({', '.join(['%s'] * count)})")
         conditions.append(either[0] if len(either) == 1 else f"({' OR '.join(either)})")
     ordering = []
@@ -223,7 +239,9 @@ def _select_statement(connection: Any, model: type[Model], names: tuple[str, ...
         sql += " " + connection.ops.for_update_sql(skip_locked=lock == "skip locked")
     else:
         lock = ""
-    found = _selects[key] = (sql, read, where_fields, bool(lock))
+    found = (sql, read, where_fields, bool(lock))
+    if len(_selects) < _MAX_KEPT:  # lists of ever more lengths would each make one
+        _selects[key] = found
     return found
 
 
@@ -233,8 +251,8 @@ def select(model: type[Model], names: Sequence[str], where: Mapping[str, Any] | 
     """The fields `names` of the rows of `model` that match `where`, as `values_list(*names)`
     would read them (each value converted as the ORM converts it).
 
-    `where`: field name → a value (=), None (IS NULL) or a tuple of values (IN; a None among them
-    also matches NULL). `order_by`: field names, "-name" for descending, "name nulls last" as
+    `where`: field name → a value (=), None (IS NULL), a tuple of values (IN; a None among them
+    also matches NULL) or a `Below`. `order_by`: field names, "-name" for descending, "name nulls last" as
     `F(name).asc(nulls_last=True)`. `lock`: "update" or "skip locked", as `select_for_update()`
     (with `skip_locked=True`), which locks nothing on a database without row locks (SQLite).
     `related`: foreign keys whose rows are joined as `select_related` joins them, each adding all
@@ -250,6 +268,8 @@ def select(model: type[Model], names: Sequence[str], where: Mapping[str, Any] | 
         raise TransactionManagementError("select_for_update cannot be used outside of a transaction.")
     params: list[Any] = []
     for field, value in zip(where_fields, where.values(), strict=True):
+        if isinstance(value, Below):
+            value = value.value
         for v in value if isinstance(value, tuple) else (value,):
             if v is not None:
                 params.append(field.get_db_prep_value(v, connection))

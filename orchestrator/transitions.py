@@ -137,6 +137,12 @@ def claimable(now: datetime) -> Q:
             & (Q(not_before__isnull=True) | Q(not_before__lte=now)))
 
 
+def claimable_rows(now: datetime) -> dict[str, Any]:
+    """`claimable(now)` as `rows.select` matches it."""
+    return {"status": (JobStatus.QUEUED, JobStatus.RUNNING), "lease_expires_at": rows.Below(now, or_null=True),
+            "not_before": rows.Below(now, or_equal=True, or_null=True)}
+
+
 def claim(jobs: QuerySet[Job], *, owner: str, now: datetime) -> None:
     jobs.update(lease_owner=owner, lease_expires_at=_lease_end(now), claims=F("claims") + 1)
 

@@ -124,3 +124,22 @@ def test_writes_read_back_as_save_wrote_them(owner, job):
     many = [JobEvent(job=job, seq=10 + i, type="t", data={"i": i}) for i in range(1200)]  # past SQLite's 999 parameters
     rows.insert(many)
     assert JobEvent.objects.filter(job=job, seq__gte=10).count() == 1200
+
+
+def test_the_claimable_rows_are_the_claimable_jobs(owner):
+    from orchestrator import transitions
+
+    now = timezone.now()
+    times = [None, now - datetime.timedelta(seconds=5), now, now + datetime.timedelta(seconds=5)]
+    for status in ("queued", "running", "awaiting_confirmation", "complete"):
+        for lease in times:
+            for not_before in times:
+                job = services.job_submit(user=owner, task="t")
+                Job.objects.filter(pk=job.pk).update(status=status, lease_expires_at=lease, not_before=not_before)
+    expected = set(Job.objects.filter(transitions.claimable(now)).values_list("pk", flat=True))
+    assert 0 < len(expected) < Job.objects.count()
+    assert {pk for (pk,) in rows.select(Job, ("pk",), transitions.claimable_rows(now))} == expected
+    first = list(Job.objects.filter(transitions.claimable(now)).order_by("created_at").values_list("pk", flat=True)[:3])
+    with transaction.atomic():
+        assert [pk for (pk,) in rows.select(Job, ("pk",), transitions.claimable_rows(now), order_by=("created_at",),
+                                            limit=3, lock="skip locked")] == first
