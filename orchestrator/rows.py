@@ -94,19 +94,20 @@ def update_values(model: type[Model], pk: Any, values: Mapping[str, Any]) -> int
         return cursor.rowcount
 
 
-# (vendor, model, returning ids) → (INSERT ... VALUES up to the columns, one row's placeholders,
+# (vendor, model, returning ids, with primary keys) → (INSERT ... VALUES up to the columns, one row's placeholders,
 # the RETURNING clause or "", [(read, field)], rows per statement: 0 for no limit, None to ask
 # the database's operations each time)
 _Insert = tuple[str, str, str, list[tuple[Callable[[Model, bool], Any], Field]], int | None]
 _inserts: dict[tuple[Any, ...], _Insert] = {}
 
 
-def _insert_statement(connection: Any, model: type[Model], returning: bool) -> _Insert:
-    key = (connection.vendor, model, returning)
+def _insert_statement(connection: Any, model: type[Model], returning: bool, with_pk: bool) -> _Insert:
+    key = (connection.vendor, model, returning, with_pk)
     found = _inserts.get(key)
     if found is None:
         meta = model._meta
-        fields = [field for field in meta.concrete_fields if not field.primary_key and not field.generated]
+        fields = [field for field in meta.concrete_fields
+                  if (with_pk or not field.primary_key) and not field.generated]
         quote = connection.ops.quote_name
         row = f"({', '.join(['%s'] * len(fields))})"
         head = f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(field.column) for field in fields)}) VALUES "
@@ -123,13 +124,18 @@ def _insert_statement(connection: Any, model: type[Model], returning: bool) -> _
 
 def insert(objects: Sequence[Model], *, ids: bool = False) -> None:
     """Insert new rows of one model, in as few statements as the database's limit on parameters
-    allows. `ids`: set each object's primary key from the database, where it can say (PostgreSQL,
-    SQLite 3.35 and later, as `bulk_create` does); otherwise they stay None."""
+    allows. Either every object has its primary key (a UUID's default, say), written with the
+    rest, or none has. `ids`: set each object's primary key from the database, where it can say
+    (PostgreSQL, SQLite 3.35 and later, as `bulk_create` does); otherwise they stay None. An object
+    with its primary key (given, or from the database) is then saved, as `bulk_create` leaves it."""
     if not objects:
         return
     connection = connections[DEFAULT_DB_ALIAS]
-    returning = bool(ids and connection.features.can_return_rows_from_bulk_insert)
-    head, row, tail, fields, per_statement = _insert_statement(connection, type(objects[0]), returning)
+    with_pk = objects[0].pk is not None
+    if any((obj.pk is not None) != with_pk for obj in objects):
+        raise ValueError("rows.insert: either every object has its primary key or none has")
+    returning = bool(ids and not with_pk and connection.features.can_return_rows_from_bulk_insert)
+    head, row, tail, fields, per_statement = _insert_statement(connection, type(objects[0]), returning, with_pk)
     if per_statement is None:
         size = max(1, connection.ops.bulk_batch_size([field for _, field in fields], objects))
     else:
@@ -142,6 +148,9 @@ def insert(objects: Sequence[Model], *, ids: bool = False) -> None:
             if returning:
                 for obj, (pk,) in zip(batch, cursor.fetchall(), strict=True):
                     obj.pk = pk
+                    obj._state.adding, obj._state.db = False, connection.alias
+            elif with_pk:
+                for obj in batch:
                     obj._state.adding, obj._state.db = False, connection.alias
 
 

@@ -143,3 +143,16 @@ def test_the_claimable_rows_are_the_claimable_jobs(owner):
     with transaction.atomic():
         assert [pk for (pk,) in rows.select(Job, ("pk",), transitions.claimable_rows(now), order_by=("created_at",),
                                             limit=3, lock="skip locked")] == first
+
+
+def test_an_object_with_its_primary_key_is_inserted_with_it_and_saved(owner):
+    from orchestrator.models import Session
+
+    session = Session(user=owner, title="t")
+    rows.insert([session])
+    assert session._state.adding is False and session._state.db == "default"
+    assert fields_of(Session.objects.get(pk=session.pk)) == fields_of(session)
+    without = Session(user=owner)
+    without.pk = None
+    with pytest.raises(ValueError):
+        rows.insert([Session(user=owner), without])
