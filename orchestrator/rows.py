@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections
-from django.db.transaction import TransactionManagementError
 from django.db.backends.base.operations import BaseDatabaseOperations
 from django.db.models import Field, Model
 from django.db.models.query import DEFAULT_FETCH_MODE
+from django.db.transaction import TransactionManagementError
 
 # A field's `pre_save` that only reads the attribute (no `auto_now` and the like to apply).
 _PLAIN_PRE_SAVE = Field.pre_save
@@ -87,16 +87,17 @@ def update_values(model: type[Model], pk: Any, values: Mapping[str, Any]) -> int
     converted by its field's `get_db_prep_save` as there, with no `auto_now` applied."""
     connection = connections[DEFAULT_DB_ALIAS]
     sql, written, key, _ = _update_statement(connection, model, tuple(values), ())
-    params = [field.get_db_prep_save(value, connection) for (_, field), value in zip(written, values.values(), strict=True)]
+    params = [field.get_db_prep_save(value, connection)
+              for (_, field), value in zip(written, values.values(), strict=True)]
     params.append(key.get_db_prep_value(pk, connection))
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount
 
 
-# (vendor, model, returning ids, with primary keys) → (INSERT ... VALUES up to the columns, one row's placeholders,
-# the RETURNING clause or "", [(read, field)], rows per statement: 0 for no limit, None to ask
-# the database's operations each time)
+# (vendor, model, returning ids, with primary keys) → (INSERT ... VALUES up to the columns, one
+# row's placeholders, the RETURNING clause or "", [(read, field)], rows per statement: 0 for no
+# limit, None to ask the database's operations each time)
 _Insert = tuple[str, str, str, list[tuple[Callable[[Model, bool], Any], Field]], int | None]
 _inserts: dict[tuple[Any, ...], _Insert] = {}
 
@@ -152,7 +153,6 @@ def insert(objects: Sequence[Model], *, ids: bool = False) -> None:
             elif with_pk:
                 for obj in batch:
                     obj._state.adding, obj._state.db = False, connection.alias
-
 
 
 # (vendor, model, fields read, ((field matched, shape), ...), order, limited, lock) → (SQL,
@@ -261,11 +261,14 @@ def select(model: type[Model], names: Sequence[str], where: Mapping[str, Any] | 
     would read them (each value converted as the ORM converts it).
 
     `where`: field name → a value (=), None (IS NULL), a tuple of values (IN; a None among them
-    also matches NULL) or a `Below`. `order_by`: field names, "-name" for descending, "name nulls last" as
-    `F(name).asc(nulls_last=True)`. `lock`: "update" or "skip locked", as `select_for_update()`
-    (with `skip_locked=True`), which locks nothing on a database without row locks (SQLite).
+    also matches NULL) or a `Below`. `order_by`: field names, "-name" for descending, "name nulls
+    last" as `F(name).asc(nulls_last=True)`. `lock`: "update" or "skip locked", as
+    `select_for_update()` (with `skip_locked=True`), which locks nothing on a database without row
+    locks (SQLite).
     `related`: foreign keys whose rows are joined as `select_related` joins them, each adding all
     its model's concrete fields after `names`."""
+    if lock not in ("", "update", "skip locked"):
+        raise ValueError(f"rows.select: lock must be \"update\" or \"skip locked\", not {lock!r}")
     connection = connections[DEFAULT_DB_ALIAS]
     where = where or {}
     if any(value == () for value in where.values()):
