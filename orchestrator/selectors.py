@@ -15,7 +15,7 @@ from django.db.models.functions import Coalesce
 from django.http import Http404
 from django.utils import timezone
 
-from . import roles
+from . import roles, rows
 from .models import (
     ActivityDay,
     ApiToken,
@@ -143,7 +143,10 @@ def persona_by_name(user: AbstractBaseUser, name: str) -> Persona | None:
 
 def default_persona(user: AbstractBaseUser) -> Persona | None:
     """The user's own default persona, else the site-wide default."""
-    return _own_first(Persona.objects.filter(Q(owner=user) | Q(owner=None), is_default=True))
+    # As `_own_first(...)` reads it, through a statement built once: a submission reads it each time.
+    found = rows.instances(Persona, {"owner": (user.pk, None), "is_default": True},
+                           order_by=("owner nulls last", "name"), limit=1)
+    return found[0] if found else None
 
 
 def _own_first(personas: QuerySet[Persona]) -> Persona | None:
@@ -162,8 +165,8 @@ def memories_for_prompt(user: AbstractBaseUser) -> dict[str, list[str]]:
     """Memory contents by tier, newest first; short-term ones only from the last week."""
     recent = timezone.now() - timedelta(days=SHORT_TERM_DAYS)
     by_tier: dict[str, list[str]] = {"long": [], "mid": [], "short": []}
-    for tier, content, updated_at in (Memory.objects.filter(user=user).order_by("-updated_at")
-                                      .values_list("tier", "content", "updated_at")[:500]):
+    for tier, content, updated_at in rows.select(Memory, ("tier", "content", "updated_at"), {"user": user.pk},
+                                                 order_by=("-updated_at",), limit=500):
         if tier == "short" and updated_at < recent:
             continue
         by_tier[tier].append(content)
@@ -189,11 +192,13 @@ def token_for_user(user: AbstractBaseUser, token_id: Any) -> ApiToken:
 
 
 def risk_policy_for_user(user: AbstractBaseUser) -> RiskPolicy:
-    stored = ToolPolicy.objects.filter(user=user).first()
-    if stored is None:
+    # As `.filter(user=user).first()` reads them, through a statement built once.
+    stored = rows.select(ToolPolicy, ("max_risk", "overrides", "confirmations"), {"user": user.pk},
+                         order_by=("pk",), limit=1)
+    if not stored:
         return RiskPolicy()
-    return RiskPolicy(max_risk=stored.max_risk, overrides=dict(stored.overrides),
-                      confirmations=dict(stored.confirmations))
+    [(max_risk, overrides, confirmations)] = stored
+    return RiskPolicy(max_risk=max_risk, overrides=dict(overrides), confirmations=dict(confirmations))
 
 
 def confirmation_ttls_for_user(user: AbstractBaseUser) -> dict[str, int]:
@@ -209,7 +214,10 @@ def groups_for_user(user: AbstractBaseUser) -> list[str]:
         groups.append("staff")
     if user.is_superuser:
         groups.append("admin")
-    groups.extend(user.groups.values_list("name", flat=True))
+    # `user.groups.values_list("name", flat=True)`, through a statement built once (every drive
+    # asks): the user's memberships joined to their groups, whose fields are (id, name).
+    memberships = user._meta.get_field("groups").remote_field.through
+    groups.extend(name for _, name in rows.select(memberships, (), {"user": user.pk}, related=("group",)))
     return groups
 
 

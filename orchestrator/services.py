@@ -26,7 +26,7 @@ from django.db.models import Q
 
 from django.utils import timezone
 
-from . import context, crypto, events, netguard, roles, selectors, transitions
+from . import context, crypto, events, netguard, roles, rows, selectors, transitions
 from .engine import sanitise
 from .engine.loop import workspace_for
 from .models import (
@@ -220,7 +220,9 @@ def job_submit(*, user: AbstractBaseUser, task: str, session_id: str | None = No
             session = selectors.session_for_user(user, session_id)
             history = _history(session)
         else:
-            session, history = Session.objects.create(user=user, title=task[:80]), []
+            # As `Session.objects.create` writes it, through a statement built once.
+            session, history = Session(user=user, title=task[:80]), []
+            rows.insert([session])
         job = Job(
             user=user,
             task=task,

@@ -81,13 +81,15 @@ def complete(job: Job, *, response: str, backend: str, backend_label: str, summa
     job.completed_at = now
     executor = _drop_lease(job)
     if job.session_id:
-        Message.objects.bulk_create([
+        # As `Message.objects.bulk_create` and `Session.objects.filter(pk=…).update(updated_at=now)`
+        # write them, through statements built once.
+        rows.insert([
             Message(session_id=job.session_id, job=job, role=Message.Role.USER, content=job.task,
                     off_record=off_record),
             Message(session_id=job.session_id, job=job, role=Message.Role.ASSISTANT, content=response,
                     backend=backend, backend_label=backend_label, host=job.host, off_record=off_record),
         ])
-        Session.objects.filter(pk=job.session_id).update(updated_at=now)
+        rows.update_values(Session, job.session_id, {"updated_at": now})
     events.append(job, ("job.status", {"status": JobStatus.COMPLETE, "response": response, "backend": backend,
                                        "backend_label": backend_label, "executor": executor}))
     outbox.job_event(job, outbox.Event.FINISHED)
@@ -133,6 +135,12 @@ def claimable(now: datetime) -> Q:
     return (Q(status__in=[JobStatus.QUEUED, JobStatus.RUNNING])
             & (Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
             & (Q(not_before__isnull=True) | Q(not_before__lte=now)))
+
+
+def claimable_rows(now: datetime) -> dict[str, Any]:
+    """`claimable(now)` as `rows.select` matches it."""
+    return {"status": (JobStatus.QUEUED, JobStatus.RUNNING), "lease_expires_at": rows.Below(now, or_null=True),
+            "not_before": rows.Below(now, or_equal=True, or_null=True)}
 
 
 def claim(jobs: QuerySet[Job], *, owner: str, now: datetime) -> None:

@@ -107,3 +107,24 @@ def test_only_runnable_jobs_nobody_holds_are_claimed(owner):
     transitions.release(held)
     assert not Job.objects.filter(lease_owner=EXECUTOR).exists()
     assert Job.objects.filter(pk__in=claimable, lease_expires_at=None).count() == 3
+
+
+def test_an_executor_claims_runnable_jobs_oldest_first_and_learns_which_it_lost(owner, outsider):
+    from orchestrator.engine import state
+
+    def job(status: str, **fields) -> Job:
+        return Job.objects.create(user=owner, task=status, orchestrator_model="demo:demo", status=status, **fields)
+
+    first, second, third = job(JobStatus.QUEUED), job(JobStatus.QUEUED), job(JobStatus.QUEUED)
+    job(JobStatus.QUEUED, not_before=timezone.now() + timedelta(minutes=1))
+    assert state.jobs_claim(owner=EXECUTOR, limit=2) == [str(first.pk), str(second.pk)]
+    assert state.jobs_claim(owner="host:2:ef01", limit=5) == [str(third.pk)]
+    assert state.jobs_claim(owner=EXECUTOR, limit=5) == []
+    held = [str(first.pk), str(second.pk)]
+    assert state.jobs_lost(owner=EXECUTOR, job_ids=held) == set()
+    # One taken over by another executor, one cancelled: both lost; a job never held is lost too.
+    Job.objects.filter(pk=first.pk).update(lease_owner="host:2:ef01")
+    Job.objects.filter(pk=second.pk).update(status=JobStatus.CANCELLED)
+    assert state.jobs_lost(owner=EXECUTOR, job_ids=[*held, str(third.pk)]) == {*held, str(third.pk)}
+    assert state.jobs_lost(owner="host:2:ef01", job_ids=[str(first.pk), str(third.pk)]) == set()
+    assert state.jobs_heartbeat(owner="host:2:ef01", job_ids=[str(first.pk), str(second.pk)]) == {str(second.pk)}

@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from ..job_json import job_payload
 from ..models import Job, ToolCall, ToolPolicy
+from ..rows import instances as rows_of
 from .models import ConfirmationDeadline, Delivery, Event, NotificationSettings
 
 # Callback events: the three a person may be notified of, and a cancelled job.
@@ -42,7 +43,8 @@ def job_event(job: Job, event: str, *, awaiting: Sequence[ToolCall] = ()) -> Non
                                                 and job.options.get("callback_on_confirmation"))):
         rows.append(Delivery(user_id=job.user_id, job=job, channel=Delivery.Channel.CALLBACK, event=event,
                              target=callback, body=_json(job_payload(job)), next_attempt_at=now))
-    chosen = NotificationSettings.objects.filter(user_id=job.user_id).first()
+    # As `.filter(user_id=…).first()` reads it, through a statement built once.
+    chosen = next(iter(rows_of(NotificationSettings, {"user": job.user_id}, order_by=("pk",), limit=1)), None)
     if chosen is not None and event in chosen.events:
         rows.extend(_notifications(job, event, chosen, awaiting, now))
     if rows:

@@ -162,13 +162,16 @@ def jobs_claim(*, owner: str, limit: int) -> list[str]:
         return []
     now = timezone.now()
     claimable = transitions.claimable(now)
+    # The same condition, for the reads through statements built once (an executor asks often).
+    runnable = transitions.claimable_rows(now)
     # Most calls find nothing (an executor also looks each time one of its jobs ends): find that
     # out with a plain read, without taking SQLite's write lock or locking rows elsewhere.
-    if not Job.objects.filter(claimable).exists():
+    if not rows.select(Job, ("pk",), runnable, limit=1):
         return []
     with transaction.atomic():
-        ids = list(Job.objects.select_for_update(skip_locked=True).filter(claimable)
-                   .order_by("created_at").values_list("id", flat=True)[:limit])
+        # `select_for_update(skip_locked=True).filter(claimable).order_by("created_at")[:limit]`
+        ids = [job_id for (job_id,) in rows.select(Job, ("pk",), runnable, order_by=("created_at",), limit=limit,
+                                                   lock="skip locked")]
         if ids:
             transitions.claim(Job.objects.filter(id__in=ids).filter(claimable), owner=owner, now=now)
     return [str(job_id) for job_id in ids]
@@ -186,8 +189,10 @@ def jobs_lost(*, owner: str, job_ids: list[str]) -> set[str]:
     """The held jobs that were cancelled or taken over since we claimed them."""
     if not job_ids:
         return set()
-    still = Job.objects.filter(_held(owner, job_ids)).values_list("id", flat=True)
-    return set(job_ids) - {str(job_id) for job_id in still}
+    # `_held(owner, job_ids)`, through a statement built once: an executor asks often.
+    still = rows.select(Job, ("pk",), {"pk": tuple(job_ids), "lease_owner": owner,
+                                      "status": (JobStatus.QUEUED, JobStatus.RUNNING)})
+    return set(job_ids) - {str(job_id) for (job_id,) in still}
 
 
 def _held(owner: str, job_ids: list[str]) -> Q:
@@ -199,7 +204,12 @@ def job_release(*, owner: str, job_id: str) -> None:
 
 
 def _lock(owner: str, job_id: str) -> Job:
-    job = Job.objects.select_for_update().select_related("user").get(pk=job_id)
+    # `Job.objects.select_for_update().select_related("user").get(pk=job_id)`, through a statement
+    # built once: every drive starts with it.
+    found = rows.instances(Job, {"pk": job_id}, lock="update", related=("user",))
+    if not found:
+        raise Job.DoesNotExist("Job matching query does not exist.")
+    [job] = found
     if not _held_by(job, owner):
         raise LeaseLost(job_id)
     return job

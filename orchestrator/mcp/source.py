@@ -20,7 +20,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection, transaction
 
-from .. import crypto
+from .. import crypto, rows
 from ..tools.registry import Tool, ToolContext, ToolError
 from . import client
 from . import risk as risks
@@ -109,12 +109,17 @@ class McpTools:
     def _read_stamp() -> str:
         from .models import Catalog
 
-        read = Catalog.objects.filter(pk=1).values_list("stamp", flat=True)
+        def read() -> str:
+            # `Catalog.objects.filter(pk=1).values_list("stamp", flat=True).first() or ""`, through
+            # a statement built once: every look at the registry asks.
+            found = rows.select(Catalog, ("stamp",), {"pk": 1}, order_by=("pk",), limit=1)
+            return (found[0][0] if found else None) or ""
+
         if not connection.in_atomic_block:
-            return read.first() or ""
+            return read()
         # Inside a transaction, a savepoint: a failed read (no table yet) must not spoil the caller's.
         with transaction.atomic():
-            return read.first() or ""
+            return read()
 
     @staticmethod
     def _load() -> list[Tool]:
