@@ -112,7 +112,11 @@ class Hub:
         self.socket.setblocking(False)
         with contextlib.suppress(OSError):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-        self.socket.bind(str(self.path))
+        try:
+            self.socket.bind(str(self.path))
+        except FileNotFoundError:  # the last listener of another process removed the directory
+            _make_directory(directory)
+            self.socket.bind(str(self.path))
         _bound.add(self.path)
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(self.socket.fileno(), self._read)
@@ -153,6 +157,8 @@ class Hub:
         _bound.discard(self.path)
         with contextlib.suppress(OSError):
             self.path.unlink()
+        with contextlib.suppress(OSError):  # the last socket of the directory: leave nothing behind
+            self.path.parent.rmdir()
 
 
 class Peers:

@@ -160,3 +160,16 @@ async def test_sockets_of_processes_that_ended_are_cleared_when_a_loop_starts_li
     layer = LocalDoorbellLayer(directory=str(tmp_path))
     await layer.new_channel()
     assert not left.exists() and alive.exists()
+
+
+def test_the_last_listener_to_close_removes_the_directory_and_a_new_one_makes_it_again(tmp_path):
+    bells = tmp_path / "bells"
+    layer = LocalDoorbellLayer(directory=str(bells))
+    for _ in range(2):
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(layer.new_channel())
+            assert len(list(bells.iterdir())) == 1
+        finally:
+            loop.close()
+        assert not bells.exists()
