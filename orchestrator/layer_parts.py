@@ -8,6 +8,7 @@ a channel that falls behind loses nothing by dropping the rest: its listener rea
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import uuid
 from collections import deque
@@ -68,7 +69,7 @@ class Hub(Protocol):
     async def close(self) -> None: ...
 
 
-class PerLoopLayer(BaseChannelLayer):
+class PerLoopLayer(BaseChannelLayer, metaclass=abc.ABCMeta):
     """A layer whose channels are the process's own: each event loop has a hub (`make_hub`) holding
     its channels' inboxes and whatever connection brings their messages, closed with the loop."""
 
@@ -78,8 +79,9 @@ class PerLoopLayer(BaseChannelLayer):
         super().__init__(capacity=capacity)
         self.hubs: dict[asyncio.AbstractEventLoop, Any] = {}
 
+    @abc.abstractmethod
     def make_hub(self) -> Any:
-        raise NotImplementedError
+        """A new hub for the running loop."""
 
     def left(self, hub: Any, channel: str) -> None:
         """`channel` will not be read again: forget what the hub keeps for it beyond its inbox."""

@@ -259,6 +259,8 @@ class Sender:
             peers = self.peers[directory] = Peers(directory)
         sockets = peers.current()
         if not sockets:
+            if not directory.exists():  # nobody listens there any more: forget it
+                del self.peers[directory]
             return
         for payload in _datagrams(items):
             full = []

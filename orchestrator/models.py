@@ -176,7 +176,12 @@ class JobEvent(models.Model):
         return f"{self.job_id}#{self.seq} {self.type}"
 
     def as_dict(self) -> dict:
-        return {"seq": self.seq, "type": self.type, "at": self.at.isoformat(), "data": self.data}
+        return self.as_row_dict(self.seq, self.type, self.at, self.data)
+
+    @staticmethod
+    def as_row_dict(seq: int, type: str, at: Any, data: Any) -> dict:
+        """An event as the JSON stream and API send it, from its row's values."""
+        return {"seq": seq, "type": type, "at": at.isoformat(), "data": data}
 
 
 class ToolCallStatus(models.TextChoices):

@@ -144,8 +144,7 @@ class LogReaders:
             _hand_over(loop, future, functools.partial(future.set_result, found(job_id, after)))
 
 
-def _EVENTS(job_id: Any, after: int) -> list[dict[str, Any]]:  # noqa: N802  (a marker, never called)
-    raise RuntimeError("event reads are made by LogReaders._events")
+_EVENTS = object()  # in place of a function: an event read, which `LogReaders._events` makes
 
 
 EVENTS_PER_READ = 500
@@ -160,7 +159,7 @@ def _read_events(reads: list[tuple[Any, int]]) -> Callable[[Any, int], list[dict
     by_job: dict[str, list[dict[str, Any]]] = {}
     for job_id, seq, kind, at, data in (JobEvent.objects.filter(wanted).order_by("job_id", "seq")
                                         .values_list("job_id", "seq", "type", "at", "data")):
-        by_job.setdefault(str(job_id), []).append({"seq": seq, "type": kind, "at": at.isoformat(), "data": data})
+        by_job.setdefault(str(job_id), []).append(JobEvent.as_row_dict(seq, kind, at, data))
 
     def found(job_id: Any, after: int) -> list[dict[str, Any]]:
         return [event for event in by_job.get(str(job_id), ())
