@@ -57,6 +57,7 @@ SUBMISSIONS_TARGET = 150.0  # submissions per second, at least
 SUBMISSIONS_P99_TARGET = 1000.0  # ms, at most
 PAGE_TARGET = 100.0  # ms to render a job page with 1,000 events, at most
 EVENT_P50_TARGET, EVENT_P99_TARGET = 20.0, 100.0  # ms from an event's commit to a WebSocket, PostgreSQL + Redis
+ALONE = ("events", "web", "latency")  # the parts `--only` runs by themselves
 SIDE_TIMEOUT = 900  # seconds; a side taking longer than this is stuck, not slow
 # Every setting a caller's environment might hold that would change what is measured.
 DROPPED_PREFIXES = ("CORTEX_", "OPENAI_", "DJANGO_")
@@ -473,8 +474,14 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="Cortex's engine scenarios submit from a thread of the executor's process "
                              "(as `serve --workers 0` runs) instead of a process of their own")
     parser.add_argument("--events-only", action="store_true",
-                        help="only the event to WebSocket scenario on PostgreSQL + Redis")
+                        help="only the event to WebSocket scenario on PostgreSQL + Redis (as --only events)")
+    parser.add_argument("--only", choices=ALONE, default=None,
+                        help="one part alone, for measuring it without the rest: the event to WebSocket "
+                             "scenario (events), the web scenarios through `serve` (web), or the latency "
+                             "efficiency scenario (latency)")
     args = parser.parse_args(argv)
+    if args.events_only:
+        args.only = "events"
     quick = {"serial_jobs": 20, "concurrent_jobs": 50, "at_once": 25, "repeats": 1, "concurrent_repeats": 1,
              "parked_jobs": 100, "slow_jobs": 50, "e2e_jobs": 20, "submissions": 200, "crowd": 100,
              "background_jobs": 20, "event_jobs": 20, "event_at_once": 5}
@@ -491,25 +498,42 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def events_only(args: argparse.Namespace) -> int:
-    """The event to WebSocket scenario alone, for measuring that path without the hour of the rest."""
-    log(f"event to WebSocket on PostgreSQL + Redis: {args.event_jobs} jobs, {args.event_at_once} at once")
+def alone(args: argparse.Namespace) -> int:
+    """One part of the benchmark alone (`--only`), for measuring it without the minutes of the rest;
+    its figures are printed as they are, without the verdicts of a full run."""
     workdir = Path(tempfile.mkdtemp(prefix="cortex-bench-"))
     try:
-        scaled = scaleout_scenario(args, side_env(workdir), workdir)
+        env = side_env(workdir)
+        if args.only == "events":
+            log(f"event to WebSocket on PostgreSQL + Redis: {args.event_jobs} jobs, {args.event_at_once} at once")
+            figures = scaleout_scenario(args, env, workdir)
+        else:
+            sides = Sides(workdir, env, workdir / "conversation.json", workdir / "template",
+                          submit_in_process=args.submit_in_process)
+            (workdir / "template").mkdir()
+            sides.prepare()
+            if args.only == "web":
+                figures = serve_scenarios(sides, args, env)
+            else:
+                slow = Scenario("latency", args.slow_jobs, args.slow_jobs, args.rounds)
+                log(f"latency: {slow.jobs} jobs, all at once, {args.slow_latency:g} s model latency")
+                with FakeServer(latency=args.slow_latency, rounds=args.rounds, env=env) as server:
+                    (cortex, floor), = alternate(sides, slow, server.base_url, 1)
+                figures = {"cortex": efficiency(cortex, args.slow_latency),
+                           "floor": efficiency(floor, args.slow_latency)}
     except (BenchError, web.WebError) as error:
         log(f"bench failed: {error}")
         return 1
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(scaled, indent=2), flush=True)
+    print(json.dumps(figures, indent=2), flush=True)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
-    if args.events_only:
-        return events_only(args)
+    if args.only is not None:
+        return alone(args)
     serial = Scenario("serial", args.serial_jobs, 1, args.rounds)
     concurrent = Scenario("concurrent", args.concurrent_jobs, args.at_once, args.rounds)
     started = time.monotonic()
