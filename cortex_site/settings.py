@@ -116,7 +116,8 @@ def database_from_url(url: str) -> dict:
 def sqlite_database(path: Path) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     return {
-        "ENGINE": "django.db.backends.sqlite3",
+        # Django's SQLite backend, with writers taking turns for the write lock (see its module).
+        "ENGINE": "orchestrator.backends.sqlite3",
         "NAME": path,
         "OPTIONS": {
             # WAL lets readers go on while a job writes; IMMEDIATE takes the write lock at BEGIN so

@@ -234,10 +234,13 @@ def _test_database_name(django_db_setup):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """A SQLite test database's doorbell directory (orchestrator/local_layer.py) and, where a
-    connection was still open as it was destroyed, its -wal and -shm files."""
+    """A SQLite test database's doorbell directory (orchestrator/local_layer.py), its writers' lock
+    file (orchestrator/backends/sqlite3) and, where a connection was still open as it was destroyed,
+    its -wal and -shm files."""
     for name in _test_databases:
         shutil.rmtree(f"{name}.doorbells", ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{name}.writers")
         if not os.path.exists(name):
             for suffix in ("-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
