@@ -337,6 +337,8 @@ if CORTEX_WEB_WORKERS != "auto" and not (CORTEX_WEB_WORKERS.isdigit()):
 CORTEX_EXECUTOR_CONCURRENCY = env_int("CORTEX_EXECUTOR_CONCURRENCY", 500, minimum=1)
 # HTTP requests one web process handles at once; past it, requests are answered 503 + Retry-After.
 CORTEX_MAX_REQUESTS_IN_FLIGHT = env_int("CORTEX_MAX_REQUESTS_IN_FLIGHT", 64, minimum=1)
+# Requests a web process runs on threads at once; the rest of those in flight wait for one.
+CORTEX_REQUEST_THREADS = env_int("CORTEX_REQUEST_THREADS", 8, minimum=1)
 CORTEX_LEASE_SECONDS = env_float("CORTEX_LEASE_SECONDS", 30.0, minimum=0.5)
 CORTEX_POLL_SECONDS = env_float("CORTEX_POLL_SECONDS", 1.0, minimum=0.01)
 CORTEX_MAX_ROUNDS = env_int("CORTEX_MAX_ROUNDS", 12, minimum=1)

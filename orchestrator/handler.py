@@ -7,16 +7,24 @@ joins it, from yet another thread, once the request is done. Under load that was
 starts and a join per request, each waiting for the GIL, and a new database connection every
 time, since a connection belongs to its thread. Here a request takes an idle thread from a pool
 (or a new one when all are busy) for the whole of the request, as before, and hands it back after.
+
+At most `CORTEX_REQUEST_THREADS` requests run on threads at once; the others wait their turn on the
+event loop, where waiting costs nothing. Fifty requests each on a thread of its own made the
+process's threads, its event loop's among them, queue for the one interpreter lock: a request's
+write held SQLite's lock longer while it waited for the interpreter, and the loop was late to read
+the next requests from their sockets.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import django
 from asgiref.sync import ThreadSensitiveContext
+from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 
 
@@ -45,17 +53,21 @@ class PooledThreadsASGIHandler(ASGIHandler):
     def __init__(self) -> None:
         super().__init__()
         self.threads = Threads()
+        self.running: asyncio.Semaphore | None = None  # made on the event loop, with the first request
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
-        executor = self.threads.take()
-        try:
-            async with ThreadSensitiveContext(executor=executor):
-                await self.handle(scope, receive, send)
-        finally:
-            # Whatever the request left on its thread runs before the next request's work.
-            self.threads.give_back(executor)
+        if self.running is None:
+            self.running = asyncio.Semaphore(settings.CORTEX_REQUEST_THREADS)
+        async with self.running:
+            executor = self.threads.take()
+            try:
+                async with ThreadSensitiveContext(executor=executor):
+                    await self.handle(scope, receive, send)
+            finally:
+                # Whatever the request left on its thread runs before the next request's work.
+                self.threads.give_back(executor)
 
 
 def get_asgi_application() -> PooledThreadsASGIHandler:

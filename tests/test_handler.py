@@ -69,3 +69,35 @@ async def test_requests_at_the_same_time_each_have_a_thread_of_their_own(owner, 
     answers = await asyncio.gather(get(app, f"/orchestrate/{job.pk}", token), get(app, f"/orchestrate/{job.pk}", token))
     assert [status for status, _ in answers] == [200, 200]
     assert len(set(names)) == 2 and app.threads.made == 2
+
+
+async def test_no_more_requests_run_on_threads_at_once_than_the_setting_allows(owner, default_persona, monkeypatch,
+                                                                                settings):
+    settings.CORTEX_REQUEST_THREADS = 2
+    job = await asyncio.to_thread(services.job_submit, user=owner, task="hello")
+    token = (await asyncio.to_thread(services.token_create, user=owner))[1]
+    app = PooledThreadsASGIHandler()
+    inside, most, go = [], [0], threading.Event()
+    guard = threading.Lock()
+    authenticate = services.token_authenticate
+
+    def hold(*, raw):
+        with guard:
+            inside.append(threading.current_thread().name)
+            most[0] = max(most[0], len(inside))
+        go.wait(10)
+        with guard:
+            inside.remove(threading.current_thread().name)
+        return authenticate(raw=raw)
+
+    monkeypatch.setattr(services, "token_authenticate", hold)
+    answers = asyncio.gather(*(get(app, f"/orchestrate/{job.pk}", token) for _ in range(3)))
+    for _ in range(1000):  # until two requests are inside and the third waits for a thread
+        await asyncio.sleep(0.01)
+        if len(inside) == 2 and app.running is not None and app.running.locked():
+            break
+    await asyncio.sleep(0.2)  # time enough for a third to come in, were it let
+    assert len(inside) == 2
+    go.set()
+    assert [status for status, _ in await answers] == [200, 200, 200]
+    assert most[0] == 2 and app.threads.made == 2
