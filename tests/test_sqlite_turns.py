@@ -184,6 +184,6 @@ def test_an_in_memory_database_takes_turns_within_the_process_alone():
 
 
 def test_the_lock_file_is_for_its_owner_alone():
-    with transaction.atomic():
-        pass
+    with transaction.atomic(), connection.cursor() as cursor:  # a transaction makes the file
+        cursor.execute("SELECT 1")
     assert os.stat(database() + ".writers").st_mode & 0o777 == 0o600

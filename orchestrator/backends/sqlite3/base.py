@@ -29,6 +29,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 from django.db import OperationalError
 from django.db.backends.sqlite3 import base
@@ -141,9 +142,13 @@ def turns_for(name: str | os.PathLike[str], in_memory: bool) -> Turns:
 
 class DatabaseWrapper(base.DatabaseWrapper):
     _turns: Turns | None = None  # while this connection's transaction holds its turn
+    _database: tuple[Any, Turns] | None = None  # (the NAME they were found for, its turns)
 
     def _start_transaction_under_autocommit(self) -> None:
-        turns = turns_for(self.settings_dict["NAME"], self.is_in_memory_db())
+        name = self.settings_dict["NAME"]
+        if self._database is None or self._database[0] != name:  # a test run renames the database
+            self._database = (name, turns_for(name, self.is_in_memory_db()))
+        turns = self._database[1]
         turns.take(float(self.settings_dict["OPTIONS"].get("timeout", 5)))
         try:
             super()._start_transaction_under_autocommit()
