@@ -1,9 +1,11 @@
-"""The JSON event stream. The event log is the stream; the channel layer only rings a doorbell
-(see streams.py for what every stream shares)."""
+"""The JSON event stream. The event log is the stream; the channel layer rings a doorbell, which
+may carry the events that rang it (see events.py, and streams.py for what every stream shares)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
@@ -43,6 +45,26 @@ class JobEventsConsumer(LogStream, AsyncJsonWebsocketConsumer):
         # Clients may ask to catch up explicitly (e.g. after a doorbell was dropped).
         if isinstance(content, dict) and content.get("type") == "catch_up":
             await self.read_log()
+
+    async def doorbell(self, message: dict[str, Any]) -> None:
+        if not await self._send_carried(message.get("events")):
+            await self.read_log()
+
+    async def _send_carried(self, carried: Any) -> bool:
+        """Send the events a doorbell carries if they follow on from what was sent; False if they
+        leave a gap (one rang while this socket was away, say, or a doorbell lost) or there are
+        none, for the log to be read instead."""
+        if not isinstance(carried, str):
+            return False
+        async with self.lock:
+            for event in json.loads(carried):
+                if event["seq"] <= self.last_seq:
+                    continue  # already sent, by a read of the log
+                if event["seq"] != self.last_seq + 1:
+                    return False
+                await self.send_json(event)
+                self.last_seq = event["seq"]
+        return True
 
     async def read_log(self) -> None:
         async with self.lock:

@@ -1,7 +1,8 @@
 """WebSocket streams for the browser: HTML fragments that htmx's ws extension swaps out of band.
 
-Like the JSON stream, the event log is the stream and the channel layer only rings a doorbell;
-on every doorbell a consumer re-reads what changed (see streams.py for what every stream shares:
+Like the JSON stream, the event log is the stream and the channel layer rings a doorbell; on
+every doorbell a consumer re-reads what changed (it renders from the log, so it leaves aside the
+events a doorbell may carry) (see streams.py for what every stream shares:
 joining before reading, periodic catch-up, surviving a failing channel layer, ending with the
 session).
 

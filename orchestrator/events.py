@@ -1,18 +1,20 @@
 """The per-job event log and the doorbells that announce it.
 
 Events are appended in the same transaction as the change they describe; only after the commit
-is a doorbell rung on the channel layer. A doorbell carries no data: a listener re-reads the log,
-so a lost doorbell delays an event but never loses it.
+is a doorbell rung on the channel layer. The log stays the stream: a lost doorbell delays an event
+but never loses it. The job's doorbell also carries the events its transaction committed, when
+they are small (CARRIED_BYTES), so that a listener that has sent everything before them can send
+them at once instead of reading them back; one that finds a gap reads the log (see streams.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -25,6 +27,7 @@ from .rows import insert as insert_rows
 logger = logging.getLogger(__name__)
 
 EXECUTORS_GROUP = "cortex.executors"
+CARRIED_BYTES = 8_000  # a job's doorbell carries its events when their JSON is at most this long
 
 _loop: asyncio.AbstractEventLoop | None = None
 # Events appended inside `batched()` on this thread, not yet inserted.
@@ -59,7 +62,7 @@ def append(job: Job, *events: tuple[str, dict[str, Any]]) -> list[JobEvent]:
         insert_rows(rows)
     else:
         pending.extend(rows)
-    _ring_after_commit(Doorbell(job_group(job.id), user_group(job.user_id)))
+    _ring_after_commit(job, rows)
     return rows
 
 
@@ -81,20 +84,43 @@ def batched() -> Iterator[None]:
     insert_rows(rows)
 
 
-@dataclass(frozen=True)
 class Doorbell:
-    job: str
-    user: str
+    """Rung once a transaction commits: the job's group, with the events appended in it (those of
+    one savepoint level: see `_ring_after_commit`), and its owner's group."""
+
+    def __init__(self, job: Any, user: Any) -> None:
+        self.job, self.user = job_group(job), user_group(user)
+        self.rows: list[JobEvent] = []
 
     def __call__(self) -> None:
-        ring(self.job, self.user)
+        # Only Cortex's own layers keep a plain doorbell where they drop one that carries events
+        # (layer_parts.Inbox); on any other, a dropped one would leave its events unsent.
+        carried = callable(getattr(get_channel_layer(), "ring", None))
+        ring(self.job, message=carrying(self.rows) if carried else None)
+        ring(self.user)
 
 
-def _ring_after_commit(doorbell: Doorbell) -> None:
-    """Once per job per transaction, however many events it appends: listeners re-read the log."""
+def carrying(rows: list[JobEvent]) -> dict[str, Any]:
+    """A doorbell with the committed `rows` as JSON text (`events`), as the log would give them
+    back, unless that text is longer than CARRIED_BYTES."""
+    text = json.dumps([row.as_dict() for row in rows], separators=(",", ":"))
+    return {"type": "doorbell", "events": text} if len(text) <= CARRIED_BYTES else {"type": "doorbell"}
+
+
+def _ring_after_commit(job: Job, rows: list[JobEvent]) -> None:
+    """Once per job per transaction, however many events it appends: listeners send what it carries
+    or re-read the log. Rows appended inside a savepoint ride on a doorbell of that savepoint's own,
+    which Django drops if the savepoint is rolled back, so no doorbell carries an event that was
+    never committed."""
     connection = transaction.get_connection()
-    if connection.in_atomic_block and any(callback == doorbell for _, callback, *_ in connection.run_on_commit):
-        return
+    if connection.in_atomic_block:
+        level, group = set(connection.savepoint_ids), job_group(job.id)
+        for sids, callback, *_ in connection.run_on_commit:
+            if isinstance(callback, Doorbell) and callback.job == group and sids == level:
+                callback.rows.extend(rows)
+                return
+    doorbell = Doorbell(job.id, job.user_id)
+    doorbell.rows.extend(rows)
     transaction.on_commit(doorbell)
 
 

@@ -1,9 +1,10 @@
 """What Cortex's two channel layers share: a channel's waiting messages, and closing a loop's
 connections with the loop.
 
-Both layers carry doorbells (see events.py): a message without data beyond its type, which tells a
-listener to read the log again. So a message already waiting for a channel is not queued twice, and
-a channel that falls behind loses nothing by dropping the rest: its listener reads the log anyway.
+Both layers carry doorbells (see events.py): a message that tells a listener to read the log again,
+or that carries what the log would say. So a message already waiting for a channel is not queued
+twice, and a channel that falls behind loses nothing by dropping the rest: its listener reads the
+log anyway, and a doorbell's carried events, dropped, leave a plain doorbell in their place.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ class Inbox:
         self.ready = asyncio.Event()
 
     def put(self, message: dict[str, Any]) -> None:
-        if message in self.messages or len(self.messages) >= self.capacity:
+        if len(self.messages) >= self.capacity:
+            if "events" not in message:
+                return
+            # A doorbell carrying events is kept without them, once, beyond the capacity: its
+            # listener then reads them from the log instead of missing them.
+            message = {"type": message["type"]}
+        if message in self.messages:
             return
         self.messages.append(message)
         self.ready.set()
