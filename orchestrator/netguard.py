@@ -306,17 +306,25 @@ def _transport_with_pool(http: ModuleType, core: ModuleType, ssl_context: ssl.SS
     return transport
 
 
-def site_endpoint_transport() -> Any:
+def tls_context() -> ssl.SSLContext:
+    """The TLS context the provider SDKs' transports would make for themselves (httpx2's), made
+    once, for a provider's clients to share."""
+    return httpx2.create_ssl_context()
+
+
+def site_endpoint_transport(*, ssl_context: ssl.SSLContext | None = None) -> Any:
     """The transport for the provider SDKs (httpx2) to the site's own model endpoints, which whoever
-    runs the server set, so not checked: the SDKs' own pool limits, with connections that are cheap
-    to look after (`_stream_class`)."""
-    return _transport_with_pool(httpx2, httpcore2, None, trust_env=True,
+    runs the server set, so not checked: the SDKs' own limit on connections, with connections that
+    are cheap to look after (`_stream_class`). Every connection may be kept alive (until it has
+    been idle for 5 s): with the SDKs' 100, an executor with more calls than that in flight closed
+    the surplus as each answer came back and opened them again for the next round."""
+    return _transport_with_pool(httpx2, httpcore2, ssl_context, trust_env=True,
                                 network_backend=_plain_backend_class(httpcore2)(), max_connections=1000,
-                                max_keepalive_connections=100, keepalive_expiry=5.0)
+                                max_keepalive_connections=1000, keepalive_expiry=5.0)
 
 
-def endpoint_transport() -> Any:
+def endpoint_transport(*, ssl_context: ssl.SSLContext | None = None) -> Any:
     """The transport for the provider SDKs (which speak httpx2) to a model endpoint someone typed:
     every connection checked under the site's setting, with a pool the size a busy executor needs."""
     return checked_transport(lambda: settings.CORTEX_HTTP_ALLOW_PRIVATE, http=httpx2, core=httpcore2,
-                             max_connections=100, keepalive_expiry=30.0)
+                             ssl_context=ssl_context, max_connections=100, keepalive_expiry=30.0)

@@ -102,19 +102,32 @@ C = TypeVar("C")
 
 
 class LoopClients(Generic[C]):
-    """SDK clients, one per running event loop: pooled connections belong to the loop that opened
-    them, and a client used from another loop fails (a test's loop, or `async_to_sync`)."""
+    """SDK clients, one set per running event loop: pooled connections belong to the loop that
+    opened them, and a client used from another loop fails (a test's loop, or `async_to_sync`).
 
-    def __init__(self, factory: Callable[[], C]) -> None:
+    With `shards` above one, calls take the loop's clients in turn, each with a connection pool of
+    its own, made as the turn first reaches it. A pool looks through every one of its connections
+    each time a request starts or ends: with 250 calls in flight to one endpoint, that bookkeeping
+    was an eighth of the executor's time in the benchmark, and eight pools cut it eightfold."""
+
+    def __init__(self, factory: Callable[[], C], *, shards: int = 1) -> None:
         self._factory = factory
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, C] = weakref.WeakKeyDictionary()
+        self._shards = max(1, shards)
+        # Each loop's clients, and the index of the one the next call takes.
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[list[C], list[int]]] = \
+            weakref.WeakKeyDictionary()
 
     def get(self) -> C:
         loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            client = self._clients[loop] = self._factory()
-        return client
+        found = self._loops.get(loop)
+        if found is None:
+            found = self._loops[loop] = ([], [0])
+        clients, turn = found
+        index = turn[0]
+        turn[0] = (index + 1) % self._shards
+        if index == len(clients):
+            clients.append(self._factory())
+        return clients[index]
 
 
 class ProviderError(Exception):

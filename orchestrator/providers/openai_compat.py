@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import ssl
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +34,9 @@ FINISH = {"stop": Finish.STOP, "eos": Finish.STOP, "stop_sequence": Finish.STOP,
           "max_tokens": Finish.LENGTH, "content_filter": Finish.BLOCKED, "refusal": Finish.BLOCKED}
 
 
+CLIENT_SHARDS = 8  # clients (connection pools) per event loop that the calls take in turn: see LoopClients
+
+
 class OpenAIProvider:
     name = "openai"
 
@@ -40,16 +44,23 @@ class OpenAIProvider:
         self.base_url = base_url
         self._api_key = api_key or "none"
         self._public_only = public_only
-        self._clients = LoopClients(self._new_client)
+        self._clients = LoopClients(self._new_client, shards=CLIENT_SHARDS)
+        self._ssl_context: ssl.SSLContext | None = None
 
     @property
     def client(self) -> openai.AsyncOpenAI:
         return self._clients.get()
 
     def _new_client(self) -> openai.AsyncOpenAI:
+        # One TLS context for every client of the provider: each would otherwise load the CA
+        # certificates again (about 0.7 MiB apiece).
+        if self._ssl_context is None:
+            self._ssl_context = netguard.tls_context()
+        context = self._ssl_context
         # The engine retries durably with backoff; the SDK's own retries would hide Retry-After.
         http_client = openai.DefaultAsyncHttpxClient(
-            transport=netguard.endpoint_transport() if self._public_only else netguard.site_endpoint_transport())
+            transport=netguard.endpoint_transport(ssl_context=context) if self._public_only
+            else netguard.site_endpoint_transport(ssl_context=context))
         return openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=0,
                                   http_client=http_client)
 
