@@ -8,6 +8,7 @@ import json
 import threading
 
 import pytest
+from asgiref.sync import AsyncToSync
 from asgiref.testing import ApplicationCommunicator
 from django.conf import settings
 from django.db.backends.signals import connection_created
@@ -101,3 +102,23 @@ async def test_no_more_requests_run_on_threads_at_once_than_the_setting_allows(o
     go.set()
     assert [status for status, _ in await answers] == [200, 200, 200]
     assert most[0] == 2 and app.threads.made == 2
+
+
+async def test_the_middleware_and_the_view_run_in_one_go_on_the_requests_thread(owner, default_persona,
+                                                                                monkeypatch):
+    """No hand-off back to the event loop between the middleware and the view: each costs a wait
+    for the loop, and for the thread again after it."""
+    job = await asyncio.to_thread(services.job_submit, user=owner, task="hello")
+    token = (await asyncio.to_thread(services.token_create, user=owner))[1]
+    app = PooledThreadsASGIHandler()
+    back_to_the_loop = []
+    call = AsyncToSync.__call__
+
+    def counted(self, *args, **kwargs):
+        back_to_the_loop.append(getattr(self.awaitable, "__qualname__", repr(self.awaitable)))
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncToSync, "__call__", counted)
+    status, body = await get(app, f"/orchestrate/{job.pk}", token)
+    assert status == 200 and body["job_id"] == str(job.pk)
+    assert back_to_the_loop == []
