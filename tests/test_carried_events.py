@@ -118,10 +118,23 @@ async def test_a_doorbell_never_waits_for_the_thread_that_sync_code_shares(owner
     await communicator.disconnect()
 
 
-def test_events_of_a_rolled_back_savepoint_are_never_carried(owner, default_persona, monkeypatch):
+@pytest.fixture
+def rung(monkeypatch) -> list[dict]:
+    """The messages of every doorbell rung from now on."""
+    messages: list[dict] = []
+    monkeypatch.setattr(events, "ring", lambda *groups, message=None: messages.append(message or {}))
+    return messages
+
+
+def carried_by(messages: list[dict]) -> list[dict]:
+    """The events the doorbells carried, in seq order."""
+    return sorted((event for message in messages if "events" in message for event in json.loads(message["events"])),
+                  key=lambda event: event["seq"])
+
+
+def test_events_of_a_rolled_back_savepoint_are_never_carried(owner, default_persona, rung):
     job = services.job_submit(user=owner, task="Write a note: call mum")
-    rung: list[dict] = []
-    monkeypatch.setattr(events, "ring", lambda *groups, message=None: rung.append(message or {}))
+    rung.clear()  # the submission's own doorbells
     with transaction.atomic():
         locked = Job.objects.select_for_update().get(pk=job.pk)
         events.append(locked, ("kept.before", {}))
@@ -130,16 +143,15 @@ def test_events_of_a_rolled_back_savepoint_are_never_carried(owner, default_pers
             raise RuntimeError("undo")
         events.append(locked, ("kept.after", {}))
         locked.save(update_fields=["last_seq"])
-    carried = [event for message in rung if "events" in message for event in json.loads(message["events"])]
+    carried = carried_by(rung)
     assert [event["type"] for event in carried] == ["kept.before", "kept.after"]
     in_log = set(JobEvent.objects.filter(job=job).values_list("seq", flat=True))
     assert {event["seq"] for event in carried} <= in_log
 
 
-def test_a_released_savepoint_carries_its_events_with_the_commit(owner, default_persona, monkeypatch):
+def test_a_released_savepoint_carries_its_events_with_the_commit(owner, default_persona, rung):
     job = services.job_submit(user=owner, task="Write a note: call mum")
-    rung: list[dict] = []
-    monkeypatch.setattr(events, "ring", lambda *groups, message=None: rung.append(message or {}))
+    rung.clear()  # the submission's own doorbells
     with transaction.atomic():
         locked = Job.objects.select_for_update().get(pk=job.pk)
         with transaction.atomic():
@@ -147,9 +159,7 @@ def test_a_released_savepoint_carries_its_events_with_the_commit(owner, default_
         events.append(locked, ("outer", {}))
         locked.save(update_fields=["last_seq"])
         assert rung == []  # nothing rings before the commit
-    carried = sorted((event for message in rung if "events" in message for event in json.loads(message["events"])),
-                     key=lambda event: event["seq"])
-    assert [event["type"] for event in carried] == ["inner", "outer"]
+    assert [event["type"] for event in carried_by(rung)] == ["inner", "outer"]
 
 
 def test_events_too_big_to_carry_ring_a_plain_doorbell(owner, default_persona):
