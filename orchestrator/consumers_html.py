@@ -1,10 +1,9 @@
 """WebSocket streams for the browser: HTML fragments that htmx's ws extension swaps out of band.
 
 Like the JSON stream, the event log is the stream and the channel layer rings a doorbell; on
-every doorbell a consumer re-reads what changed (it renders from the log, so it leaves aside the
-events a doorbell may carry) (see streams.py for what every stream shares:
-joining before reading, periodic catch-up, surviving a failing channel layer, ending with the
-session).
+every doorbell a consumer re-reads what changed, from the log, whatever events the doorbell
+carries. See streams.py for what every stream shares: joining before reading, periodic catch-up,
+surviving a failing channel layer, ending with the session.
 
 - `/ws/jobs/<id>/html/?after=<seq>`: the job page. Timeline entries are appended exactly once:
   the page renders every event up to a cursor and the socket starts after it; each message

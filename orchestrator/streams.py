@@ -28,10 +28,10 @@ from collections.abc import Awaitable, Callable
 from importlib import import_module
 from typing import Any, TypeVar
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
-from channels.consumer import get_handler_name
 from channels.utils import await_many_dispatch
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY
