@@ -7,6 +7,7 @@ import time
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from django.core.management import call_command
 
 from orchestrator import services
@@ -429,3 +430,35 @@ async def test_a_request_is_what_the_sdks_own_create_would_send(streamed):
     ignored = {"x-stainless-retry-count", "x-stainless-read-timeout", "content-length"}
     assert {k: v for k, v in ours.headers.items() if k not in ignored} == \
         {k: v for k, v in sdks.headers.items() if k not in ignored}
+
+
+async def test_a_job_submitted_while_the_executor_joins_its_doorbells_starts_without_a_poll(fake, submit, settings,
+                                                                                            monkeypatch):
+    """The executor's first claim waits until it hears doorbells: a job submitted before then is
+    found by that claim, and one submitted after rings it; none waits for the next poll."""
+    from orchestrator.engine.executor import Executor
+
+    settings.CORTEX_POLL_SECONDS = 60
+    layer = get_channel_layer()
+    group_add = layer.group_add
+    joining = asyncio.Event()
+
+    async def slow_to_join(group: str, channel: str) -> None:
+        joining.set()
+        await asyncio.sleep(0.5)
+        await group_add(group, channel)
+
+    monkeypatch.setattr(layer, "group_add", slow_to_join)
+    fake.script_text("Done.")
+    executor = Executor(concurrency=5)
+    runner = asyncio.create_task(executor.run())
+    try:
+        await asyncio.wait_for(joining.wait(), 10)
+        await asyncio.sleep(0.2)  # a claim made as the executor started would be over by now
+        job = await submit()  # its doorbell rings before the executor has joined: nobody hears it
+        async with asyncio.timeout(10):
+            while (await sync_to_async(Job.objects.get)(pk=job.pk)).status == "queued":
+                await asyncio.sleep(0.05)
+    finally:
+        await executor.stop()
+        await runner

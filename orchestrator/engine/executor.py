@@ -26,6 +26,7 @@ from .loop import Database, drive
 logger = logging.getLogger(__name__)
 
 WATCH_SECONDS = 0.5
+LISTEN_SECONDS = 5.0  # at most this long the first claim waits for the doorbells' channel
 PERIODIC_SECONDS = 0.5  # how often the executor looks for due periodic work
 INTERNAL_ERROR = "internal error: the job stopped on an unexpected problem; the server's log has the details"
 
@@ -38,6 +39,7 @@ class Executor:
         self.db = Database(db_threads or (1 if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3") else 4))
         self.tasks: dict[str, asyncio.Task] = {}
         self._wake: asyncio.Event | None = None
+        self._listening: asyncio.Event | None = None
         self._stopping = False
         self._stopped: asyncio.Event | None = None
 
@@ -46,9 +48,14 @@ class Executor:
         events.bind_loop(loop)
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._listening = asyncio.Event()
         helpers = [loop.create_task(coro) for coro in (self._listen(), self._heartbeat(), self._watch(), self._periodic())]
         logger.info("executor %s running up to %d jobs at once", self.owner, self.concurrency)
         try:
+            # The first claim once doorbells are heard: a job submitted between a claim made
+            # earlier and the channel's joining would wait for the next poll.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._listening.wait(), LISTEN_SECONDS)
             while not self._stopping:
                 self._wake.clear()
                 free = self.concurrency - len(self.tasks)
@@ -74,6 +81,8 @@ class Executor:
         self._stopping = True
         if self._wake is not None:
             self._wake.set()
+        if self._listening is not None:
+            self._listening.set()
         if self._stopped is not None:
             await self._stopped.wait()
 
@@ -132,11 +141,18 @@ class Executor:
         """Doorbells from other processes: new work, or a job to stop at once."""
         layer = get_channel_layer()
         if layer is None:
+            self._listening.set()
             return
-        channel = await layer.new_channel("executor.")
+        try:
+            channel = await layer.new_channel("executor.")
+        except Exception:
+            logger.warning("executor doorbell channel could not be opened; polling", exc_info=True)
+            self._listening.set()
+            return
         while True:
             try:
                 await layer.group_add(events.EXECUTORS_GROUP, channel)
+                self._listening.set()
                 while True:
                     message = await layer.receive(channel)
                     if message.get("cancel"):
@@ -146,6 +162,7 @@ class Executor:
                 raise
             except Exception:
                 logger.warning("executor doorbell channel failed; polling until it is back", exc_info=True)
+                self._listening.set()  # the polls find the work meanwhile
                 await asyncio.sleep(settings.CORTEX_POLL_SECONDS)
 
     async def _heartbeat(self) -> None:
