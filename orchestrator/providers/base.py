@@ -20,6 +20,7 @@ provider's own word kept beside it for messages.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import weakref
 from collections.abc import Awaitable, Callable, Collection
@@ -113,18 +114,17 @@ class LoopClients(Generic[C]):
     def __init__(self, factory: Callable[[], C], *, shards: int = 1) -> None:
         self._factory = factory
         self._shards = max(1, shards)
-        # Each loop's clients, and the index of the one the next call takes.
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[list[C], list[int]]] = \
+        # Each loop's clients, and the count of calls that took one, whose remainder picks the next.
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[list[C], itertools.count]] = \
             weakref.WeakKeyDictionary()
 
     def get(self) -> C:
         loop = asyncio.get_running_loop()
         found = self._loops.get(loop)
         if found is None:
-            found = self._loops[loop] = ([], [0])
-        clients, turn = found
-        index = turn[0]
-        turn[0] = (index + 1) % self._shards
+            found = self._loops[loop] = ([], itertools.count())
+        clients, calls = found
+        index = next(calls) % self._shards
         if index == len(clients):
             clients.append(self._factory())
         return clients[index]
