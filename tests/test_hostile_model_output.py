@@ -277,7 +277,7 @@ def test_an_unexpected_failure_tells_the_user_nothing_of_the_database(owner, def
 
     from orchestrator.engine import executor
 
-    async def broken(job_id: str, *, owner: str, db) -> None:
+    async def broken(job_id: str, **kwargs: object) -> None:
         raise DataError('unsupported Unicode escape sequence\nCONTEXT: INSERT INTO "orchestrator_jobevent" ...')
 
     monkeypatch.setattr(executor, "drive", broken)

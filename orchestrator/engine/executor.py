@@ -60,8 +60,8 @@ class Executor:
                 self._wake.clear()
                 free = self.concurrency - len(self.tasks)
                 if free > 0:
-                    for job_id in await self._claim(free):
-                        self._start(job_id)
+                    for claimed in await self._claim(free):
+                        self._start(claimed.job_id, claimed)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), settings.CORTEX_POLL_SECONDS)
         finally:
@@ -90,24 +90,28 @@ class Executor:
         if self._wake is not None:
             self._wake.set()
 
-    async def _claim(self, limit: int) -> list[str]:
+    async def _claim(self, limit: int) -> list[state.Claimed]:
         try:
-            return await self.db.run(state.jobs_claim, owner=self.owner, limit=limit)
+            return await self.db.run(state.jobs_claim_and_step, owner=self.owner, limit=limit,
+                                     busy=frozenset(self.tasks))
         except Exception:
             logger.exception("claiming jobs failed; trying again at the next poll")
             return []
 
-    def _start(self, job_id: str) -> None:
+    def _start(self, job_id: str, claimed: state.Claimed | None = None) -> None:
         previous = self.tasks.get(job_id)
-        self.tasks[job_id] = asyncio.get_running_loop().create_task(self._drive(job_id, previous),
+        if previous is not None:  # its first step waits for the task before it (see `_drive`)
+            claimed = None
+        self.tasks[job_id] = asyncio.get_running_loop().create_task(self._drive(job_id, previous, claimed),
                                                                     name=f"job {job_id}")
 
-    async def _drive(self, job_id: str, previous: asyncio.Task | None) -> None:
+    async def _drive(self, job_id: str, previous: asyncio.Task | None, claimed: state.Claimed | None) -> None:
         finished = False
         try:
             if previous is not None:  # a task for the same job that has not quite ended yet
                 await asyncio.gather(previous, return_exceptions=True)
-            await drive(job_id, owner=self.owner, db=self.db)
+            first = (claimed.memo, claimed.action) if claimed is not None and claimed.action is not None else None
+            await drive(job_id, owner=self.owner, db=self.db, first=first)
             finished = True
         except asyncio.CancelledError:
             logger.info("job %s: stopped on this executor", job_id)

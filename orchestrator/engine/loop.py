@@ -58,11 +58,17 @@ def _call(fn: Callable[..., T], kwargs: dict[str, Any]) -> T:
         raise
 
 
-async def drive(job_id: str, *, owner: str, db: Database) -> None:
+async def drive(job_id: str, *, owner: str, db: Database,
+                first: tuple[state.Memo, state.Action] | None = None) -> None:
+    """`first`: the job's first step as its claim took it (`state.jobs_claim_and_step`), with the
+    memo of that step."""
     # Recording an outcome and deciding the next step share one transaction, which halves the
     # commits and the trips to the database thread per step.
-    memo = state.Memo()
-    action = await db.run(state.next_action, owner=owner, job_id=job_id, memo=memo)
+    if first is not None:
+        memo, action = first
+    else:
+        memo = state.Memo()
+        action = await db.run(state.next_action, owner=owner, job_id=job_id, memo=memo)
     while not isinstance(action, state.Stop):
         if isinstance(action, state.RunTool):
             result, is_error = await run_tool(action, job_id)

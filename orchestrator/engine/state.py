@@ -7,10 +7,12 @@ executor's `owner` id and acts only while that owner still holds the job's lease
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -28,6 +30,8 @@ from ..providers.base import Finish, ModelResponse, Usage
 from ..tools.registry import ArgumentsInvalid, Tool, registry
 from ..transitions import finished_event
 from . import sanitise
+
+logger = logging.getLogger(__name__)
 
 # A job whose executor died this many times in a row is poison: stop retrying it.
 MAX_CLAIMS = 20
@@ -156,24 +160,69 @@ def _save(job: Job, memo: Memo) -> None:
         rows.update(job, [*changed, "updated_at"])
 
 
+# A claim takes the first step of at most this many of the jobs it leases (`jobs_claim_and_step`).
+FIRST_STEPS = 8
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A job an executor now holds, with its first step when the claim took it (else None)."""
+
+    job_id: str
+    memo: Memo = field(default_factory=Memo)
+    action: Action | None = None
+
+
+def jobs_claim_and_step(*, owner: str, limit: int, busy: frozenset[str] = frozenset()) -> list[Claimed]:
+    """`jobs_claim`, and the first step (`next_action`) of up to FIRST_STEPS of the jobs leased, in
+    the claim's transaction: an executor starting a job then makes its first model call without
+    another transaction and trip to the database thread. Each step keeps a savepoint of its own,
+    so one that fails leaves the claim standing and that job's drive takes its first step itself
+    (and meets the failure there). `busy`: jobs the executor still has a task for, whose first
+    step must wait for that task to end (see `Executor._drive`)."""
+    now = timezone.now()
+    if limit <= 0 or not _claimable_now(now):
+        return []
+    claimed: list[Claimed] = []
+    stepped = 0
+    with transaction.atomic():
+        for job_id in _claim(owner, limit, now):
+            memo, action = Memo(), None
+            if job_id not in busy and stepped < FIRST_STEPS:
+                stepped += 1
+                try:
+                    action = next_action(owner=owner, job_id=job_id, memo=memo)
+                except Exception:  # the drive takes this step again and handles what it raises
+                    logger.warning("job %s: its first step failed with its claim", job_id, exc_info=True)
+                    memo = Memo()
+            claimed.append(Claimed(job_id, memo, action))
+    return claimed
+
+
 def jobs_claim(*, owner: str, limit: int) -> list[str]:
     """Lease up to `limit` runnable jobs: queued ones, and running ones whose holder went away."""
-    if limit <= 0:
-        return []
     now = timezone.now()
-    claimable = transitions.claimable(now)
-    # The same condition, for the reads through statements built once (an executor asks often).
-    runnable = transitions.claimable_rows(now)
-    # Most calls find nothing (an executor also looks each time one of its jobs ends): find that
-    # out with a plain read, without taking SQLite's write lock or locking rows elsewhere.
-    if not rows.select(Job, ("pk",), runnable, limit=1):
+    if limit <= 0 or not _claimable_now(now):
         return []
     with transaction.atomic():
-        # `select_for_update(skip_locked=True).filter(claimable).order_by("created_at")[:limit]`
-        ids = [job_id for (job_id,) in rows.select(Job, ("pk",), runnable, order_by=("created_at",), limit=limit,
-                                                   lock="skip locked")]
-        if ids:
-            transitions.claim(Job.objects.filter(id__in=ids).filter(claimable), owner=owner, now=now)
+        return _claim(owner, limit, now)
+
+
+def _claimable_now(now: datetime) -> bool:
+    """Whether any job is runnable. Most claims find nothing (an executor also looks each time one
+    of its jobs ends): find that out with a plain read, without taking SQLite's write lock or
+    locking rows elsewhere."""
+    return bool(rows.select(Job, ("pk",), transitions.claimable_rows(now), limit=1))
+
+
+def _claim(owner: str, limit: int, now: datetime) -> list[str]:
+    """The leasing itself, in the caller's transaction."""
+    # `select_for_update(skip_locked=True).filter(claimable).order_by("created_at")[:limit]`, through
+    # a statement built once (an executor asks often).
+    ids = [job_id for (job_id,) in rows.select(Job, ("pk",), transitions.claimable_rows(now), order_by=("created_at",),
+                                               limit=limit, lock="skip locked")]
+    if ids:
+        transitions.claim(Job.objects.filter(id__in=ids).filter(transitions.claimable(now)), owner=owner, now=now)
     return [str(job_id) for job_id in ids]
 
 
