@@ -93,11 +93,16 @@ class Doorbell:
         self.rows: list[JobEvent] = []
 
     def __call__(self) -> None:
-        # Only Cortex's own layers keep a plain doorbell where they drop one that carries events
-        # (layer_parts.Inbox); on any other, a dropped one would leave its events unsent.
-        carried = callable(getattr(get_channel_layer(), "ring", None))
-        ring(self.job, message=carrying(self.rows) if carried else None)
-        ring(self.user)
+        layer = get_channel_layer()
+        # A layer that can tell nobody would hear a group (local_layer.py) saves the doorbell.
+        listened = getattr(layer, "listened", None)
+        if listened is None or listened([self.job]):
+            # Only Cortex's own layers keep a plain doorbell where they drop one that carries events
+            # (layer_parts.Inbox); on any other, a dropped one would leave its events unsent.
+            carried = callable(getattr(layer, "ring", None))
+            ring(self.job, message=carrying(self.rows) if carried else None)
+        if listened is None or listened([self.user]):
+            ring(self.user)
 
 
 def carrying(rows: list[JobEvent]) -> dict[str, Any]:

@@ -241,11 +241,10 @@ class Sender:
             with contextlib.suppress(queue.Empty):
                 while True:
                     batch.append(self.waiting.get_nowait())
-            by_directory: dict[Path, dict[str, list[Any]]] = {}
+            by_directory: dict[Path, dict[Any, list[Any]]] = {}
             patience: dict[Path, float] = {}
             for directory, groups, message, wait in batch:
-                item = [groups, message]
-                by_directory.setdefault(directory, {})[json.dumps(item, sort_keys=True)] = item
+                by_directory.setdefault(directory, {})[_key(groups, message)] = [groups, message]
                 patience[directory] = max(wait, patience.get(directory, 0.0))
             for directory, items in by_directory.items():
                 try:
@@ -300,6 +299,15 @@ class Sender:
         return True
 
 
+def _key(groups: list[str], message: dict[str, Any]) -> Any:
+    """What tells one doorbell from another in a batch: its groups and message (a doorbell's
+    values are text and numbers; anything else is told apart by its JSON)."""
+    try:
+        return tuple(groups), frozenset(message.items())
+    except TypeError:
+        return json.dumps([groups, message], sort_keys=True)
+
+
 def _datagrams(items: list[Any]) -> Iterable[bytes]:
     """`items` as JSON lists of at most about BATCH_BYTES each."""
     chunk: list[bytes] = []
@@ -315,7 +323,34 @@ def _datagrams(items: list[Any]) -> Iterable[bytes]:
         yield b"[" + b",".join(chunk) + b"]"
 
 
+class Listing:
+    """The socket names of each directory, for any thread: listed again when the directory changed
+    (or changed lately: see `Peers.current`), else a `stat` a call."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: dict[Path, tuple[int, frozenset[str]]] = {}
+
+    def names(self, directory: Path) -> frozenset[str]:
+        try:
+            stamp = directory.stat().st_mtime_ns
+        except FileNotFoundError:
+            return frozenset()
+        with self.lock:
+            seen = self.seen.get(directory)
+            if seen is not None and seen[0] == stamp and time.time_ns() - stamp >= RECENT_SECONDS * 1e9:
+                return seen[1]
+        try:
+            names = frozenset(name for name in os.listdir(directory) if name.endswith(SUFFIX))
+        except FileNotFoundError:
+            names = frozenset()
+        with self.lock:
+            self.seen[directory] = (stamp, names)
+        return names
+
+
 _sender = Sender()
+_listing = Listing()
 
 
 class LocalDoorbellLayer(PerLoopLayer):
@@ -356,3 +391,13 @@ class LocalDoorbellLayer(PerLoopLayer):
     def ring(self, groups: Iterable[str], message: dict[str, Any]) -> None:
         """`message` to each of `groups`, from any thread, soon; never waits."""
         _sender.put(self.directory(), list(groups), message, self.patience_seconds)
+
+    def listened(self, groups: Iterable[str]) -> bool:
+        """Whether a doorbell for `groups` may be heard: a channel of this layer's own loops is in
+        one of them, or another listener's socket is in the directory (what it listens to is not
+        known here). From any thread; a listener that comes a moment later reads the log anyway."""
+        hubs = list(self.hubs.values())
+        if any(group in hub.members for hub in hubs for group in groups):
+            return True
+        ours = {hub.path.name for hub in hubs}
+        return any(name not in ours for name in _listing.names(self.directory()))

@@ -13,6 +13,7 @@ from django.db import connections, transaction
 
 from orchestrator import events, services, streams
 from orchestrator.layer_parts import Inbox
+from orchestrator.local_layer import LocalDoorbellLayer
 from orchestrator.models import Job, JobEvent
 
 from .test_websocket import bearer, connect, receive_all
@@ -120,8 +121,9 @@ async def test_a_doorbell_never_waits_for_the_thread_that_sync_code_shares(owner
 
 @pytest.fixture
 def rung(monkeypatch) -> list[dict]:
-    """The messages of every doorbell rung from now on."""
+    """The messages of every doorbell rung from now on, as if something listened to every group."""
     messages: list[dict] = []
+    monkeypatch.setattr(get_channel_layer(), "listened", lambda groups: True, raising=False)
     monkeypatch.setattr(events, "ring", lambda *groups, message=None: messages.append(message or {}))
     return messages
 
@@ -160,6 +162,25 @@ def test_a_released_savepoint_carries_its_events_with_the_commit(owner, default_
         locked.save(update_fields=["last_seq"])
         assert rung == []  # nothing rings before the commit
     assert [event["type"] for event in carried_by(rung)] == ["inner", "outer"]
+
+
+async def test_a_doorbell_nobody_could_hear_is_not_rung(owner, default_persona, tmp_path, monkeypatch):
+    """Where no channel of this process is in a job's group and no other process listens, its
+    commits ring nothing (nor encode their events); once a channel joins, they ring it."""
+    layer = LocalDoorbellLayer(directory=str(tmp_path / "bells"))
+    monkeypatch.setattr(events, "get_channel_layer", lambda: layer)
+    rung: list[tuple] = []
+    monkeypatch.setattr(events, "ring", lambda *groups, message=None: rung.append((groups, message)))
+    job = await sync_to_async(services.job_submit)(user=owner, task="Write a note: call mum")
+    group = events.job_group(job.pk)
+    await sync_to_async(append_events)(job.pk, "note.one")
+    assert [groups for groups, _ in rung] == [(events.EXECUTORS_GROUP,)]  # the submission's wake-up only
+
+    channel = await layer.new_channel()
+    await layer.group_add(group, channel)
+    await sync_to_async(append_events)(job.pk, "note.two")
+    [(groups, message)] = rung[1:]  # the job's group, with its event; nobody listens to the owner's
+    assert groups == (group,) and [event["type"] for event in json.loads(message["events"])] == ["note.two"]
 
 
 def test_events_too_big_to_carry_ring_a_plain_doorbell(owner, default_persona):
