@@ -9,21 +9,11 @@ from asgiref.sync import sync_to_async
 from orchestrator import services
 from orchestrator.engine import state
 from orchestrator.models import Job, JobStatus
-from tests.fakes.openai_fake import OpenAIFake
+from tests.test_engine_openai import fake  # noqa: F401  (the fixture: a fake Chat Completions server)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 EXECUTOR = "host:1:abcd"
-
-
-@pytest.fixture
-def fake(settings):
-    with OpenAIFake(expect_key="sk-test") as server:
-        settings.CORTEX_ORCHESTRATOR_MODEL = "openai:test-model"
-        settings.OPENAI_BASE_URL = server.base_url
-        settings.OPENAI_API_KEY = "sk-test"
-        yield server
-    assert server.errors == []
 
 
 def submit(owner, count: int) -> list[str]:
