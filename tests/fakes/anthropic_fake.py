@@ -141,6 +141,9 @@ class AnthropicFake(ProviderFake):
     def count_tool_results(self, body: Mapping[str, Any]) -> int:
         return sum(1 for _, block in _blocks(body.get("messages") or ()) if block.get("type") == "tool_result")
 
+    def offers_tools(self, body: Mapping[str, Any]) -> bool:
+        return bool(body.get("tools"))
+
     # -- answers ------------------------------------------------------------ #
 
     def error_response(self, error: ErrorReply) -> Response:

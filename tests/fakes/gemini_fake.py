@@ -244,6 +244,9 @@ class GeminiFake(ProviderFake):
                 count += sum(1 for p in content.get("parts") or () if isinstance(p, dict) and "functionResponse" in p)
         return count
 
+    def offers_tools(self, body: Mapping[str, Any]) -> bool:
+        return any(isinstance(tool, dict) and tool.get("functionDeclarations") for tool in body.get("tools") or ())
+
     # -- answers ------------------------------------------------------------ #
 
     length_reason = "MAX_TOKENS"

@@ -806,7 +806,8 @@ class ProviderFake:
         )
 
     def default_turn(self, body: Mapping[str, Any]) -> Turn:
-        if self.count_tool_results(body) < self.rounds:
+        # A model offered no tools cannot call one (a final answer's request, say): it answers.
+        if self.count_tool_results(body) < self.rounds and self.offers_tools(body):
             return Turn(tool_calls=(ToolCall(self.tool_name, self.tool_arguments),))
         return Turn(text=self.final_text)
 
@@ -836,6 +837,10 @@ class ProviderFake:
         return None
 
     def count_tool_results(self, body: Mapping[str, Any]) -> int:
+        raise NotImplementedError
+
+    def offers_tools(self, body: Mapping[str, Any]) -> bool:
+        """Whether the request offers the model any tool to call."""
         raise NotImplementedError
 
     def answer(self, request: Request, body: Mapping[str, Any], turn: Turn, *, stream: bool, model: str) -> Reply:

@@ -137,6 +137,9 @@ class OpenAIFake(ProviderFake):
     def count_tool_results(self, body: Mapping[str, Any]) -> int:
         return sum(1 for m in body.get("messages") or () if isinstance(m, dict) and m.get("role") == "tool")
 
+    def offers_tools(self, body: Mapping[str, Any]) -> bool:
+        return bool(body.get("tools"))
+
     # -- answers ------------------------------------------------------------ #
 
     def error_response(self, error: ErrorReply) -> Response:

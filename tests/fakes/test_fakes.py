@@ -83,6 +83,8 @@ async def anthropic_client(anthropic_fake: AnthropicFake) -> AsyncIterator[anthr
 
 
 USER = [{"role": "user", "content": "What time is it?"}]
+GPT_TOOLS = [{"type": "function", "function": {"name": "current_time", "description": "The time now.",
+                                               "parameters": {"type": "object", "properties": {}}}}]
 CLAUDE_TOOLS = [{"name": name, "description": name, "input_schema": {"type": "object"}}
                 for name in ("get_weather", "get_time")]
 
@@ -129,9 +131,9 @@ async def test_openai_server_error(openai_fake: OpenAIFake, openai_client: opena
     openai_fake.script_error(500)
 
     with pytest.raises(openai.InternalServerError):
-        await openai_client.chat.completions.create(model=GPT, messages=USER)
+        await openai_client.chat.completions.create(model=GPT, messages=USER, tools=GPT_TOOLS)
     # The scripted error is used up; the next request gets an answer.
-    response = await openai_client.chat.completions.create(model=GPT, messages=USER)
+    response = await openai_client.chat.completions.create(model=GPT, messages=USER, tools=GPT_TOOLS)
     assert response.choices[0].message.tool_calls
 
 
@@ -235,7 +237,7 @@ async def test_openai_models_and_path_without_v1(openai_fake: OpenAIFake) -> Non
     bare = openai.AsyncOpenAI(base_url=openai_fake.root_url, api_key=OPENAI_KEY, max_retries=0)
     try:
         models = await bare.models.list()
-        response = await bare.chat.completions.create(model=GPT, messages=USER)
+        response = await bare.chat.completions.create(model=GPT, messages=USER, tools=GPT_TOOLS)
     finally:
         await bare.close()
 
@@ -248,7 +250,7 @@ async def test_openai_default_tool_loop(openai_client: openai.AsyncOpenAI, opena
     openai_fake.rounds = 3
     messages: list[dict[str, Any]] = list(USER)
     for _ in range(10):
-        response = await openai_client.chat.completions.create(model=GPT, messages=messages)
+        response = await openai_client.chat.completions.create(model=GPT, messages=messages, tools=GPT_TOOLS)
         message = response.choices[0].message
         if not message.tool_calls:
             break
@@ -825,7 +827,7 @@ async def test_many_concurrent_keep_alive_clients() -> None:
 
 
 async def _keep_alive_client(port: int, requests: int) -> None:
-    body = json.dumps({"model": GPT, "messages": USER}).encode()
+    body = json.dumps({"model": GPT, "messages": USER, "tools": GPT_TOOLS}).encode()
     raw = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
@@ -849,9 +851,12 @@ async def test_cli_process_mode() -> None:
         assert line.startswith("LISTENING http://127.0.0.1:") and line.endswith("/v1")
         client = openai.AsyncOpenAI(base_url=line.split(" ", 1)[1], api_key="any", max_retries=0)
         try:
-            first = await client.chat.completions.create(model=GPT, messages=USER)
+            first = await client.chat.completions.create(model=GPT, messages=USER, tools=GPT_TOOLS)
+            unoffered = await client.chat.completions.create(model=GPT, messages=USER)
         finally:
             await client.close()
+        # Offered no tool (a final answer's request, say), the model answers instead of calling one.
+        assert unoffered.choices[0].message.content == "All done." and not unoffered.choices[0].message.tool_calls
         assert first.choices[0].message.tool_calls[0].function.name == "current_time"
     finally:
         process.terminate()
