@@ -94,14 +94,15 @@ class Doorbell:
 
     def __call__(self) -> None:
         layer = get_channel_layer()
-        # A layer that can tell nobody would hear a group (local_layer.py) saves the doorbell.
-        listened = getattr(layer, "listened", None)
-        if listened is None or listened([self.job]):
+        # A layer that can tell nobody would hear a group (local_layer.py) saves its doorbell.
+        heard = getattr(layer, "heard", None)
+        groups = heard([self.job, self.user]) if heard is not None else {self.job, self.user}
+        if self.job in groups:
             # Only Cortex's own layers keep a plain doorbell where they drop one that carries events
             # (layer_parts.Inbox); on any other, a dropped one would leave its events unsent.
             carried = callable(getattr(layer, "ring", None))
             ring(self.job, message=carrying(self.rows) if carried else None)
-        if listened is None or listened([self.user]):
+        if self.user in groups:
             ring(self.user)
 
 

@@ -168,26 +168,17 @@ class Peers:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.sockets: dict[str, socket.socket] = {}
-        self.stamp: int | None = None
+        self.names: frozenset[str] = frozenset()
 
     def current(self) -> dict[str, socket.socket]:
-        try:
-            stamp = self.directory.stat().st_mtime_ns
-        except FileNotFoundError:
-            self.close()
-            return {}
-        # Directory times are coarse (a clock tick): a socket bound in the same tick as the last
-        # listing leaves the time unchanged, so a directory changed lately is always listed again.
-        if stamp != self.stamp or time.time_ns() - stamp < RECENT_SECONDS * 1e9:
-            self.stamp = stamp
-            self._list()
+        names = _listing.names(self.directory)
+        if names != self.names:
+            self.names = names
+            self._connect(names)
         return self.sockets
 
-    def _list(self) -> None:
-        try:
-            names = {name for name in os.listdir(self.directory) if name.endswith(SUFFIX)}
-        except FileNotFoundError:
-            names = set()
+    def _connect(self, names: frozenset[str]) -> None:
+        """Connected sockets for `names`, and none for any other."""
         for name in set(self.sockets) - names:
             self.sockets.pop(name).close()
         for name in names - set(self.sockets):
@@ -324,8 +315,10 @@ def _datagrams(items: list[Any]) -> Iterable[bytes]:
 
 
 class Listing:
-    """The socket names of each directory, for any thread: listed again when the directory changed
-    (or changed lately: see `Peers.current`), else a `stat` a call."""
+    """The socket names of each directory, for any thread: listed again when the directory changed,
+    else a `stat` a call. Directory times are coarse (a clock tick): a socket bound in the same tick
+    as the last listing leaves the time unchanged, so a directory changed lately is always listed
+    again."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -392,12 +385,13 @@ class LocalDoorbellLayer(PerLoopLayer):
         """`message` to each of `groups`, from any thread, soon; never waits."""
         _sender.put(self.directory(), list(groups), message, self.patience_seconds)
 
-    def listened(self, groups: Iterable[str]) -> bool:
-        """Whether a doorbell for `groups` may be heard: a channel of this layer's own loops is in
-        one of them, or another listener's socket is in the directory (what it listens to is not
-        known here). From any thread; a listener that comes a moment later reads the log anyway."""
+    def heard(self, groups: Iterable[str]) -> set[str]:
+        """Those of `groups` whose doorbell may be heard: every one where another listener's socket
+        is in the directory (what it listens to is not known here), else those a channel of this
+        layer's own loops is in. From any thread; a listener that comes a moment later reads the log
+        anyway."""
         hubs = list(self.hubs.values())
-        if any(group in hub.members for hub in hubs for group in groups):
-            return True
         ours = {hub.path.name for hub in hubs}
-        return any(name not in ours for name in _listing.names(self.directory()))
+        if any(name not in ours for name in _listing.names(self.directory())):
+            return set(groups)
+        return {group for group in groups if any(group in hub.members for hub in hubs)}

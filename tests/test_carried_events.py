@@ -123,7 +123,7 @@ async def test_a_doorbell_never_waits_for_the_thread_that_sync_code_shares(owner
 def rung(monkeypatch) -> list[dict]:
     """The messages of every doorbell rung from now on, as if something listened to every group."""
     messages: list[dict] = []
-    monkeypatch.setattr(get_channel_layer(), "listened", lambda groups: True, raising=False)
+    monkeypatch.setattr(get_channel_layer(), "heard", set, raising=False)
     monkeypatch.setattr(events, "ring", lambda *groups, message=None: messages.append(message or {}))
     return messages
 

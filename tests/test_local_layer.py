@@ -175,19 +175,19 @@ def test_the_last_listener_to_close_removes_the_directory_and_a_new_one_makes_it
         assert not bells.exists()
 
 
-async def test_a_group_is_listened_to_where_a_channel_joined_it_or_another_process_may_hear(tmp_path):
+async def test_a_group_is_heard_where_a_channel_joined_it_or_another_process_may_hear(tmp_path):
     layer = LocalDoorbellLayer(directory=str(tmp_path / "bells"))
-    assert not layer.listened(["job.1"])  # no socket at all
+    assert layer.heard(["job.1"]) == set()  # no socket at all
     channel = await layer.new_channel()  # this loop's own socket, nothing joined yet
-    assert not layer.listened(["job.1"])
+    assert layer.heard(["job.1"]) == set()
     await layer.group_add("job.1", channel)
-    assert layer.listened(["job.1"]) and not layer.listened(["job.2"])
+    assert layer.heard(["job.1", "job.2"]) == {"job.1"}
     await layer.group_discard("job.1", channel)
-    assert not layer.listened(["job.1"])
+    assert layer.heard(["job.1"]) == set()
     # Another process's socket: what it listens to is not known here, so any group may be heard.
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as other:
         other.bind(str(tmp_path / "bells" / f"999998-0123456789ab{local_layer.SUFFIX}"))
-        assert layer.listened(["job.2"])
+        assert layer.heard(["job.1", "job.2"]) == {"job.1", "job.2"}
 
 
 async def test_different_doorbells_for_one_group_rung_together_all_arrive(tmp_path):

@@ -110,8 +110,7 @@ class Executor:
         try:
             if previous is not None:  # a task for the same job that has not quite ended yet
                 await asyncio.gather(previous, return_exceptions=True)
-            first = (claimed.memo, claimed.action) if claimed is not None and claimed.action is not None else None
-            await drive(job_id, owner=self.owner, db=self.db, first=first)
+            await drive(job_id, owner=self.owner, db=self.db, claimed=claimed)
             finished = True
         except asyncio.CancelledError:
             logger.info("job %s: stopped on this executor", job_id)

@@ -58,14 +58,12 @@ def _call(fn: Callable[..., T], kwargs: dict[str, Any]) -> T:
         raise
 
 
-async def drive(job_id: str, *, owner: str, db: Database,
-                first: tuple[state.Memo, state.Action] | None = None) -> None:
-    """`first`: the job's first step as its claim took it (`state.jobs_claim_and_step`), with the
-    memo of that step."""
+async def drive(job_id: str, *, owner: str, db: Database, claimed: state.Claimed | None = None) -> None:
+    """`claimed`: the job's claim, which may have taken its first step (`state.jobs_claim_and_step`)."""
     # Recording an outcome and deciding the next step share one transaction, which halves the
     # commits and the trips to the database thread per step.
-    if first is not None:
-        memo, action = first
+    if claimed is not None and claimed.action is not None:
+        memo, action = claimed.memo, claimed.action
     else:
         memo = state.Memo()
         action = await db.run(state.next_action, owner=owner, job_id=job_id, memo=memo)

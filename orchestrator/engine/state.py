@@ -169,8 +169,8 @@ class Claimed:
     """A job an executor now holds, with its first step when the claim took it (else None)."""
 
     job_id: str
-    memo: Memo = field(default_factory=Memo)
-    action: Action | None = None
+    memo: Memo
+    action: Action | None
 
 
 def jobs_claim_and_step(*, owner: str, limit: int, busy: frozenset[str] = frozenset()) -> list[Claimed]:
@@ -194,7 +194,6 @@ def jobs_claim_and_step(*, owner: str, limit: int, busy: frozenset[str] = frozen
                     action = next_action(owner=owner, job_id=job_id, memo=memo)
                 except Exception:  # the drive takes this step again and handles what it raises
                     logger.warning("job %s: its first step failed with its claim", job_id, exc_info=True)
-                    memo = Memo()
             claimed.append(Claimed(job_id, memo, action))
     return claimed
 
