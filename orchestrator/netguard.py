@@ -9,15 +9,16 @@ Private, loopback and link-local addresses are refused unless CORTEX_HTTP_ALLOW_
 the host once, refuses the whole request if any resolved address is not public, and connects to
 the checked address itself. Nothing resolves the name a second time, so a DNS answer that
 changes between check and connect (rebinding) cannot slip a private address in. TLS still runs
-against the URL's hostname, so SNI and certificate verification are unchanged.
+against the URL's hostname, so SNI and certificate verification are unchanged. The model
+endpoints' transport (`endpoint_transport`, over `http1`) connects the same way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import ipaddress
-import select
 import socket
 import ssl
 from collections.abc import Callable, Iterable
@@ -31,6 +32,8 @@ import httpcore2
 import httpx
 import httpx2
 from django.conf import settings
+
+from . import http1
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -187,17 +190,6 @@ async def check_endpoint(url: str) -> None:
     await check_url(url, allow_private=settings.CORTEX_HTTP_ALLOW_PRIVATE)
 
 
-
-def _readable(sock: socket.socket | None) -> bool:
-    """Whether reading `sock` would return at once: on an idle connection, that the server closed
-    it. A socket that is gone reads as closed."""
-    if sock is None or sock.fileno() < 0:
-        return True
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
-
-
 @functools.cache
 def _stream_class(core: ModuleType) -> type:
     """A connection of `core`'s (httpcore or httpcore2) that answers "has the server closed you?"
@@ -225,7 +217,7 @@ def _stream_class(core: ModuleType) -> type:
             return PolledStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
 
         def get_extra_info(self, info: str) -> Any:
-            return _readable(self._socket) if info == "is_readable" else self._inner.get_extra_info(info)
+            return http1.readable(self._socket) if info == "is_readable" else self._inner.get_extra_info(info)
 
     return PolledStream
 
@@ -287,22 +279,16 @@ def checked_transport(allow_private: bool | Callable[[], bool], *, http: ModuleT
     """An `http.AsyncHTTPTransport` whose every connection goes through the checked backend. A
     refused address raises `Unreachable` out of the request (an SDK may wrap it as a connection
     error). `allow_private` may be a function, asked at every connection."""
-    return _transport_with_pool(http, core, ssl_context, trust_env=False,
-                                network_backend=_backend_class(core)(allow_private),
-                                max_connections=max_connections, keepalive_expiry=keepalive_expiry)
-
-
-def _transport_with_pool(http: ModuleType, core: ModuleType, ssl_context: ssl.SSLContext | None, *,
-                         trust_env: bool, **pool: Any) -> Any:
-    """An `http.AsyncHTTPTransport` on a pool of `core`'s with the given options."""
     context = ssl_context or http.create_ssl_context()
-    transport = http.AsyncHTTPTransport(verify=context, trust_env=trust_env, retries=0)
+    transport = http.AsyncHTTPTransport(verify=context, trust_env=False, retries=0)
     # httpx offers no public hook for the network backend, so the pool it built is replaced.
     # Fail loudly if that attribute ever moves: silently keeping httpx's pool would bypass the
     # address check of `checked_transport`.
     if not isinstance(getattr(transport, "_pool", None), core.AsyncConnectionPool):
         raise RuntimeError("this httpx version does not keep its pool in _pool; the network backend cannot be installed")
-    transport._pool = core.AsyncConnectionPool(ssl_context=context, http1=True, http2=False, retries=0, **pool)
+    transport._pool = core.AsyncConnectionPool(ssl_context=context, http1=True, http2=False, retries=0,
+                                               network_backend=_backend_class(core)(allow_private),
+                                               max_connections=max_connections, keepalive_expiry=keepalive_expiry)
     return transport
 
 
@@ -312,19 +298,46 @@ def tls_context() -> ssl.SSLContext:
     return httpx2.create_ssl_context()
 
 
-def site_endpoint_transport(*, ssl_context: ssl.SSLContext | None = None) -> Any:
+async def _connect_anywhere(factory: Callable[[], asyncio.Protocol], host: str, port: int,
+                            context: ssl.SSLContext | None) -> Any:
+    _, protocol = await asyncio.get_running_loop().create_connection(
+        factory, host, port, ssl=context, server_hostname=host if context else None)
+    return protocol
+
+
+def _checked_connect(allow_private: Callable[[], bool]) -> http1.Connect:
+    """Connects only to addresses that passed `check_address` (each in turn, as the checked
+    backend does); TLS still verifies the certificate against the name that was asked for."""
+
+    async def connect(factory: Callable[[], asyncio.Protocol], host: str, port: int,
+                      context: ssl.SSLContext | None) -> Any:
+        loop = asyncio.get_running_loop()
+        failure: OSError | None = None
+        for address in await checked_addresses(host, port, allow_private()):
+            try:
+                _, protocol = await loop.create_connection(factory, str(address), port, ssl=context,
+                                                           server_hostname=host if context else None)
+                return protocol
+            except OSError as error:
+                failure = error
+        assert failure is not None
+        raise failure
+
+    return connect
+
+
+def site_endpoint_transport(*, ssl_context: ssl.SSLContext | None = None) -> http1.Http1Transport:
     """The transport for the provider SDKs (httpx2) to the site's own model endpoints, which whoever
-    runs the server set, so not checked: the SDKs' own limit on connections, with connections that
-    are cheap to look after (`_stream_class`). Every connection may be kept alive (until it has
-    been idle for 5 s): with the SDKs' 100, an executor with more calls than that in flight closed
-    the surplus as each answer came back and opened them again for the next round."""
-    return _transport_with_pool(httpx2, httpcore2, ssl_context, trust_env=True,
-                                network_backend=_plain_backend_class(httpcore2)(), max_connections=1000,
-                                max_keepalive_connections=1000, keepalive_expiry=5.0)
+    runs the server set, so not checked. Every connection may be kept alive (until it has been idle
+    for 5 s): with the SDKs' 100, an executor with more calls than that in flight closed the
+    surplus as each answer came back and opened them again for the next round."""
+    return http1.Http1Transport(connect=_connect_anywhere, ssl_context=ssl_context or tls_context(),
+                                max_connections=1000, keepalive_expiry=5.0)
 
 
-def endpoint_transport(*, ssl_context: ssl.SSLContext | None = None) -> Any:
-    """The transport for the provider SDKs (which speak httpx2) to a model endpoint someone typed:
-    every connection checked under the site's setting, with a pool the size a busy executor needs."""
-    return checked_transport(lambda: settings.CORTEX_HTTP_ALLOW_PRIVATE, http=httpx2, core=httpcore2,
-                             ssl_context=ssl_context, max_connections=100, keepalive_expiry=30.0)
+def endpoint_transport(*, ssl_context: ssl.SSLContext | None = None) -> http1.Http1Transport:
+    """The transport for the provider SDKs (httpx2) to a model endpoint someone typed: every
+    connection checked under the site's setting, with a pool the size a busy executor needs."""
+    return http1.Http1Transport(connect=_checked_connect(lambda: settings.CORTEX_HTTP_ALLOW_PRIVATE),
+                                ssl_context=ssl_context or tls_context(), max_connections=100,
+                                keepalive_expiry=30.0)

@@ -1,6 +1,6 @@
 """Model endpoints' connections: the pool reuses a kept-alive connection, and notices one the
-server closed while it sat idle (`netguard._stream_class`), instead of sending the next request
-into it and failing."""
+server closed while it sat idle (`http1.Connection.usable`, and `netguard._stream_class` for the
+checked httpx transports), instead of sending the next request into it and failing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import socket
 import httpx2
 import pytest
 
-from orchestrator import netguard
+from orchestrator import http1, netguard
 from orchestrator.providers.base import LoopClients
 from orchestrator.providers.openai_compat import OpenAIProvider
 
@@ -36,13 +36,13 @@ class ClosingServer:
 def test_a_closed_socket_reads_as_closed_and_an_idle_one_does_not() -> None:
     ours, theirs = socket.socketpair()
     try:
-        assert not netguard._readable(ours)
+        assert not http1.readable(ours)
         theirs.close()
-        assert netguard._readable(ours)
+        assert http1.readable(ours)
     finally:
         ours.close()
-    assert netguard._readable(ours)  # gone altogether
-    assert netguard._readable(None)
+    assert http1.readable(ours)  # gone altogether
+    assert http1.readable(None)
 
 
 @pytest.mark.parametrize("transport", [netguard.site_endpoint_transport,
@@ -144,6 +144,6 @@ def test_a_providers_clients_share_one_tls_context() -> None:
     provider = OpenAIProvider(base_url="https://models.example/v1", api_key="k")
 
     def context_of(client) -> object:
-        return client._client._transport._pool._ssl_context
+        return client._client._transport._ssl_context
 
     assert context_of(provider._new_client()) is context_of(provider._new_client())
