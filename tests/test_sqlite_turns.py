@@ -13,7 +13,8 @@ import time
 import pytest
 from django.db import OperationalError, connection, transaction
 
-from orchestrator.backends.sqlite3.base import Queue, Turns, turns_for
+from orchestrator.backends.sqlite3 import base
+from orchestrator.backends.sqlite3.base import KEPT_TURNS, Queue, Turns, turns_for
 from tests.conftest import ROOT, process_env
 
 pytestmark = [
@@ -161,6 +162,42 @@ def test_threads_of_a_process_take_their_turns_in_the_order_they_came():
         thread.join(30)
     assert served == list(range(8))
     assert not queue._held
+
+
+def test_threads_already_waiting_keep_their_process_turn_a_few_times_then_let_it_go(tmp_path, monkeypatch):
+    taken: list[str] = []  # who took the file's turn (every other transaction had it handed over)
+    real_lock = base._lock
+
+    def lock(fd: int, byte: int, deadline: float) -> None:
+        if byte == base.TURN:
+            taken.append(threading.current_thread().name)
+        real_lock(fd, byte, deadline)
+
+    monkeypatch.setattr(base, "_lock", lock)
+    turns = Turns(tmp_path / "db.writers")
+    turns.take(5)
+    served: list[str] = []
+
+    def write() -> None:
+        turns.take(30)
+        served.append(threading.current_thread().name)
+        turns.give_back()
+
+    waiting = [threading.Thread(target=write, name=f"writer-{number}") for number in range(KEPT_TURNS + 2)]
+    for number, thread in enumerate(waiting):
+        thread.start()
+        while len(turns.queue._waiting) < number + 1:
+            time.sleep(0.001)
+    turns.give_back()
+    for thread in waiting:
+        thread.join(30)
+    assert served == [thread.name for thread in waiting]
+    # The first KEPT_TURNS waiters had it handed over; the next took it again, after the others'
+    # chance; and the last let it go, with nobody left waiting.
+    assert taken == ["MainThread", f"writer-{KEPT_TURNS}"]
+    assert not turns.queue._held
+    free = subprocess.run([sys.executable, "-c", TURN_FREE, str(tmp_path / "db")], timeout=30)
+    assert free.returncode == 0
 
 
 def test_a_thread_that_gives_up_waiting_leaves_the_queue_as_it_was():

@@ -15,6 +15,13 @@ wants to write again must pass the door, which the process already waiting for t
 so processes take turns instead of the busiest one keeping the lock. The kernel releases a dead
 process's locks with it.
 
+A process whose threads are already waiting when one of them commits hands the file's turn from
+thread to thread without letting go of it, up to KEPT_TURNS transactions after the first; then
+the other processes' turn comes. Each hand-over between processes costs a wake-up on either side
+and a poll of the lock, longer than a web request's write itself: taking turns one transaction
+each, a web process whose threads queued for their writes got one in every exchange with a busy
+executor, and its requests waited tens of milliseconds for it.
+
 The waits are bounded by the connection's busy timeout, after which the BEGIN fails as SQLite's
 own wait does ("database is locked"). Writes outside a transaction (autocommit) do not take a turn;
 they wait on SQLite's busy timeout as before. An in-memory database has no file: its connections
@@ -36,6 +43,7 @@ from django.db.backends.sqlite3 import base
 
 DOOR, TURN = 0, 1  # the bytes of the lock file locked for each
 POLL_SECONDS = (0.0002, 0.0005, 0.001)  # waits between tries for a lock another process holds; then the last
+KEPT_TURNS = 4  # transactions of a process's waiting threads that may follow one another in one turn
 
 
 class Queue:
@@ -70,6 +78,14 @@ class Queue:
             else:
                 self._held = False
 
+    def hand_over(self) -> bool:
+        """Hand the lock to the longest waiter if there is one, else keep it and say so."""
+        with self._guard:
+            if not self._waiting:
+                return False
+            self._waiting.popleft().release()
+            return True
+
 
 class Turns:
     """One database's turns in this process: the queue of its threads, then the lock file shared
@@ -80,6 +96,8 @@ class Turns:
         self.queue = Queue()
         self._fd: int | None = None
         self._pid = 0
+        self._file_held = False  # the file's turn, held for whichever thread holds the queue
+        self._kept = 0  # transactions that followed the first in this turn
 
     def _file(self) -> int | None:
         if self.path is None:
@@ -93,6 +111,8 @@ class Turns:
         deadline = time.monotonic() + timeout
         if not self.queue.acquire(timeout):
             raise OperationalError("database is locked")
+        if self._file_held:  # handed over with the queue by the thread before
+            return
         try:
             if (fd := self._file()) is not None:
                 _lock(fd, DOOR, deadline)
@@ -100,15 +120,21 @@ class Turns:
                     _lock(fd, TURN, deadline)
                 finally:
                     fcntl.lockf(fd, fcntl.LOCK_UN, 1, DOOR)
+                self._file_held = True
         except BaseException:
             self.queue.release()
             raise
 
     def give_back(self) -> None:
+        if self._file_held and self._kept < KEPT_TURNS and self.queue.hand_over():
+            self._kept += 1
+            return
+        self._kept = 0
         try:
-            if self._fd is not None and self._pid == os.getpid():
+            if self._file_held and self._pid == os.getpid():
                 fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, TURN)
         finally:
+            self._file_held = False
             self.queue.release()
 
 
