@@ -605,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "method": "as the concurrent scenario; efficiency = ideal wall time / wall time"}
     config["web"] = {"serve_args": args.serve_args,
                      "method": ("`manage.py serve` in its own process on a fresh copy of the database; the clients "
-                                "(httpx, websockets) in the driver's process; every accepted job checked through "
+                                "(httpx2 over Cortex's HTTP/1.1 transport, websockets) in the driver's process; every accepted job checked through "
                                 "the API to have completed with its rounds")}
     figures = report(serial_pairs, concurrent_pairs, slow_pairs, args.slow_latency, parked, page, served, config)
     scaled["target"] = f"p50 <= {EVENT_P50_TARGET:g} ms, p99 <= {EVENT_P99_TARGET:g} ms"

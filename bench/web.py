@@ -21,6 +21,7 @@ import queue
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -32,8 +33,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-import httpx
+import httpx2
 from websockets.asyncio.client import connect
+
+from orchestrator.http1 import Http1Transport, connect_anywhere
 
 from .common import TASK
 
@@ -94,8 +97,8 @@ class WebServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 break
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base}/login/", timeout=2).status_code == 200:
+            with contextlib.suppress(httpx2.HTTPError):
+                if httpx2.get(f"{self.base}/login/", timeout=2).status_code == 200:
                     return self
             time.sleep(0.2)
         tail = "\n".join(self.output[-15:])
@@ -122,10 +125,16 @@ class WebServer:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
-    def client(self, connections: int) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.base, headers=self.headers, timeout=120,
-                                 limits=httpx.Limits(max_connections=connections,
-                                                     max_keepalive_connections=connections))
+    def client(self, connections: int) -> httpx2.AsyncClient:
+        """Clients sharing up to `connections` kept-alive connections. Over Cortex's own HTTP/1.1
+        transport (orchestrator/http1.py) rather than httpx's pool: with 50 clients submitting
+        through httpx's, some requests waited about a second in the pool before their first byte
+        was sent, while the server read and answered each in tens of milliseconds; the load
+        generator's own delays are not the server's."""
+        return httpx2.AsyncClient(base_url=self.base, headers=self.headers, timeout=120,
+                                  transport=Http1Transport(connect=connect_anywhere,
+                                                           ssl_context=ssl.create_default_context(),
+                                                           max_connections=connections))
 
 
 BODY = {"task": TASK, "respond_with_final": False}
@@ -147,7 +156,7 @@ async def end_to_end(server: WebServer, *, jobs: int, rounds: int, warmup: int =
             "ms_per_round": round(seconds * 1000 / (jobs * rounds), 3)}
 
 
-async def _one_job(server: WebServer, client: httpx.AsyncClient) -> str:
+async def _one_job(server: WebServer, client: httpx2.AsyncClient) -> str:
     answer = await client.post("/orchestrate", json=BODY)
     if answer.status_code != 202:
         raise WebError(f"POST /orchestrate answered {answer.status_code}: {answer.text[:200]}")
@@ -174,7 +183,7 @@ async def event_latency(server: WebServer, *, jobs: int, at_once: int, rounds: i
     ids: list[str] = []
     semaphore = asyncio.Semaphore(at_once)
 
-    async def follow(client: httpx.AsyncClient) -> None:
+    async def follow(client: httpx2.AsyncClient) -> None:
         async with semaphore:
             answer = await client.post("/orchestrate", json=BODY)
             if answer.status_code != 202:
@@ -230,7 +239,7 @@ async def submissions(server: WebServer, *, background: int, requests: int, clie
                 sent = time.perf_counter()
                 try:
                     answer = await client.post("/orchestrate", json=BODY)
-                except httpx.HTTPError as error:
+                except httpx2.HTTPError as error:
                     statuses[type(error).__name__] += 1
                     continue
                 latencies.append(time.perf_counter() - sent)
@@ -266,11 +275,11 @@ async def crowd(server: WebServer, *, background: int, clients: int, rounds: int
 
     async def one() -> None:
         nonlocal retry_after_missing
-        async with httpx.AsyncClient(base_url=server.base, headers=server.headers, timeout=120) as own:
+        async with server.client(1) as own:
             await gate.wait()
             try:
                 answer = await own.post("/orchestrate", json=BODY)
-            except httpx.HTTPError as error:
+            except httpx2.HTTPError as error:
                 statuses[type(error).__name__] += 1
                 return
         statuses[str(answer.status_code)] += 1
@@ -294,7 +303,7 @@ async def crowd(server: WebServer, *, background: int, clients: int, rounds: int
             "all_answered": answered == clients and retry_after_missing == 0, "jobs_checked": len(ids) + len(accepted)}
 
 
-async def _submit_all(client: httpx.AsyncClient, count: int, at_once: int) -> list[str]:
+async def _submit_all(client: httpx2.AsyncClient, count: int, at_once: int) -> list[str]:
     ids: list[str] = []
     remaining = count
 
@@ -315,7 +324,7 @@ async def _submit_all(client: httpx.AsyncClient, count: int, at_once: int) -> li
     return ids
 
 
-async def _until_running(client: httpx.AsyncClient) -> None:
+async def _until_running(client: httpx2.AsyncClient) -> None:
     """Until the executor has started on the background jobs, so the measured requests meet it busy."""
     for _ in range(600):
         listed = await client.get("/orchestrate", params={"status": "running", "limit": 1})
@@ -325,7 +334,7 @@ async def _until_running(client: httpx.AsyncClient) -> None:
     raise WebError("no background job started running")
 
 
-async def _until_finished(client: httpx.AsyncClient) -> None:
+async def _until_finished(client: httpx2.AsyncClient) -> None:
     """Until the bench user has no job queued or running."""
     deadline = time.monotonic() + FINISH_TIMEOUT
     while time.monotonic() < deadline:
@@ -339,7 +348,7 @@ async def _until_finished(client: httpx.AsyncClient) -> None:
     raise WebError(f"jobs still unfinished after {FINISH_TIMEOUT} s")
 
 
-async def _verify(client: httpx.AsyncClient, ids: list[str], rounds: int) -> None:
+async def _verify(client: httpx2.AsyncClient, ids: list[str], rounds: int) -> None:
     """Every job complete, with `rounds` tool calls that all succeeded."""
     bad: list[str] = []
     semaphore = asyncio.Semaphore(10)

@@ -35,6 +35,14 @@ STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\r\n]*))?")
 TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
+async def connect_anywhere(factory: Callable[[], asyncio.Protocol], host: str, port: int,
+                           context: ssl.SSLContext | None) -> Any:
+    """A connection to wherever `host` resolves (the caller vouches for it)."""
+    _, protocol = await asyncio.get_running_loop().create_connection(
+        factory, host, port, ssl=context, server_hostname=host if context else None)
+    return protocol
+
+
 class _Closed(Exception):
     """The server closed the connection (or it broke) before what was being read arrived."""
 

@@ -298,13 +298,6 @@ def tls_context() -> ssl.SSLContext:
     return httpx2.create_ssl_context()
 
 
-async def _connect_anywhere(factory: Callable[[], asyncio.Protocol], host: str, port: int,
-                            context: ssl.SSLContext | None) -> Any:
-    _, protocol = await asyncio.get_running_loop().create_connection(
-        factory, host, port, ssl=context, server_hostname=host if context else None)
-    return protocol
-
-
 def _checked_connect(allow_private: Callable[[], bool]) -> http1.Connect:
     """Connects only to addresses that passed `check_address` (each in turn, as the checked
     backend does); TLS still verifies the certificate against the name that was asked for."""
@@ -331,7 +324,7 @@ def site_endpoint_transport(*, ssl_context: ssl.SSLContext | None = None) -> htt
     runs the server set, so not checked. Every connection may be kept alive (until it has been idle
     for 5 s): with the SDKs' 100, an executor with more calls than that in flight closed the
     surplus as each answer came back and opened them again for the next round."""
-    return http1.Http1Transport(connect=_connect_anywhere, ssl_context=ssl_context or tls_context(),
+    return http1.Http1Transport(connect=http1.connect_anywhere, ssl_context=ssl_context or tls_context(),
                                 max_connections=1000, keepalive_expiry=5.0)
 
 

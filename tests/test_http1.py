@@ -99,7 +99,7 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
 def transport(**options: Any) -> http1.Http1Transport:
-    return http1.Http1Transport(connect=netguard._connect_anywhere, ssl_context=netguard.tls_context(),
+    return http1.Http1Transport(connect=http1.connect_anywhere, ssl_context=netguard.tls_context(),
                                 max_connections=options.pop("max_connections", 10), **options)
 
 
