@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import queue
@@ -47,6 +48,12 @@ FINISH_TIMEOUT = 600  # seconds for every accepted job to finish
 
 class WebError(RuntimeError):
     """The server did not run its jobs as specified: the figures would mean nothing."""
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One for every client (the crowd makes 500): each would load the CA certificates again."""
+    return ssl.create_default_context()
 
 
 def _free_port() -> int:
@@ -133,7 +140,7 @@ class WebServer:
         generator's own delays are not the server's."""
         return httpx2.AsyncClient(base_url=self.base, headers=self.headers, timeout=120,
                                   transport=Http1Transport(connect=connect_anywhere,
-                                                           ssl_context=ssl.create_default_context(),
+                                                           ssl_context=_tls_context(),
                                                            max_connections=connections))
 
 

@@ -469,13 +469,14 @@ class Http1Transport(httpx2.AsyncBaseTransport):
         """Close the idle connections that have outlived the keep-alive expiry (the oldest of an
         origin's are only taken when the newer are all busy, so they may sit unasked)."""
         self._swept = now
-        for origin, idle in self._idle.items():
-            fresh = [connection for connection in idle if now - connection.idle_since < self._expiry]
-            for connection in idle:
-                if now - connection.idle_since >= self._expiry:
-                    connection.close()
-            self._idle_count -= len(idle) - len(fresh)
-            self._idle[origin] = fresh
+        for idle in self._idle.values():
+            # Each list is in the order its connections went idle: the expired ones come first.
+            expired = next((n for n, connection in enumerate(idle) if now - connection.idle_since < self._expiry),
+                           len(idle))
+            for connection in idle[:expired]:
+                connection.close()
+            del idle[:expired]
+            self._idle_count -= expired
 
     def _close_oldest_idle(self) -> None:
         oldest = min((idle for idle in self._idle.values() if idle), key=lambda idle: idle[0].idle_since, default=None)

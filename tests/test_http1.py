@@ -61,7 +61,7 @@ class RawServer:
                 if writer.is_closing():
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+            pass  # the client closed its end, or broke the connection off
         finally:
             self.open -= 1
             writer.close()
@@ -233,6 +233,22 @@ async def test_no_more_connections_than_the_limit_and_a_request_left_waiting_tim
         assert server.most_open == 2 and server.connections == 2
         with pytest.raises(httpx2.PoolTimeout):
             await asyncio.gather(*(client.get(server.url, timeout=httpx2.Timeout(5, pool=0.01)) for _ in range(3)))
+
+
+async def test_idle_connections_past_their_expiry_are_closed_even_when_nobody_asks_for_them() -> None:
+    async with RawServer(replies(OK)) as idle, RawServer(replies(OK)) as busy:
+        pool = transport(keepalive_expiry=0.2)
+        async with httpx2.AsyncClient(transport=pool) as client:
+            await asyncio.gather(*(client.get(idle.url) for _ in range(3)))
+            await asyncio.sleep(0.3)
+            assert (await client.get(busy.url)).text == "ok"  # another origin's request
+            for _ in range(50):
+                if idle.open == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert idle.connections == 3 and idle.open == 0
+            assert (await client.get(idle.url)).text == "ok"  # on a new connection
+        assert idle.connections == 4
 
 
 async def test_a_cancelled_request_gives_its_connection_slot_back() -> None:
